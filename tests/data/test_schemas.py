@@ -1,0 +1,152 @@
+"""Validation rules: each bad input fails with the file, column and offending rows named."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+
+import polars as pl
+import pytest
+
+from recsys.data import (
+    DataValidationError,
+    check_items_in_catalog,
+    read_catalog,
+    read_interactions,
+    validate_catalog,
+    validate_interactions,
+)
+
+
+def test_valid_catalog_is_normalised(raw_catalog, tmp_path):
+    out = validate_catalog(raw_catalog.with_columns(pl.col("item_id").cast(pl.Int32)), "cat.parquet", tmp_path)
+    assert out.columns[:5] == ["item_id", "title", "text", "image", "categories"]
+    assert out.schema["item_id"] == pl.Int64
+    assert "year" in out.columns  # other columns kept
+    assert out.height == raw_catalog.height
+
+
+def test_empty_file_rejected(raw_catalog, write):
+    path = write(raw_catalog.head(0), "empty.parquet")
+    with pytest.raises(DataValidationError, match=r"empty\.parquet.*no rows"):
+        read_catalog(path)
+
+
+def test_empty_csv_rejected(tmp_path):
+    path = tmp_path / "empty.csv"
+    path.write_text("")
+    with pytest.raises(DataValidationError, match=r"empty\.csv.*empty"):
+        read_catalog(path)
+
+
+def test_missing_column_named(raw_catalog, write):
+    path = write(raw_catalog.drop("title"), "notitle.parquet")
+    with pytest.raises(DataValidationError, match=r"notitle\.parquet: column 'title': missing"):
+        read_catalog(path)
+
+
+def test_mistyped_id_column(raw_catalog, write):
+    path = write(raw_catalog.with_columns(pl.col("item_id").cast(pl.Float64) + 0.5), "floatid.parquet")
+    with pytest.raises(DataValidationError, match=r"floatid\.parquet: column 'item_id': has type Float64") as err:
+        read_catalog(path)
+    assert "1.5" in str(err.value)  # first rows shown
+
+
+def test_mistyped_timestamp_column(raw_interactions, write):
+    path = write(raw_interactions.with_columns(pl.col("timestamp").cast(pl.String)), "ts.parquet")
+    with pytest.raises(DataValidationError, match=r"ts\.parquet: column 'timestamp': has type String"):
+        read_interactions(path)
+
+
+def test_null_item_id_shows_rows(raw_catalog, write):
+    bad = raw_catalog.with_columns(
+        pl.when(pl.int_range(pl.len()) == 3).then(None).otherwise(pl.col("item_id")).alias("item_id")
+    )
+    with pytest.raises(DataValidationError, match=r"nullid\.parquet: column 'item_id': 1 null id") as err:
+        read_catalog(write(bad, "nullid.parquet"))
+    assert "│ 3 " in str(err.value)  # the offending 0-based row number
+
+
+def test_null_user_id_rejected(raw_interactions):
+    bad = raw_interactions.with_columns(pl.lit(None, dtype=pl.Int64).alias("user_id"))
+    with pytest.raises(DataValidationError, match=r"column 'user_id': \d+ null id"):
+        validate_interactions(bad, "log.csv")
+
+
+def test_duplicate_item_id(raw_catalog, write):
+    dup_id = raw_catalog["item_id"][0]
+    bad = pl.concat([raw_catalog, raw_catalog.head(1)])
+    with pytest.raises(DataValidationError, match=r"dup\.parquet: column 'item_id': 1 duplicated id") as err:
+        read_catalog(write(bad, "dup.parquet"))
+    assert str(dup_id) in str(err.value)
+
+
+def test_null_or_empty_title(raw_catalog):
+    bad = raw_catalog.with_columns(
+        pl.when(pl.int_range(pl.len()) == 0).then(pl.lit("  ")).when(pl.int_range(pl.len()) == 5).then(None)
+        .otherwise(pl.col("title")).alias("title")
+    )
+    with pytest.raises(DataValidationError, match=r"column 'title': 2 null or empty"):
+        validate_catalog(bad, "c.parquet")
+
+
+def test_string_ids_stay_strings(raw_catalog):
+    out = validate_catalog(raw_catalog.with_columns(("m" + pl.col("item_id").cast(pl.String)).alias("item_id")), "c")
+    assert out.schema["item_id"] == pl.String
+
+
+def test_categories_string_split_and_absent(raw_catalog):
+    piped = raw_catalog.with_columns(pl.col("categories").list.join("|"))
+    out = validate_catalog(piped, "c")
+    assert out["categories"].to_list() == raw_catalog["categories"].to_list()
+    out = validate_catalog(raw_catalog.drop("categories", "text"), "c")
+    assert out["categories"].to_list() == [[]] * raw_catalog.height
+    assert out["text"].null_count() == raw_catalog.height
+
+
+def test_weight_from_weight_rating_or_one(raw_interactions):
+    from_rating = validate_interactions(raw_interactions, "x")
+    assert from_rating.schema["weight"] == pl.Float32
+    assert from_rating["weight"].to_list() == raw_interactions["rating"].cast(pl.Float32).to_list()
+    assert "rating" in from_rating.columns
+    explicit = validate_interactions(raw_interactions.with_columns(pl.lit(2).alias("weight")), "x")
+    assert set(explicit["weight"].to_list()) == {2.0}
+    plain = validate_interactions(raw_interactions.drop("rating"), "x")
+    assert set(plain["weight"].to_list()) == {1.0}
+
+
+def test_nan_weight_rejected(raw_interactions):
+    bad = raw_interactions.with_columns(pl.lit(float("nan")).alias("weight"))
+    with pytest.raises(DataValidationError, match="column 'weight'.*non-finite"):
+        validate_interactions(bad, "x")
+
+
+def test_datetime_and_date_timestamps_become_epoch_seconds(raw_interactions):
+    as_dt = raw_interactions.with_columns(pl.from_epoch("timestamp", time_unit="s").alias("timestamp"))
+    out = validate_interactions(as_dt, "x")
+    assert out.schema["timestamp"] == pl.Int64
+    assert out["timestamp"].to_list() == raw_interactions["timestamp"].to_list()
+    as_date = raw_interactions.with_columns(pl.lit(dt.date(1998, 1, 2)).alias("timestamp"))
+    assert set(validate_interactions(as_date, "x")["timestamp"].to_list()) == {883699200}
+
+
+def test_unknown_items_raise_or_drop(raw_catalog, raw_interactions, caplog):
+    catalog = validate_catalog(raw_catalog, "c")
+    log_ = validate_interactions(raw_interactions, "i")
+    missing = catalog["item_id"][0]
+    n_missing = log_.filter(pl.col("item_id") == missing).height
+    assert n_missing > 0
+    smaller = catalog.filter(pl.col("item_id") != missing)
+    with pytest.raises(DataValidationError, match=rf"i: column 'item_id': {n_missing} interaction\(s\) on 1 item"):
+        check_items_in_catalog(log_, smaller, "i", drop_unknown=False)
+    with caplog.at_level(logging.WARNING):
+        kept = check_items_in_catalog(log_, smaller, "i", drop_unknown=True)
+    assert kept.height == log_.height - n_missing
+    assert missing not in kept["item_id"].to_list()
+    assert f"{n_missing} interaction(s)" in caplog.text
+
+
+def test_item_id_type_mismatch(raw_catalog, raw_interactions):
+    catalog = validate_catalog(raw_catalog.with_columns(pl.col("item_id").cast(pl.String)), "c")
+    with pytest.raises(DataValidationError, match="disagrees"):
+        check_items_in_catalog(validate_interactions(raw_interactions, "i"), catalog, "i")
