@@ -1,0 +1,189 @@
+"""build_queries / evaluate / baselines / report on small synthetic splits."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+import pytest
+
+from recsys.eval import (
+    ContentKNNScorer,
+    EvalQueries,
+    PopularityScorer,
+    RandomScorer,
+    build_queries,
+    evaluate,
+    rank_items,
+    top_k_with_ties,
+    write_report,
+)
+
+
+@dataclass
+class FakeSplit:
+    """Mirrors the Split contract of recsys.data.splits (not imported on purpose)."""
+
+    protocol: str
+    train: pl.DataFrame
+    valid: pl.DataFrame
+    test: pl.DataFrame
+    candidate_items: np.ndarray | None
+
+
+def _frame(rows: list[tuple[int, str, int]]) -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            "user_id": [r[0] for r in rows],
+            "item_id": [r[1] for r in rows],
+            "timestamp": [r[2] * 10 for r in rows],
+            "weight": [1.0] * len(rows),
+            "pos": [r[2] for r in rows],
+        },
+        schema={"user_id": pl.Int64, "item_id": pl.Utf8, "timestamp": pl.Int64, "weight": pl.Float32,
+                "pos": pl.Int64},
+    )
+
+
+ITEMS = ["a", "b", "c", "d", "e", "f"]
+ITEM_INDEX = {item: i for i, item in enumerate(ITEMS)}
+
+
+@pytest.fixture()
+def split() -> FakeSplit:
+    # train rows deliberately out of order; user 3 has only a test row (no history)
+    train = _frame([(1, "b", 1), (1, "a", 0), (2, "a", 0), (2, "c", 1), (2, "a", 2), (4, "zzz", 0)])
+    valid = _frame([(1, "c", 2), (2, "d", 3)])
+    test = _frame([(1, "d", 3), (2, "e", 4), (3, "a", 0), (4, "b", 1)])
+    return FakeSplit("loo", train, valid, test, None)
+
+
+class FixedScorer:
+    """Returns a given [n_items] score vector for everyone."""
+
+    def __init__(self, scores: np.ndarray, name: str = "fixed") -> None:
+        self.name = name
+        self.scores = np.asarray(scores, dtype=np.float32)
+
+    def score(self, histories, user_ids):
+        return np.tile(self.scores, (len(histories), 1))
+
+
+def test_build_queries_test_stage(split) -> None:
+    q = build_queries(split, ITEM_INDEX, "test")
+    assert q.user_ids.tolist() == [1, 2]  # user 3: no history; user 4: only an unknown item
+    assert [h.tolist() for h in q.histories] == [[0, 1, 2], [0, 2, 0, 3]]  # ordered by pos
+    assert [t.tolist() for t in q.targets] == [[3], [4]]
+    assert [e.tolist() for e in q.exclude] == [[0, 1, 2], [0, 2, 3]]
+
+
+def test_build_queries_valid_stage(split) -> None:
+    q = build_queries(split, ITEM_INDEX, "valid")
+    assert q.user_ids.tolist() == [1, 2]
+    assert [h.tolist() for h in q.histories] == [[0, 1], [0, 2, 0]]
+    assert [t.tolist() for t in q.targets] == [[2], [3]]
+    with pytest.raises(ValueError, match="stage"):
+        build_queries(split, ITEM_INDEX, "train")
+
+
+def test_exclusion_never_recommends_history(split) -> None:
+    q = build_queries(split, ITEM_INDEX, "test")
+    # the scorer loves history items most; they must still never appear
+    scorer = FixedScorer([10, 9, 8, 7, 1, 0])
+    ranked = rank_items(scorer, q, len(ITEMS), 6)
+    for row, excl in zip(ranked.tolist(), q.exclude):
+        shown = [i for i in row if i >= 0]
+        assert not set(shown) & set(excl.tolist())
+        assert len(shown) == len(ITEMS) - len(excl)  # everything else is still ranked
+    assert ranked[0, :3].tolist() == [3, 4, 5]
+    metrics = evaluate(scorer, q, len(ITEMS), ks=(1, 2))
+    assert metrics["hr@1"] == pytest.approx(0.5)  # user 1 gets d (hit) first; user 2 gets b first
+    assert metrics["recall@2"] == pytest.approx(1.0)  # user 2's target e comes second
+    assert metrics["n_users"] == 2
+
+
+def test_candidate_restriction(split) -> None:
+    q = build_queries(split, ITEM_INDEX, "test")
+    scorer = FixedScorer([10, 9, 8, 7, 6, 5])
+    ranked = rank_items(scorer, q, len(ITEMS), 3, candidates=np.array([4, 5]))
+    assert set(ranked[ranked >= 0].tolist()) == {4, 5}
+    assert (ranked[:, 2] == -1).all()  # only 2 candidates: padded
+    m = evaluate(scorer, q, len(ITEMS), ks=(2,), candidates=np.array([4, 5]))
+    assert m["coverage@2"] == pytest.approx(1.0)  # over the candidate set, not the catalog
+    assert m["recall@2"] == pytest.approx(0.5)  # user 2's target e is a candidate; user 1's d is not
+
+
+def test_ties_broken_by_fixed_permutation_not_index() -> None:
+    n = 50
+    scores = np.zeros((1, n), dtype=np.float32)
+    a = top_k_with_ties(scores, 10, np.random.default_rng(0).permutation(n))
+    b = top_k_with_ties(scores, 10, np.random.default_rng(0).permutation(n))
+    np.testing.assert_array_equal(a, b)  # deterministic
+    assert a[0].tolist() != list(range(10))  # not item-index order
+    # a strictly better item always wins over tied ones, and ties keep the permutation's order
+    scores[0, 7] = 1.0
+    order = np.random.default_rng(1).permutation(n)
+    top = top_k_with_ties(scores, 4, order)[0].tolist()
+    assert top[0] == 7 and top[1:] == [i for i in order.tolist() if i != 7][:3]
+
+
+def test_chunking_does_not_change_results(split) -> None:
+    q = build_queries(split, ITEM_INDEX, "test")
+    emb = np.random.default_rng(0).standard_normal((len(ITEMS), 4)).astype(np.float32)
+    scorer = ContentKNNScorer(emb / np.linalg.norm(emb, axis=1, keepdims=True))
+    assert evaluate(scorer, q, len(ITEMS), batch_size=1) == evaluate(scorer, q, len(ITEMS), batch_size=100)
+
+
+def test_popularity_ranks_by_count(split) -> None:
+    scorer = PopularityScorer(split.train, ITEM_INDEX)
+    assert scorer.name == "popularity"
+    assert scorer.counts.tolist() == [3, 1, 1, 0, 0, 0]  # "zzz" (unknown) ignored
+    empty = EvalQueries(np.array([9]), [np.array([], dtype=np.int64)], [np.array([0])], [np.array([], dtype=np.int64)])
+    assert rank_items(scorer, empty, len(ITEMS), 1)[0, 0] == 0
+
+
+def test_content_knn_prefers_identical_item() -> None:
+    rng = np.random.default_rng(2)
+    emb = rng.standard_normal((20, 8)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    emb[5] = emb[3]  # item 5 duplicates the history item 3
+    emb[9] = 0.0  # an item without features
+    scorer = ContentKNNScorer(emb)
+    scores = scorer.score([np.array([3])], np.array([1]))
+    assert scores.shape == (1, 20) and scores[0, 9] == 0.0
+    q = EvalQueries(np.array([1]), [np.array([3])], [np.array([5])], [np.array([3])])
+    assert rank_items(scorer, q, 20, 1)[0, 0] == 5
+    assert evaluate(scorer, q, 20, ks=(1,))["ndcg@1"] == pytest.approx(1.0)
+    np.testing.assert_allclose(scorer.score([np.array([], dtype=np.int64)], np.array([0])), 0.0)
+
+
+def test_random_scorer_is_seeded_and_weaker_than_oracle() -> None:
+    a = RandomScorer(30, seed=1).score([np.array([0])] * 2, np.array([0, 1]))
+    b = RandomScorer(30, seed=1).score([np.array([0])] * 2, np.array([0, 1]))
+    np.testing.assert_array_equal(a, b)
+    assert a.shape == (2, 30) and a.dtype == np.float32
+
+
+def test_scorer_with_wrong_shape_fails(split) -> None:
+    q = build_queries(split, ITEM_INDEX, "test")
+    with pytest.raises(ValueError, match="shape"):
+        evaluate(FixedScorer(np.zeros(3)), q, len(ITEMS))
+
+
+def test_report_contains_every_protocol_and_model(tmp_path) -> None:
+    results = {
+        "loo": {"two_tower": {"recall@10": 0.3, "ndcg@10": 0.2, "n_users": 5},
+                "popularity": {"recall@10": 0.1, "ndcg@10": 0.25, "n_users": 5}},
+        "cold": {"content_knn": {"recall@10": 0.05, "n_users": 3}},
+    }
+    md, js = write_report(results, tmp_path / "rep", {"dataset": "ml-100k", "seed": 42})
+    text = md.read_text()
+    for name in ["loo", "cold", "two_tower", "popularity", "content_knn", "ml-100k"]:
+        assert name in text
+    assert "**0.3000**" in text and "**0.2500**" in text and "**0.1000**" not in text
+    assert "**5**" not in text  # counts are not "best"
+    payload = json.loads(js.read_text())
+    assert payload["results"] == results and payload["meta"]["seed"] == 42
+    assert not [p for p in (tmp_path / "rep").iterdir() if p.name.startswith(".")]
