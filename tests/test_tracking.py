@@ -1,0 +1,221 @@
+"""Tracker behaviour against a throwaway sqlite store: runs, nesting, failures, registry aliases."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+import mlflow  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+from recsys.config import PipelineConfig, TrackingConfig  # noqa: E402
+from recsys.tracking import (  # noqa: E402
+    RegistrationResult,
+    Tracker,
+    default_tracking_uri,
+    resolve_model_uri,
+)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_mlflow_globals(monkeypatch: pytest.MonkeyPatch):
+    """Tracker points MLflow's fluent API (module globals + env vars) at its store; undo that after."""
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(tracking_utils, "_tracking_uri", None)
+    monkeypatch.setattr(registry_utils, "_registry_uri", None)
+    yield
+    while mlflow.active_run() is not None:
+        mlflow.end_run()
+
+
+@pytest.fixture(autouse=True)
+def _empty_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Nothing may land in the working directory (no ./mlflow.db, no ./mlruns)."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    yield
+    assert list(cwd.iterdir()) == []
+
+
+@pytest.fixture
+def uri(tmp_path: Path) -> str:
+    return default_tracking_uri(tmp_path)
+
+
+@pytest.fixture
+def tracker(tmp_path: Path) -> Tracker:
+    return Tracker(TrackingConfig(experiment="test-exp", registered_model="test-model"), root=tmp_path)
+
+
+def _client(uri: str) -> MlflowClient:
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def test_default_uri_is_sqlite_under_root_and_env_wins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert default_tracking_uri(tmp_path) == f"sqlite:///{tmp_path.resolve()}/mlflow/mlflow.db"
+    assert (tmp_path / "mlflow").is_dir()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking.example:5000")
+    assert default_tracking_uri(tmp_path) == "http://tracking.example:5000"
+
+
+def test_parent_and_nested_runs(tracker: Tracker, uri: str, tmp_path: Path) -> None:
+    cfg = PipelineConfig()
+    with tracker.pipeline_run("pipe", config=cfg, tags={"kind": "test"}) as parent:
+        with tracker.step("train") as child:
+            tracker.log_params({"lr": 0.1, "long": "x" * 10_000})
+            tracker.log_params({f"p{i}": i for i in range(250)})  # > 100 per MLflow batch
+            tracker.log_metrics({"loss": 1.5}, step=0)
+            tracker.log_metrics({"loss": 0.5}, step=1)
+            note = tmp_path / "note.txt"
+            note.write_text("hi")
+            tracker.log_artifact(note, "notes")
+        tracker.set_tags({"done": "yes"})
+    client = _client(uri)
+    p, c = client.get_run(parent), client.get_run(child)
+    assert p.info.status == c.info.status == "FINISHED"
+    assert c.data.tags["mlflow.parentRunId"] == parent
+    assert c.data.tags["step"] == "train"
+    assert "mlflow.parentRunId" not in p.data.tags
+    assert p.data.tags["kind"] == "test" and p.data.tags["done"] == "yes"
+    assert len(p.data.params) == len(cfg.flat())
+    assert p.data.params["train.epochs"] == str(cfg.train.epochs)
+    assert c.data.params["lr"] == "0.1" and c.data.params["p249"] == "249"
+    assert len(c.data.params) == 252
+    assert 0 < len(c.data.params["long"]) < 10_000  # truncated, not rejected
+    assert [m.value for m in client.get_metric_history(child, "loss")] == [1.5, 0.5]
+    assert "config.yaml" in {a.path for a in client.list_artifacts(parent)}
+    assert [a.path for a in client.list_artifacts(child, "notes")] == ["notes/note.txt"]
+    # artifacts live under <root>/mlflow/artifacts/<experiment>, not ./mlruns
+    exp = client.get_experiment(p.info.experiment_id)
+    assert exp.artifact_location == (tmp_path.resolve() / "mlflow" / "artifacts" / "test-exp").as_uri()
+    assert (tmp_path / "mlflow" / "artifacts" / "test-exp").is_dir()
+
+
+def test_standalone_step_and_failure_marks_failed(tracker: Tracker, uri: str) -> None:
+    with pytest.raises(RuntimeError, match="boom"):
+        with tracker.pipeline_run("pipe") as parent:
+            with tracker.step("train") as child:
+                raise RuntimeError("boom")
+    client = _client(uri)
+    assert client.get_run(parent).info.status == "FAILED"
+    assert client.get_run(child).info.status == "FAILED"
+    assert mlflow.active_run() is None
+
+    with tracker.step("index") as alone:
+        tracker.log_metrics({"n": 3, "ndcg@10": 0.5, "bad": "text"})
+    run = client.get_run(alone)
+    assert run.info.status == "FINISHED" and "mlflow.parentRunId" not in run.data.tags
+    assert run.data.metrics == {"n": 3.0, "ndcg_at_10": 0.5}
+
+
+def test_disabled_tracker_is_noop(tmp_path: Path) -> None:
+    t = Tracker(TrackingConfig(enabled=False), root=tmp_path)
+    with t.pipeline_run("pipe", config=PipelineConfig()) as parent, t.step("train") as child:
+        t.log_params({"a": 1})
+        t.log_metrics({"m": 1.0})
+        t.set_tags({"x": "y"})
+        t.log_artifacts(tmp_path)
+        assert t.lightning_logger() is None
+        assert t.register_bundle(tmp_path, "ndcg", 1.0) is None
+    assert parent is None and child is None
+    assert [p.name for p in tmp_path.iterdir()] == ["cwd"]
+    assert mlflow.active_run() is None
+
+
+def test_lightning_logger_logs_epochs_on_step_run(tracker: Tracker, uri: str, tmp_path: Path) -> None:
+    import pytorch_lightning as pl
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    class Toy(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = torch.nn.Linear(2, 1)
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            loss = torch.nn.functional.mse_loss(self.lin(x), y)
+            self.log("train_loss", loss, on_step=False, on_epoch=True)
+            return loss
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    torch.manual_seed(0)
+    data = DataLoader(TensorDataset(torch.randn(8, 2), torch.randn(8, 1)), batch_size=4)
+    with tracker.pipeline_run("pipe"), tracker.step("train") as child:
+        logger = tracker.lightning_logger()
+        assert logger is not None and logger.run_id == child
+        trainer = pl.Trainer(
+            max_epochs=2, logger=logger, enable_checkpointing=False, enable_progress_bar=False,
+            enable_model_summary=False, default_root_dir=tmp_path, accelerator="cpu",
+        )
+        trainer.fit(Toy(), data)
+        tracker.log_metrics({"after_fit": 1.0})
+    client = _client(uri)
+    assert len(client.get_metric_history(child, "train_loss")) == 2
+    assert client.get_run(child).data.metrics["after_fit"] == 1.0
+    assert client.get_run(child).info.status == "FINISHED"
+
+
+def _bundle(tmp_path: Path, tag: str) -> Path:
+    d = tmp_path / f"bundle-{tag}"
+    d.mkdir()
+    (d / "manifest.json").write_text(f'{{"tag": "{tag}"}}')
+    (d / "items.txt").write_text("a\nb\n")
+    return d
+
+
+def test_registry_champion_alias_and_resolve(tracker: Tracker, uri: str, tmp_path: Path) -> None:
+    results: list[RegistrationResult] = []
+    for tag, value in [("v1", 0.10), ("v2", 0.30), ("v3", 0.20)]:
+        with tracker.pipeline_run(f"pipe-{tag}"), tracker.step("register"):
+            results.append(tracker.register_bundle(_bundle(tmp_path, tag), "ndcg@10", value))
+    assert [(r.version, r.champion) for r in results] == [("1", True), ("2", True), ("3", False)]
+    assert [r.previous_champion_value for r in results] == [None, 0.10, 0.30]
+    assert {r.name for r in results} == {"test-model"}
+
+    # resolving must use the given store, not MLflow's global URIs
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    mlflow.set_tracking_uri(other)
+    mlflow.set_registry_uri(other)
+
+    client = _client(uri)
+    champ = client.get_model_version_by_alias("test-model", "champion")
+    assert str(champ.version) == "2"
+    assert float(champ.tags["metric:ndcg_at_10"]) == 0.30
+    assert float(client.get_model_version("test-model", "3").tags["metric:ndcg_at_10"]) == 0.20
+
+    got = resolve_model_uri("models:/test-model@champion", tmp_path / "dl-champ", tracking_uri=uri)
+    assert got.is_dir() and sorted(p.name for p in got.iterdir()) == ["items.txt", "manifest.json"]
+    assert '"v2"' in (got / "manifest.json").read_text()
+
+    got3 = resolve_model_uri("models:/test-model/3", tmp_path / "dl-3", tracking_uri=uri)
+    assert '"v3"' in (got3 / "manifest.json").read_text()
+
+    run_id = client.get_model_version("test-model", "1").run_id
+    got1 = resolve_model_uri(f"runs:/{run_id}/model", tmp_path / "dl-1", tracking_uri=uri)
+    assert '"v1"' in (got1 / "manifest.json").read_text()
+
+    # lower-is-better flips the comparison: 0.05 beats the champion's 0.30
+    with tracker.step("register"):
+        low = tracker.register_bundle(_bundle(tmp_path, "v4"), "ndcg@10", 0.05, higher_is_better=False)
+    assert low.champion and low.version == "4"
+
+
+def test_resolve_errors_and_local_paths(tmp_path: Path, uri: str) -> None:
+    assert resolve_model_uri(str(tmp_path)) == tmp_path
+    with pytest.raises(FileNotFoundError, match="nope"):
+        resolve_model_uri(str(tmp_path / "nope"))
+    with pytest.raises(FileNotFoundError, match="models:/missing@champion"):
+        resolve_model_uri("models:/missing@champion", tmp_path / "dl", tracking_uri=uri)
