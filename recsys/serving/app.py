@@ -1,0 +1,160 @@
+"""FastAPI app factory for the retrieval API, plus `serve()` for the CLI.
+
+The model is loaded in the lifespan handler (never at import), held in a `ModelState`, and
+hot-swapped by POST /admin/reload or by registry polling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+from typing import AsyncIterator
+
+from fastapi import FastAPI, Response
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from starlette.routing import BaseRoute
+
+from recsys import __version__
+from recsys.serving.errors import ApiError, error_responses, install_error_handlers
+from recsys.serving.limits import BodySizeLimitMiddleware
+from recsys.serving.metrics import MetricsMiddleware, ServingMetrics
+from recsys.serving.reloader import Loader, ReloadFailed, Reloader, Resolver, default_loader, resolve_model_uri
+from recsys.serving.routes import build_router
+from recsys.serving.schemas import HealthResponse, ReadyResponse, ReloadRequest, ReloadResponse
+from recsys.serving.settings import ServingSettings
+from recsys.serving.state import ModelState
+
+logger = logging.getLogger(__name__)
+
+
+def create_app(
+    settings: ServingSettings, loader: Loader | None = None, *, resolver: Resolver | None = None
+) -> FastAPI:
+    """Build the app. `loader(reference)` returns a Recommender; models:/ URIs are first turned
+    into bundle directories by `resolver` (default: recsys.tracking.resolve_model_uri)."""
+    state = ModelState()
+    metrics = ServingMetrics()
+    reloader = Reloader(state, metrics, loader or default_loader, resolver or resolve_model_uri)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            await reloader.reload(settings.reference)
+        except ReloadFailed:
+            logger.error("starting without a model; /readyz answers 503 until a reload succeeds")
+        poller = None
+        if settings.poll_seconds and settings.model_uri:
+            poller = asyncio.create_task(reloader.poll(settings.model_uri, settings.poll_seconds))
+        try:
+            yield
+        finally:
+            if poller is not None:
+                poller.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await poller
+
+    app = FastAPI(
+        title="recsys retrieval API",
+        version=__version__,
+        description="Recommendations from frozen transferred embeddings and a trained two-tower model.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.model_state = state
+    app.state.metrics = metrics
+    app.state.reloader = reloader
+
+    install_error_handlers(app)
+    # added last = outermost: metrics also time/count the 413s produced by the size limit
+    app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    known_routes: list[BaseRoute] = []  # filled below; lets metrics label requests rejected before routing
+    app.add_middleware(MetricsMiddleware, metrics=metrics, routes=known_routes)
+    v1 = build_router(state, settings.max_k)
+    app.include_router(v1)
+
+    @app.get("/healthz", response_model=HealthResponse, tags=["ops"], summary="Liveness: the process answers")
+    async def healthz() -> HealthResponse:
+        current = state.current
+        return HealthResponse(model_version=current.model_version if current else None)
+
+    @app.get(
+        "/readyz",
+        response_model=ReadyResponse,
+        responses={503: {"model": ReadyResponse, "description": "No model loaded; `last_error` says why."}},
+        tags=["ops"],
+        summary="Readiness: a model is loaded (and the last reload error, if any)",
+    )
+    async def readyz() -> JSONResponse:
+        current = state.current
+        body = ReadyResponse(
+            ready=current is not None,
+            model_version=current.model_version if current else None,
+            source=current.source if current else None,
+            loaded_at=current.loaded_at if current else None,
+            last_error=state.last_error,
+            last_error_at=state.last_error_at,
+        )
+        return JSONResponse(body.model_dump(mode="json"), status_code=200 if current else 503)
+
+    @app.get(
+        "/metrics",
+        response_class=Response,
+        responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text exposition."}},
+        tags=["ops"],
+        summary="Prometheus metrics",
+    )
+    async def prometheus_metrics() -> Response:
+        payload, content_type = metrics.render()
+        return Response(content=payload, media_type=content_type)
+
+    @app.post(
+        "/admin/reload",
+        response_model=ReloadResponse,
+        responses=error_responses(409, 413, 422),
+        tags=["ops"],
+        summary="Load a bundle or registry model beside the current one and swap atomically",
+    )
+    async def admin_reload(body: ReloadRequest | None = None) -> ReloadResponse:
+        current = state.current
+        reference = (
+            (body.bundle if body else None)
+            or (body.model if body else None)
+            or (current.source if current else settings.reference)
+        )
+        try:
+            result = await reloader.reload(reference)
+        except ReloadFailed as exc:
+            raise ApiError(409, "reload_failed", f"{exc}; still serving {current.model_version if current else 'nothing'}") from None
+        return ReloadResponse(
+            model_version=result.model_version,
+            previous_version=result.previous_version,
+            source=result.source,
+            duration_ms=round(result.duration_ms, 3),
+        )
+
+    known_routes.extend(v1.routes)
+    known_routes.extend(route for route in app.router.routes if isinstance(route, APIRoute))
+    return app
+
+
+def serve(
+    bundle: Path | None = None,
+    model_uri: str | None = None,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    *,
+    poll_seconds: float = 0.0,
+    max_body_bytes: int = 1 << 20,
+    log_level: str = "info",
+) -> None:
+    """Run the API with uvicorn (one worker: the model lives in this process's memory)."""
+    import uvicorn  # lazy: only the server entry point needs it
+
+    settings = ServingSettings(
+        bundle=bundle, model_uri=model_uri, poll_seconds=poll_seconds, max_body_bytes=max_body_bytes
+    )
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    uvicorn.run(create_app(settings), host=host, port=port, workers=1, log_level=log_level, access_log=False)

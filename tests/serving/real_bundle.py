@@ -1,0 +1,94 @@
+"""Build a TINY real bundle from a slice of ml-100k with the real text encoder and real training.
+
+Used by the real-bundle serving tests (and the schemathesis fuzz test). A uniquely named module
+(not conftest) so imports cannot pick up another directory's helpers.
+
+Item ids are made strings ("m<id>") while user ids stay integers, so the API's separate parsing of
+user ids (`user_id_type`) and item ids (`id_type`) is exercised for real.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+import polars as pl
+
+ROOT = Path(__file__).resolve().parents[2]
+ML100K = ROOT.parent / "shared" / "data" / "ml-100k"
+if not ML100K.is_dir():  # the shared data lives beside the checkout
+    ML100K = Path("/work/shared/data/ml-100k")
+
+N_ITEMS = 150
+N_USERS = 120
+
+logging.getLogger("lightning").setLevel(logging.WARNING)
+logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+
+
+@dataclass
+class TinyBundles:
+    first: Path  # bundle trained with seed 1
+    second: Path  # same data, seed 2 (a different model_version)
+    catalog: pl.DataFrame  # item_id (str), title, text, image, categories
+    interactions: pl.DataFrame  # user_id (int), item_id (str), timestamp, rating
+
+
+def tiny_data() -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The N_ITEMS most-rated items and the first N_USERS users who rated them; item ids as str."""
+    from recsys.data.movielens import load_movielens
+
+    catalog, interactions = load_movielens(ML100K)
+    top = interactions.group_by("item_id").len().sort(["len", "item_id"], descending=[True, False]).head(N_ITEMS)
+    interactions = interactions.filter(pl.col("item_id").is_in(top["item_id"].implode()))
+    users = interactions["user_id"].unique().sort().head(N_USERS)
+    interactions = interactions.filter(pl.col("user_id").is_in(users.implode()))
+    catalog = catalog.filter(pl.col("item_id").is_in(top["item_id"].implode()))
+    as_str = (pl.lit("m") + pl.col("item_id").cast(pl.String)).alias("item_id")
+    return catalog.with_columns(as_str), interactions.with_columns(as_str)
+
+
+def tiny_config(tmp: Path, seed: int):
+    from recsys.config import PipelineConfig
+
+    return PipelineConfig.model_validate(
+        {
+            "encoders": {"image": {"enabled": False}, "cache_dir": str(tmp / "features")},
+            "model": {"use_image": False, "dim": 32, "head_hidden": 64},
+            "train": {"epochs": 1, "batch_size": 256, "num_uniform_negatives": 64, "seed": seed, "patience": 1},
+            "tracking": {"enabled": False},
+            "output_dir": str(tmp / "run"),
+        }
+    )
+
+
+def build_tiny_bundles(tmp: Path) -> TinyBundles:
+    """Two real bundles (seeds 1 and 2) over the same tiny catalog; ~10-30 s on 2 CPU cores."""
+    from pipelines.train import build_bundle, holdout_last
+    from recsys.encoders.features import build_item_features
+    from recsys.encoders.store import FeatureStore
+    from recsys.model.train import fit_two_tower
+
+    catalog, interactions = tiny_data()
+    out = []
+    for seed in (1, 2):
+        cfg = tiny_config(tmp, seed)
+        features = build_item_features(catalog, cfg.encoders, store=FeatureStore(tmp / "features"), show_progress=False)
+        train, valid = holdout_last(interactions, cfg.train.seed)
+        result = fit_two_tower(features, train, valid, cfg, show_progress=False)
+        out.append(build_bundle(cfg, tmp / f"bundle{seed}", catalog, interactions, features, result))
+    return TinyBundles(out[0], out[1], catalog, interactions)
+
+
+if __name__ == "__main__":  # `python tests/serving/real_bundle.py OUT_DIR`: build by hand
+    import sys
+    import time
+
+    start = time.perf_counter()
+    bundles = build_tiny_bundles(Path(sys.argv[1]))
+    print(bundles.first, bundles.second, f"{time.perf_counter() - start:.1f}s")
