@@ -1,0 +1,1 @@
+"""Batch jobs: thin steps that wire library calls; each reads and writes files so it can run alone."""

@@ -1,0 +1,118 @@
+"""Step `evaluate`: for each protocol, train a fresh model on the protocol's split and score it on
+the test targets beside the same-run baselines; write report.md / report.json.
+
+The deployed model is never scored here: it saw every interaction, so its numbers would leak.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from recsys.config import PipelineConfig
+from recsys.data.splits import Split, make_split
+from recsys.encoders.features import ItemFeatures
+from recsys.eval.baselines import ContentKNNScorer, PopularityScorer
+from recsys.eval.protocol import build_queries, evaluate
+from recsys.eval.report import write_report
+from recsys.model.train import TrainResult, fit_two_tower, item_index_of
+from recsys.model.two_tower import FeatureTensors
+from recsys.tracking import Tracker
+
+logger = logging.getLogger(__name__)
+
+
+class TwoTowerScorer:
+    """Scores every catalog item for a batch of histories with a trained model."""
+
+    name = "recsys"
+
+    def __init__(self, result: TrainResult, features: ItemFeatures):
+        self.model = result.model
+        self.item_vectors = result.model.encode_items(FeatureTensors.from_features(features))
+        self.user_index = {u: i + 1 for i, u in enumerate(result.user_ids.tolist())}
+
+    def score(self, histories: list[np.ndarray], user_ids: np.ndarray) -> np.ndarray:
+        index = np.asarray([self.user_index.get(u, 0) for u in np.asarray(user_ids).tolist()], dtype=np.int64)
+        users = self.model.encode_histories(self.item_vectors, histories, index)
+        return users @ self.item_vectors.T
+
+
+def frozen_content_embeddings(features: ItemFeatures) -> np.ndarray:
+    """Concatenated unit text and image embeddings (missing modality = zeros), re-normalised."""
+    parts = [m for m in (features.text, features.image) if m is not None]
+    if not parts:
+        raise ValueError("content_knn needs text or image features")
+    stacked = np.concatenate([p / np.maximum(np.linalg.norm(p, axis=1, keepdims=True), 1e-12) for p in parts], axis=1)
+    return (stacked / np.maximum(np.linalg.norm(stacked, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+
+def evaluate_split(
+    cfg: PipelineConfig, split: Split, features: ItemFeatures, tracker: Tracker, *, show_progress: bool = True
+) -> dict[str, dict[str, float]]:
+    item_index = item_index_of(np.asarray(features.item_ids))
+    n_items = len(item_index)
+    candidates = None
+    valid_candidates = None
+    if split.candidate_items is not None:
+        candidates = np.asarray(sorted(item_index[i] for i in split.candidate_items.tolist() if i in item_index))
+    result = fit_two_tower(
+        features,
+        split.train,
+        split.valid,
+        cfg,
+        lightning_logger=tracker.lightning_logger(),
+        show_progress=show_progress,
+        valid_candidates=valid_candidates,
+    )
+    queries = build_queries(split, item_index, "test")
+    ks = tuple(cfg.eval.k)
+    scorers = [TwoTowerScorer(result, features)]
+    if "popularity" in cfg.eval.baselines:
+        scorers.append(PopularityScorer(split.train, item_index))
+    if "content_knn" in cfg.eval.baselines:
+        scorers.append(ContentKNNScorer(frozen_content_embeddings(features), name="content_knn"))
+    metrics: dict[str, dict[str, float]] = {}
+    for scorer in scorers:
+        metrics[scorer.name] = evaluate(scorer, queries, n_items, ks=ks, candidates=candidates)
+        tracker.log_metrics({f"{scorer.name}.{k.replace('@', '_at_')}": v for k, v in metrics[scorer.name].items()})
+    metrics["recsys"]["train_seconds"] = round(result.train_seconds, 1)
+    metrics["recsys"]["best_epoch"] = result.best_epoch
+    logger.info("%s: %s", split.protocol, {name: round(m.get("ndcg@10", float("nan")), 4) for name, m in metrics.items()})
+    return metrics
+
+
+def run_evaluate(
+    cfg: PipelineConfig,
+    interactions: pl.DataFrame,
+    features: ItemFeatures,
+    tracker: Tracker,
+    out_dir: Path,
+    *,
+    show_progress: bool = True,
+) -> tuple[Path, Path, dict]:
+    """Every configured protocol, each as its own nested run; then one report."""
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    split_meta: dict[str, dict] = {}
+    for protocol in cfg.eval.protocols:
+        with tracker.step(f"evaluate-{protocol}"):
+            split = make_split(protocol, interactions, features.item_ids, cfg.eval)
+            split_meta[protocol] = {**split.sizes(), **{k: v for k, v in split.meta.items() if np.isscalar(v)}}
+            tracker.log_params({f"split.{k}": v for k, v in split_meta[protocol].items()})
+            results[protocol] = evaluate_split(cfg, split, features, tracker, show_progress=show_progress)
+    meta = {
+        "protocols": split_meta,
+        "eval": cfg.eval.model_dump(mode="json"),
+        "model": cfg.model.model_dump(mode="json"),
+        "train": cfg.train.model_dump(mode="json"),
+        "encoders": features.fingerprints,
+        "n_items": len(features),
+        "n_interactions": interactions.height,
+    }
+    md_path, json_path = write_report(results, out_dir, meta)
+    tracker.log_artifact(md_path, "report")
+    tracker.log_artifact(json_path, "report")
+    return md_path, json_path, results

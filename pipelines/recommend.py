@@ -1,0 +1,63 @@
+"""Step `recommend`: bundle + users -> top-K parquet (user_id, item_id, rank, score), chunked, atomic."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import polars as pl
+
+from recsys.data.readers import read_table
+from recsys.data.schemas import DataValidationError
+from recsys.recommender import Recommender
+
+logger = logging.getLogger(__name__)
+
+
+def read_id_column(path: Path, column: str) -> list:
+    """The `column` of a parquet/CSV file as a de-duplicated list, with a clear error when absent."""
+    frame = read_table(path)
+    if column not in frame.columns:
+        raise DataValidationError(f"{path}: column '{column}' is missing (found: {', '.join(frame.columns)})")
+    if frame[column].null_count():
+        raise DataValidationError(f"{path}: column '{column}' has {frame[column].null_count()} null values")
+    return frame[column].unique(maintain_order=True).to_list()
+
+
+def run_recommend(
+    bundle_dir: Path,
+    out_path: Path,
+    *,
+    k: int,
+    users_path: Path | None = None,
+    candidates_path: Path | None = None,
+    exclude_seen: bool = False,
+    chunk_size: int = 1024,
+    recommender: Recommender | None = None,
+    show_progress: bool = True,
+) -> Path:
+    """All known users (or those in `users_path`) -> `out_path`. Unknown users get popular items."""
+    recommender = recommender or Recommender.from_bundle(bundle_dir)
+    if users_path is not None:
+        users = read_id_column(users_path, "user_id")
+        unknown = [u for u in users if not recommender.has_user(u)]
+        if unknown:
+            logger.warning("%d of %d users are unknown to the model and get popular items, e.g. %s", len(unknown), len(users), unknown[:5])
+    else:
+        users = recommender.bundle.users["user_id"].to_list()
+    candidates = None
+    if candidates_path is not None:
+        candidates = read_id_column(candidates_path, "item_id")
+        missing = [c for c in candidates if not recommender.has_item(c)]
+        if missing:
+            logger.warning("%d candidate items are not in the index and are ignored, e.g. %s", len(missing), missing[:5])
+    path = recommender.write_recommendations(
+        users, out_path, k, exclude_seen=exclude_seen, candidates=candidates, chunk_size=chunk_size, show_progress=show_progress
+    )
+    logger.info("wrote top-%d for %d users to %s", k, len(users), path)
+    return path
+
+
+def summarise(path: Path) -> dict:
+    frame = pl.read_parquet(path)
+    return {"rows": frame.height, "users": frame["user_id"].n_unique(), "distinct_items": frame["item_id"].n_unique()}

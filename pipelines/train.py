@@ -1,0 +1,104 @@
+"""Step `train`: features + interactions -> two-tower model -> bundle (index included) -> registry."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from recsys.bundle import save_bundle
+from recsys.config import PipelineConfig
+from recsys.data.splits import loo_split, order_interactions
+from recsys.encoders.features import ItemFeatures
+from recsys.index import ItemIndex
+from recsys.model.train import TrainResult, fit_two_tower
+from recsys.model.two_tower import FeatureTensors
+from recsys.tracking import RegistrationResult, Tracker
+
+logger = logging.getLogger(__name__)
+
+
+def holdout_last(interactions: pl.DataFrame, seed: int) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Each user's last interaction (by time, seeded tie-break) is the validation target; the rest trains."""
+    split = loo_split(interactions, seed=seed)
+    return pl.concat([split.train, split.valid]), split.test
+
+
+def user_histories(ordered: pl.DataFrame, trained_user_ids: np.ndarray) -> pl.DataFrame:
+    """user_id, history (item ids oldest first), user_index (row of the user-id embedding; 0 = none)."""
+    index_of = {u: i + 1 for i, u in enumerate(trained_user_ids.tolist())}
+    users = ordered.sort(["user_id", "pos"]).group_by("user_id", maintain_order=True).agg(pl.col("item_id").alias("history"))
+    return users.with_columns(
+        pl.col("user_id").replace_strict(index_of, default=0, return_dtype=pl.Int64).alias("user_index")
+    )
+
+
+def build_bundle(
+    cfg: PipelineConfig,
+    out_dir: Path,
+    catalog: pl.DataFrame,
+    interactions: pl.DataFrame,
+    features: ItemFeatures,
+    result: TrainResult,
+) -> Path:
+    """Everything serving needs, from a trained model, into `out_dir` (atomically)."""
+    item_vectors = result.model.encode_items(FeatureTensors.from_features(features))
+    index = ItemIndex.build(item_vectors, features.item_ids, cfg.index)
+    ordered = order_interactions(interactions, cfg.train.seed)
+    counts = ordered.group_by("item_id").len("count")
+    popularity = (
+        catalog.select("item_id")
+        .join(counts, on="item_id", how="left")
+        .with_columns(pl.col("count").fill_null(0).cast(pl.Int64))
+    )
+    return save_bundle(
+        out_dir,
+        config=cfg,
+        model=result.model,
+        features=features,
+        index=index,
+        item_vectors=item_vectors,
+        users=user_histories(ordered, result.user_ids),
+        catalog=catalog.select("item_id", "title", "categories"),
+        popularity=popularity,
+        extra_meta={
+            "valid": {result.valid_metric_name: result.best_metric},
+            "best_epoch": result.best_epoch,
+            "train_seconds": round(result.train_seconds, 2),
+            "n_train_users": int(len(result.user_ids)),
+            "n_interactions": int(interactions.height),
+        },
+    )
+
+
+def run_train(
+    cfg: PipelineConfig,
+    catalog: pl.DataFrame,
+    interactions: pl.DataFrame,
+    features: ItemFeatures,
+    tracker: Tracker,
+    out_dir: Path,
+    *,
+    register: bool = True,
+    show_progress: bool = True,
+) -> tuple[Path, TrainResult, RegistrationResult | None]:
+    """Train on all given interactions (validating on each user's last one), bundle, register."""
+    with tracker.step("train"):
+        train, valid = holdout_last(interactions, cfg.train.seed)
+        tracker.log_params({"train.rows": train.height, "valid.users": valid.height})
+        result = fit_two_tower(
+            features, train, valid, cfg, lightning_logger=tracker.lightning_logger(), show_progress=show_progress
+        )
+        tracker.log_metrics(
+            {"best_valid": result.best_metric, "best_epoch": result.best_epoch, "train_seconds": result.train_seconds}
+        )
+        bundle_dir = build_bundle(cfg, out_dir, catalog, interactions, features, result)
+        logger.info("bundle written to %s", bundle_dir)
+        registration = None
+        if register:  # the registered model carries the bundle as its artifact
+            registration = tracker.register_bundle(bundle_dir, result.valid_metric_name, result.best_metric)
+        else:
+            tracker.log_artifacts(bundle_dir, "bundle")
+        return bundle_dir, result, registration

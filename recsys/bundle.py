@@ -1,0 +1,214 @@
+"""The bundle: one directory with everything serving needs, versioned and checked on load.
+
+Layout (all written into a temporary sibling directory, then renamed into place, so a killed job
+never leaves a half-written bundle where a server could pick it up):
+
+    bundle.json          schema version, model version, shapes, encoder fingerprints, id type
+    config.yaml          the resolved pipeline config that produced it
+    model.pt             two-tower weights (state dict)
+    item_features.npz    frozen content features of the catalog (cold items get vectors from these)
+    item_vectors.npy     item-tower output for every catalog item
+    index/               faiss index over item_vectors (row -> item id map inside)
+    users.parquet        user_id, history (item ids, oldest first): known users and their seen items
+    catalog.parquet      item_id, title, categories: filters and display
+    popularity.parquet   item_id, count: the fallback for unknown users
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+
+from recsys import __version__
+from recsys.config import PipelineConfig, load_config
+from recsys.encoders.features import ItemFeatures
+from recsys.index import ItemIndex
+from recsys.model.two_tower import TwoTowerModel
+
+SCHEMA_VERSION = 1
+REQUIRED_FILES = (
+    "bundle.json",
+    "config.yaml",
+    "model.pt",
+    "item_features.npz",
+    "item_vectors.npy",
+    "index",
+    "users.parquet",
+    "catalog.parquet",
+    "popularity.parquet",
+)
+
+
+class BundleError(RuntimeError):
+    """A bundle is missing, incomplete, or disagrees with itself or with the running encoders."""
+
+
+@dataclass
+class Bundle:
+    path: Path
+    meta: dict
+    config: PipelineConfig
+    model: TwoTowerModel
+    features: ItemFeatures
+    item_vectors: np.ndarray
+    index: ItemIndex
+    users: pl.DataFrame
+    catalog: pl.DataFrame
+    popularity: pl.DataFrame
+
+    @property
+    def model_version(self) -> str:
+        return self.meta["model_version"]
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_bundle(
+    out_dir: str | Path,
+    *,
+    config: PipelineConfig,
+    model: TwoTowerModel,
+    features: ItemFeatures,
+    index: ItemIndex,
+    item_vectors: np.ndarray,
+    users: pl.DataFrame,
+    catalog: pl.DataFrame,
+    popularity: pl.DataFrame,
+    extra_meta: dict | None = None,
+) -> Path:
+    """Write a bundle atomically: build in a temp dir beside `out_dir`, then swap it in."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        torch.save(model.state_dict(), staging / "model.pt")
+        features.save(staging / "item_features.npz")
+        np.save(staging / "item_vectors.npy", np.asarray(item_vectors, dtype=np.float32))
+        index.save(staging / "index")
+        users.write_parquet(staging / "users.parquet")
+        catalog.write_parquet(staging / "catalog.parquet")
+        popularity.write_parquet(staging / "popularity.parquet")
+        (staging / "config.yaml").write_text(config.to_yaml())
+        ids = np.asarray(features.item_ids)
+        created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        weights_hash = _sha256(staging / "model.pt")[:12]
+        meta = {
+            "schema_version": SCHEMA_VERSION,
+            "recsys_version": __version__,
+            "model_version": f"{time.strftime('%Y%m%d%H%M%S', time.gmtime())}-{weights_hash}",
+            "created_at": created,
+            "id_type": "int" if ids.dtype.kind in "iu" else "str",
+            "n_items": int(len(ids)),
+            "model_shape": model.shape_info(),
+            "encoder_fingerprints": dict(features.fingerprints),
+            "encoder_dims": {
+                "text": None if features.text is None else int(features.text.shape[1]),
+                "image": None if features.image is None else int(features.image.shape[1]),
+            },
+            "category_vocab": list(features.category_vocab),
+            "index_kind": index.kind,
+            "files": {name: _sha256(staging / name) for name in ("model.pt", "item_vectors.npy")},
+            **(extra_meta or {}),
+        }
+        (staging / "bundle.json").write_text(json.dumps(meta, indent=2, default=str))
+        if out_dir.exists():
+            retired = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+            os.replace(out_dir, retired)
+            os.replace(staging, out_dir)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            os.replace(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def _check(condition: bool, path: Path, message: str) -> None:
+    if not condition:
+        raise BundleError(f"bundle {path}: {message}")
+
+
+def load_bundle(path: str | Path, expected_fingerprints: dict[str, str] | None = None) -> Bundle:
+    """Load and cross-check a bundle; any disagreement raises BundleError naming what differs."""
+    path = Path(path)
+    _check(path.is_dir(), path, "not a directory (was it written? pass the folder that holds bundle.json)")
+    missing = [name for name in REQUIRED_FILES if not (path / name).exists()]
+    _check(not missing, path, f"missing {', '.join(missing)}")
+    meta = json.loads((path / "bundle.json").read_text())
+    version = meta.get("schema_version")
+    _check(
+        version == SCHEMA_VERSION,
+        path,
+        f"schema_version {version} is not supported by recsys {__version__} (expects {SCHEMA_VERSION})",
+    )
+    for name, digest in meta.get("files", {}).items():
+        _check(_sha256(path / name) == digest, path, f"{name} does not match its recorded sha256 (corrupt or replaced)")
+    config = load_config(path / "config.yaml")
+    features = ItemFeatures.load(path / "item_features.npz")
+    _check(
+        dict(features.fingerprints) == dict(meta["encoder_fingerprints"]),
+        path,
+        f"item_features fingerprints {features.fingerprints} != bundle.json {meta['encoder_fingerprints']}",
+    )
+    if expected_fingerprints is not None:
+        for modality, fingerprint in expected_fingerprints.items():
+            recorded = meta["encoder_fingerprints"].get(modality)
+            _check(
+                recorded == fingerprint,
+                path,
+                f"{modality} encoder fingerprint mismatch: bundle was built with {recorded!r}, "
+                f"the loaded encoder is {fingerprint!r}; re-embed and retrain, or configure the same model",
+            )
+    shape = meta["model_shape"]
+    for modality in ("text", "image"):
+        dim = meta["encoder_dims"].get(modality)
+        _check(
+            dim == shape[f"{modality}_dim"] or not getattr(config.model, f"use_{modality}"),
+            path,
+            f"{modality} feature dim {dim} != model {modality}_dim {shape[f'{modality}_dim']}",
+        )
+    model = TwoTowerModel(config.model, shape["text_dim"], shape["image_dim"], shape["n_categories"], shape["n_users"])
+    state = torch.load(path / "model.pt", map_location="cpu", weights_only=True)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise BundleError(f"bundle {path}: model.pt does not fit the recorded shapes: {err}") from err
+    model.eval()
+    vectors = np.load(path / "item_vectors.npy")
+    _check(
+        vectors.shape == (meta["n_items"], shape["dim"]),
+        path,
+        f"item_vectors shape {vectors.shape} != ({meta['n_items']}, {shape['dim']})",
+    )
+    _check(len(features.item_ids) == meta["n_items"], path, f"item_features has {len(features.item_ids)} items, expected {meta['n_items']}")
+    index = ItemIndex.load(path / "index")
+    _check(index.dim == shape["dim"], path, f"index dim {index.dim} != model dim {shape['dim']}")
+    return Bundle(
+        path=path,
+        meta=meta,
+        config=config,
+        model=model,
+        features=features,
+        item_vectors=vectors,
+        index=index,
+        users=pl.read_parquet(path / "users.parquet"),
+        catalog=pl.read_parquet(path / "catalog.parquet"),
+        popularity=pl.read_parquet(path / "popularity.parquet"),
+    )

@@ -1,0 +1,286 @@
+"""`recsys` command line: embed, train, index, recommend, evaluate, run, demo, serve.
+
+Every command takes `--config FILE.yaml` (see pipelines/configs/) and `--set section.field=value`
+overrides. The flags of `train` and `recommend` are a fixed contract other tools call.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+logger = logging.getLogger("recsys")
+
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config (pipelines/configs/*.yaml).")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override: section.field=value (repeatable).")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+
+
+def _setup_logging(quiet: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.WARNING if quiet else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    for noisy in ("pytorch_lightning", "lightning", "lightning_fabric", "alembic", "mlflow", "httpx", "sentence_transformers"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _config(path: Path | None, overrides: list[str] | None, extra: dict | None = None):
+    from recsys.config import load_config, parse_override
+
+    pairs = dict(parse_override(o) for o in overrides or [])
+    pairs.update({k: v for k, v in (extra or {}).items() if v is not None})
+    return load_config(path, pairs)
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code=2)
+
+
+def _guard(fn):
+    """Turn expected user errors (bad data, config, bundle) into one clear line and exit code 2."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from recsys.bundle import BundleError
+        from recsys.config import ConfigError
+        from recsys.data.schemas import DataValidationError
+
+        try:
+            return fn(*args, **kwargs)
+        except (DataValidationError, ConfigError, BundleError, FileNotFoundError) as err:
+            _fail(str(err))
+
+    return wrapper
+
+
+def _data_overrides(catalog: Path | None, interactions: Path | None, movielens: Path | None) -> dict:
+    extra: dict = {}
+    if catalog is not None or interactions is not None:
+        if catalog is None or interactions is None:
+            _fail("--catalog and --interactions go together")
+        extra.update({"data.catalog": str(catalog), "data.interactions": str(interactions), "data.movielens": None})
+    if movielens is not None:
+        extra["data.movielens"] = str(movielens)
+    return extra
+
+
+CatalogOpt = Annotated[Optional[Path], typer.Option("--catalog", help="Catalog parquet/CSV (item_id, title, ...).")]
+InteractionsOpt = Annotated[Optional[Path], typer.Option("--interactions", help="Interactions parquet/CSV.")]
+MovieLensOpt = Annotated[Optional[Path], typer.Option("--movielens", help="A MovieLens folder (ml-100k / ml-1m).")]
+
+
+@app.command()
+@_guard
+def embed(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    catalog: CatalogOpt = None,
+    interactions: InteractionsOpt = None,
+    movielens: MovieLensOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Embed the catalog with the frozen encoders (cached by content hash)."""
+    _setup_logging(quiet)
+    from recsys.data.readers import load_dataset
+    from recsys.tracking import Tracker
+
+    from pipelines.embed import features_path, run_embed
+
+    cfg = _config(config, set_, _data_overrides(catalog, interactions, movielens))
+    catalog_df, _ = load_dataset(cfg.data)
+    run_embed(cfg, catalog_df, Tracker(cfg.tracking), show_progress=not quiet)
+    typer.echo(f"features: {features_path(cfg)}")
+
+
+@app.command()
+@_guard
+def train(
+    catalog: CatalogOpt = None,
+    interactions: InteractionsOpt = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Bundle directory to write.")] = None,
+    movielens: MovieLensOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    register: Annotated[bool, typer.Option(help="Register the model in MLflow (champion if better).")] = True,
+    quiet: QuietOpt = False,
+) -> None:
+    """Train on all given interactions (validation = each user's last one) and write a bundle."""
+    _setup_logging(quiet)
+    from recsys.data.readers import load_dataset
+    from recsys.tracking import Tracker
+
+    from pipelines.embed import run_embed
+    from pipelines.train import run_train
+
+    cfg = _config(config, set_, _data_overrides(catalog, interactions, movielens))
+    out = out or cfg.output_dir / "bundle"
+    catalog_df, interactions_df = load_dataset(cfg.data)
+    tracker = Tracker(cfg.tracking)
+    features = run_embed(cfg, catalog_df, tracker, show_progress=not quiet)
+    bundle, result, registration = run_train(
+        cfg, catalog_df, interactions_df, features, tracker, out, register=register, show_progress=not quiet
+    )
+    typer.echo(f"bundle: {bundle}  ({result.valid_metric_name}={result.best_metric:.4f}, {result.train_seconds:.0f}s)")
+    if registration is not None:
+        typer.echo(f"registered: {registration.name} v{registration.version}{' (champion)' if registration.champion else ''}")
+
+
+@app.command()
+@_guard
+def index(
+    bundle: Annotated[Path, typer.Option("--bundle", help="Bundle directory.")],
+    kind: Annotated[Optional[str], typer.Option(help="auto | flat | hnsw | ivf")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Rebuild a bundle's faiss index (e.g. --kind hnsw)."""
+    _setup_logging()
+    from pipelines.index import run_index
+
+    cfg = _config(config, set_, {"index.kind": kind})
+    built = run_index(bundle, cfg.index)
+    typer.echo(f"index: {built.kind}, {len(built)} items, dim {built.dim}")
+
+
+@app.command()
+@_guard
+def recommend(
+    bundle: Annotated[Path, typer.Option("--bundle", help="Bundle directory.")],
+    out: Annotated[Path, typer.Option("--out", help="Output parquet: user_id, item_id, rank, score.")],
+    users: Annotated[Optional[Path], typer.Option("--users", help="Parquet/CSV with a user_id column (default: all known users).")] = None,
+    k: Annotated[int, typer.Option("--k", min=1, max=10_000)] = 10,
+    exclude_seen: Annotated[bool, typer.Option("--exclude-seen", help="Never recommend a user's seen items.")] = False,
+    candidates: Annotated[Optional[Path], typer.Option("--candidates", help="Parquet/CSV with an item_id column.")] = None,
+    chunk_size: Annotated[int, typer.Option(min=1)] = 1024,
+    quiet: QuietOpt = False,
+) -> None:
+    """Batch top-K recommendations to parquet, in chunks, written atomically."""
+    _setup_logging(quiet)
+    from pipelines.recommend import run_recommend, summarise
+
+    path = run_recommend(
+        bundle, out, k=k, users_path=users, candidates_path=candidates, exclude_seen=exclude_seen,
+        chunk_size=chunk_size, show_progress=not quiet,
+    )
+    typer.echo(f"recommendations: {path} {summarise(path)}")
+
+
+@app.command()
+@_guard
+def evaluate(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    catalog: CatalogOpt = None,
+    interactions: InteractionsOpt = None,
+    movielens: MovieLensOpt = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Report directory.")] = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Protocols (loo, cold, temporal): recsys vs same-run baselines; report.md + report.json."""
+    _setup_logging(quiet)
+    from recsys.data.readers import load_dataset
+    from recsys.tracking import Tracker
+
+    from pipelines.embed import run_embed
+    from pipelines.evaluate import run_evaluate
+
+    cfg = _config(config, set_, _data_overrides(catalog, interactions, movielens))
+    catalog_df, interactions_df = load_dataset(cfg.data)
+    tracker = Tracker(cfg.tracking)
+    with tracker.pipeline_run("evaluate", cfg, tags={"job": "evaluate"}):
+        features = run_embed(cfg, catalog_df, tracker, show_progress=not quiet)
+        md, js, _ = run_evaluate(cfg, interactions_df, features, tracker, out or cfg.output_dir / "report", show_progress=not quiet)
+    typer.echo(md.read_text())
+    typer.echo(f"report: {md}  {js}")
+
+
+def _print_outputs(outputs) -> None:
+    typer.secho("\nDone in {:.0f}s".format(outputs.seconds), fg=typer.colors.GREEN, bold=True)
+    typer.echo(f"  bundle:           {outputs.bundle}")
+    typer.echo(f"  recommendations:  {outputs.recommendations}")
+    if outputs.report_md:
+        typer.echo(f"  report:           {outputs.report_md}")
+    typer.echo(f"  MLflow store:     {outputs.tracking_uri}  (parent run {outputs.parent_run_id})")
+    if outputs.registration:
+        r = outputs.registration
+        typer.echo(f"  registry:         models:/{r.name}/{r.version}{'  -> alias champion' if r.champion else ''}")
+    typer.echo("  dashboard:        make dashboard   (mlflow ui on http://127.0.0.1:5000)")
+
+
+@app.command()
+@_guard
+def run(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    catalog: CatalogOpt = None,
+    interactions: InteractionsOpt = None,
+    movielens: MovieLensOpt = None,
+    evaluate: Annotated[bool, typer.Option(help="Also run the evaluation protocols.")] = True,
+    quiet: QuietOpt = False,
+) -> None:
+    """The whole job: embed -> train -> index -> recommend -> evaluate, tracked in MLflow."""
+    _setup_logging(quiet)
+    from pipelines.run import run_pipeline
+
+    cfg = _config(config, set_, _data_overrides(catalog, interactions, movielens))
+    outputs = run_pipeline(cfg, evaluate=evaluate, show_progress=not quiet)
+    if outputs.report_md:
+        typer.echo(Path(outputs.report_md).read_text())
+    _print_outputs(outputs)
+
+
+@app.command()
+@_guard
+def demo(set_: SetOpt = None, quiet: QuietOpt = False) -> None:
+    """The whole job on the bundled demo sample (data/sample), from the repository root."""
+    _setup_logging(quiet)
+    from pipelines.run import run_pipeline
+
+    root = Path(__file__).resolve().parent.parent
+    config_path = root / "pipelines" / "configs" / "demo.yaml"
+    if not config_path.exists():
+        _fail(f"demo config not found at {config_path}; run `recsys demo` from a clone of the repository")
+    os.chdir(root)
+    cfg = _config(config_path, set_)
+    outputs = run_pipeline(cfg, show_progress=not quiet)
+    if outputs.report_md:
+        typer.echo(Path(outputs.report_md).read_text())
+    _print_outputs(outputs)
+
+
+@app.command()
+def serve(
+    bundle: Annotated[Optional[Path], typer.Option("--bundle", help="Bundle directory.")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", help="Registry URI, e.g. models:/recsys-two-tower@champion.")] = None,
+    host: Annotated[str, typer.Option(help="Bind address.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+) -> None:
+    """Serve the retrieval API (FastAPI + uvicorn) over a bundle or a registered model."""
+    _setup_logging()
+    if (bundle is None) == (model is None):
+        _fail("give exactly one of --bundle DIR or --model models:/NAME@ALIAS")
+    from recsys.serving.app import serve as serve_app
+
+    serve_app(bundle=bundle, model_uri=model, host=host, port=port)
+
+
+def main() -> None:  # pragma: no cover - console entry
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,127 @@
+"""LightningModule: next-item softmax over mixed in-batch + uniform negatives with logQ correction.
+
+Candidates of a step are the unique targets of the batch (in-batch negatives, drawn in proportion
+to popularity) plus `num_uniform_negatives` items drawn uniformly from the whole catalog. Because the
+candidate set is a de-duplicated sample, each logit is corrected by log P(item in the set), which
+undoes the popularity bias of in-batch sampling (Yi et al. 2019; Yang et al. 2020). When the set
+covers the catalog the correction vanishes, as it should.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+
+from recsys.config import TrainConfig
+from recsys.model.datamodule import ValidationQueries
+from recsys.model.two_tower import FeatureTensors, TwoTowerModel, left_pad
+
+
+class TwoTowerModule(pl.LightningModule):
+    def __init__(
+        self,
+        model: TwoTowerModel,
+        features: FeatureTensors,
+        train_cfg: TrainConfig,
+        item_popularity: np.ndarray,
+        valid: ValidationQueries | None = None,
+        exclude_in_valid: list[np.ndarray] | None = None,
+        valid_ks: tuple[int, ...] = (10, 20),
+    ):
+        super().__init__()
+        self.model = model
+        self.features = features
+        self.cfg = train_cfg
+        self.n_items = int(features.categories.shape[0])
+        popularity = np.asarray(item_popularity, dtype=np.float64) + 1e-9
+        self.register_buffer("item_prob", torch.as_tensor(popularity / popularity.sum(), dtype=torch.float32), persistent=False)
+        self.valid = valid
+        self.exclude_in_valid = exclude_in_valid
+        self.valid_ks = valid_ks
+        self._valid_item_vectors: torch.Tensor | None = None
+        self._valid_hits: list[torch.Tensor] = []
+
+    # ----- training -----
+    def configure_optimizers(self):
+        return torch.optim.AdamW(self.model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+
+    def _candidates(self, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(candidate item indices, log inclusion probability or None for a full softmax)."""
+        n_uniform = self.cfg.num_uniform_negatives
+        if n_uniform < 0 or n_uniform >= self.n_items:
+            return torch.arange(self.n_items, device=targets.device), None
+        uniform = torch.randint(0, self.n_items, (n_uniform,), device=targets.device)
+        candidates = torch.unique(torch.cat([targets, uniform]))
+        if not self.cfg.logq_correction:
+            return candidates, None
+        p = self.item_prob[candidates].double()
+        n_targets = targets.numel()
+        # P(item absent from the set) = P(not among the in-batch draws) * P(not among the uniform draws)
+        log_absent = n_targets * torch.log1p(-p) + n_uniform * math.log1p(-1.0 / self.n_items)
+        log_included = torch.log(-torch.expm1(log_absent)).float()
+        return candidates, log_included
+
+    def training_step(self, batch, batch_idx):
+        windows, users = batch
+        inputs, targets = windows[:, :-1], windows[:, 1:]
+        valid_in = inputs >= 0
+        use = valid_in & (targets >= 0)
+        flat_targets = targets[use]
+        candidates, log_q = self._candidates(flat_targets)
+        needed = torch.unique(torch.cat([inputs[valid_in], candidates]))
+        vectors = self.model.item_vectors(self.features.rows(needed))
+        # Map catalog indices to rows of `vectors`.
+        lookup = torch.full((self.n_items,), -1, dtype=torch.long, device=windows.device)
+        lookup[needed] = torch.arange(len(needed), device=windows.device)
+        seq_vectors = vectors[lookup[inputs.clamp(min=0)]]
+        user_index = users if self.model.user_tower.user_embedding is not None else None
+        states = self.model.user_tower(seq_vectors, valid_in, user_index)[use]
+        candidate_vectors = vectors[lookup[candidates]]
+        logits = states @ candidate_vectors.T / self.cfg.temperature
+        if log_q is not None:
+            logits = logits - log_q
+        cand_pos = torch.full((self.n_items,), -1, dtype=torch.long, device=windows.device)
+        cand_pos[candidates] = torch.arange(len(candidates), device=windows.device)
+        loss = F.cross_entropy(logits, cand_pos[flat_targets])
+        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=int(flat_targets.numel()))
+        return loss
+
+    # ----- validation: full ranking of the held-out next item -----
+    def on_validation_epoch_start(self) -> None:
+        with torch.no_grad():
+            self._valid_item_vectors = self.model.item_vectors(self.features)
+        self._valid_hits = []
+
+    def validation_step(self, batch, batch_idx):
+        assert self.valid is not None
+        rows = batch.cpu().numpy()
+        histories = [self.valid.histories[r] for r in rows]
+        padded, valid = left_pad([h[-self.model.cfg.max_history :] for h in histories], self.model.cfg.max_history)
+        vectors = self._valid_item_vectors
+        seq = vectors[torch.as_tensor(padded).clamp(min=0)]
+        user_index = None
+        if self.model.user_tower.user_embedding is not None:
+            user_index = torch.as_tensor(self.valid.user_index[rows], dtype=torch.long)
+        users = self.model.user_tower.encode_last(seq, torch.as_tensor(valid), user_index)
+        scores = users @ vectors.T
+        excluded = self.exclude_in_valid if self.exclude_in_valid is not None else histories
+        for row, r in enumerate(rows):
+            scores[row, torch.as_tensor(excluded[r])] = float("-inf")
+        targets = torch.as_tensor(self.valid.targets[rows])
+        target_scores = scores[torch.arange(len(rows)), targets]
+        rank = (scores > target_scores.unsqueeze(1)).sum(dim=1)  # 0-based
+        self._valid_hits.append(rank)
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._valid_hits:
+            return
+        rank = torch.cat(self._valid_hits).double()
+        for k in self.valid_ks:
+            hit = (rank < k).double()
+            self.log(f"valid/recall@{k}", hit.mean(), prog_bar=k == self.valid_ks[0])
+            self.log(f"valid/ndcg@{k}", (hit / torch.log2(rank + 2)).mean(), prog_bar=k == self.valid_ks[0])
+        self._valid_item_vectors = None

@@ -1,0 +1,157 @@
+"""The two towers. Only these modules hold trainable parameters; the frozen encoders never enter here.
+
+The item tower is a function of content features alone (frozen text / image embeddings and category
+flags), so an item nobody has interacted with, or one added after training, still gets a vector.
+The user tower reads a history of item-tower vectors, so an anonymous session history works too.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from recsys.config import ModelConfig
+
+
+def _head(in_dim: int, hidden: int, out_dim: int, dropout: float) -> nn.Module:
+    """Projection head over one frozen modality. `hidden=0` gives a linear map (least memorisation)."""
+    if hidden <= 0:
+        return nn.Sequential(nn.Dropout(dropout), nn.Linear(in_dim, out_dim))
+    return nn.Sequential(
+        nn.Dropout(dropout),
+        nn.Linear(in_dim, hidden),
+        nn.GELU(),
+        nn.Dropout(dropout),
+        nn.Linear(hidden, out_dim),
+    )
+
+
+class ItemTower(nn.Module):
+    """Projects each available modality into a shared space and fuses them into one unit vector.
+
+    Fusion "gate" learns, per item, how much to trust each modality (softmax over the modalities that
+    are present); "sum" adds the present ones. Missing modalities are masked out, never zero-filled in.
+    """
+
+    def __init__(self, cfg: ModelConfig, text_dim: int | None, image_dim: int | None, n_categories: int):
+        super().__init__()
+        self.dim = cfg.dim
+        self.fusion = cfg.fusion
+        self.text_head = _head(text_dim, cfg.head_hidden, cfg.dim, cfg.head_dropout) if text_dim and cfg.use_text else None
+        self.image_head = (
+            _head(image_dim, cfg.head_hidden, cfg.dim, cfg.head_dropout) if image_dim and cfg.use_image else None
+        )
+        self.category_head = (
+            nn.Linear(n_categories, cfg.dim, bias=False) if n_categories and cfg.use_categories else None
+        )
+        n_modalities = sum(h is not None for h in (self.text_head, self.image_head, self.category_head))
+        if n_modalities == 0:
+            raise ValueError("ItemTower needs at least one modality (model.use_text/use_image/use_categories)")
+        self.gate = nn.Linear(cfg.dim * n_modalities, n_modalities) if cfg.fusion == "gate" else None
+        # Used when an item has no content at all, so its vector is still defined.
+        self.missing = nn.Parameter(torch.randn(cfg.dim) * 0.02)
+
+    @property
+    def modalities(self) -> list[str]:
+        names = [("text", self.text_head), ("image", self.image_head), ("categories", self.category_head)]
+        return [name for name, head in names if head is not None]
+
+    def forward(
+        self,
+        text: torch.Tensor | None,
+        text_mask: torch.Tensor | None,
+        image: torch.Tensor | None,
+        image_mask: torch.Tensor | None,
+        categories: torch.Tensor | None,
+    ) -> torch.Tensor:
+        parts: list[torch.Tensor] = []
+        masks: list[torch.Tensor] = []
+        if self.text_head is not None:
+            parts.append(self.text_head(text))
+            masks.append(text_mask)
+        if self.image_head is not None:
+            parts.append(self.image_head(image))
+            masks.append(image_mask)
+        if self.category_head is not None:
+            parts.append(self.category_head(categories))
+            masks.append(categories.sum(dim=-1) > 0)
+        stacked = torch.stack(parts, dim=-2)  # [..., M, dim]
+        present = torch.stack(masks, dim=-1).to(stacked.dtype)  # [..., M]
+        if self.gate is not None:
+            logits = self.gate(stacked.flatten(-2)).masked_fill(present == 0, float("-inf"))
+            weights = torch.nan_to_num(torch.softmax(logits, dim=-1), nan=0.0)
+        else:
+            weights = present
+        fused = (weights.unsqueeze(-1) * stacked).sum(dim=-2)
+        has_any = present.sum(dim=-1, keepdim=True) > 0
+        fused = torch.where(has_any, fused, self.missing.expand_as(fused))
+        return F.normalize(fused, dim=-1)
+
+
+class UserTower(nn.Module):
+    """Encodes a user from the item vectors of their history (oldest first, left-padded).
+
+    "attention": causal self-attention (SASRec-style) so one forward pass yields a user vector after
+    every prefix, which lets training use every position at once. "mean": causal running mean.
+    An optional user-id embedding is added when the user is known (id 0 = unknown/anonymous).
+    """
+
+    def __init__(self, cfg: ModelConfig, n_users: int = 0):
+        super().__init__()
+        self.pooling = cfg.user_pooling
+        self.max_history = cfg.max_history
+        dim = cfg.dim
+        self.position = nn.Embedding(cfg.max_history, dim)
+        self.input_norm = nn.LayerNorm(dim)
+        self.dropout = nn.Dropout(cfg.attn_dropout)
+        if cfg.user_pooling == "attention":
+            layer = nn.TransformerEncoderLayer(
+                d_model=dim,
+                nhead=cfg.n_heads,
+                dim_feedforward=dim * 2,
+                dropout=cfg.attn_dropout,
+                activation="gelu",
+                batch_first=True,
+                norm_first=True,
+            )
+            self.encoder = nn.TransformerEncoder(layer, num_layers=cfg.n_layers, enable_nested_tensor=False)
+        else:
+            self.encoder = None
+        self.output = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim))
+        self.user_embedding = nn.Embedding(n_users + 1, dim, padding_idx=0) if cfg.user_id_embedding and n_users else None
+        self.n_heads = cfg.n_heads
+        self.register_buffer("_eye", torch.eye(cfg.max_history, dtype=torch.bool), persistent=False)
+        self.register_buffer(
+            "_causal", torch.triu(torch.ones(cfg.max_history, cfg.max_history, dtype=torch.bool), diagonal=1), persistent=False
+        )
+
+    def forward(
+        self, history: torch.Tensor, valid: torch.Tensor, user_index: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """history: [B, L, dim] item vectors; valid: [B, L] bool. Returns [B, L, dim] unit vectors,
+        the user's state after each position (rows at padded positions are meaningless)."""
+        length = history.shape[1]
+        if length > self.max_history:
+            raise ValueError(f"history length {length} exceeds model.max_history={self.max_history}")
+        positions = torch.arange(self.max_history - length, self.max_history, device=history.device)
+        x = history * valid.unsqueeze(-1)
+        if self.encoder is not None:
+            x = self.dropout(self.input_norm(x + self.position(positions)))
+            # Position t attends to valid positions <= t, and always to itself, so no attention row is
+            # empty (an empty row gives NaN, and NaN gradients, even where the output is discarded).
+            blocked = self._causal[:length, :length].unsqueeze(0) | ~valid.unsqueeze(1)
+            blocked = blocked & ~self._eye[:length, :length].unsqueeze(0)
+            blocked = blocked.repeat_interleave(self.n_heads, dim=0)
+            x = self.encoder(x, mask=blocked)
+        else:
+            counts = valid.cumsum(dim=1).clamp(min=1).unsqueeze(-1).to(x.dtype)
+            x = x.cumsum(dim=1) / counts
+        out = self.output(x)
+        if self.user_embedding is not None and user_index is not None:
+            out = out + self.user_embedding(user_index).unsqueeze(1)
+        return F.normalize(out, dim=-1)
+
+    def encode_last(self, history: torch.Tensor, valid: torch.Tensor, user_index: torch.Tensor | None = None) -> torch.Tensor:
+        """The user vector after the whole (left-padded) history: [B, dim]."""
+        return self.forward(history, valid, user_index)[:, -1]

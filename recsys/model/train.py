@@ -1,0 +1,185 @@
+"""Fit the two-tower model on ordered interactions, with early stopping on a held-out next item."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import polars as pl
+import pytorch_lightning as pl_lightning
+import torch
+from pytorch_lightning.callbacks import Callback
+
+from recsys.config import PipelineConfig
+from recsys.encoders.features import ItemFeatures
+from recsys.model.datamodule import SequenceDataModule, ValidationQueries
+from recsys.model.module import TwoTowerModule
+from recsys.model.two_tower import FeatureTensors, TwoTowerModel
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    model: TwoTowerModel
+    user_ids: np.ndarray  # user_ids[i] has user-embedding index i + 1 (0 = unknown)
+    best_metric: float
+    best_epoch: int
+    epochs_run: int
+    train_seconds: float
+    valid_metric_name: str
+    history: list[dict] = field(default_factory=list)
+
+
+class _KeepBest(Callback):
+    """Keeps the best weights in memory and stops after `patience` epochs without improvement."""
+
+    def __init__(self, monitor: str, patience: int):
+        self.monitor = monitor
+        self.patience = patience
+        self.best = -float("inf")
+        self.best_epoch = -1
+        self.best_state: dict | None = None
+        self.history: list[dict] = []
+
+    def on_validation_end(self, trainer, module) -> None:
+        # on_validation_end runs after the module has logged this epoch's metrics.
+        if trainer.sanity_checking:
+            return
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        metrics["epoch"] = trainer.current_epoch
+        self.history.append(metrics)
+        value = metrics.get(self.monitor)
+        if value is None:
+            return
+        if value > self.best:
+            self.best, self.best_epoch = value, trainer.current_epoch
+            self.best_state = copy.deepcopy(module.model.state_dict())
+        elif trainer.current_epoch - self.best_epoch >= self.patience:
+            logger.info("early stop at epoch %d: best %s=%.4f at epoch %d", trainer.current_epoch, self.monitor, self.best, self.best_epoch)
+            trainer.should_stop = True
+
+
+def item_index_of(item_ids: np.ndarray) -> dict:
+    return {item: i for i, item in enumerate(item_ids.tolist())}
+
+
+def sequences_by_user(frame: pl.DataFrame, item_index: dict) -> tuple[np.ndarray, list[np.ndarray]]:
+    """(user ids, per-user item-index arrays in `pos` order); items missing from the index are dropped."""
+    if frame.is_empty():
+        return np.array([]), []
+    ordered = frame.sort(["user_id", "pos"]) if "pos" in frame.columns else frame
+    mapped = ordered.with_columns(
+        pl.col("item_id").replace_strict(item_index, default=-1, return_dtype=pl.Int64).alias("_idx")
+    ).filter(pl.col("_idx") >= 0)
+    grouped = mapped.group_by("user_id", maintain_order=True).agg(pl.col("_idx"))
+    users = grouped["user_id"].to_numpy()
+    seqs = [np.asarray(s, dtype=np.int64) for s in grouped["_idx"].to_list()]
+    return users, seqs
+
+
+def fit_two_tower(
+    features: ItemFeatures,
+    train: pl.DataFrame,
+    valid: pl.DataFrame,
+    cfg: PipelineConfig,
+    *,
+    lightning_logger=None,
+    show_progress: bool = True,
+    valid_candidates: np.ndarray | None = None,
+) -> TrainResult:
+    """Train on `train` (user_id, item_id, pos), early-stop on `valid` (one next item per user).
+
+    `valid_candidates` (item indices) restricts validation ranking to a subset, e.g. held-out cold
+    items, so early stopping watches the quality that matters for that protocol.
+    """
+    pl_lightning.seed_everything(cfg.train.seed, workers=True, verbose=False)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    index = item_index_of(np.asarray(features.item_ids))
+    user_ids, sequences = sequences_by_user(train, index)
+    user_position = {u: i + 1 for i, u in enumerate(user_ids.tolist())}
+    popularity = np.bincount(np.concatenate(sequences) if sequences else np.zeros(0, np.int64), minlength=len(index))
+
+    valid_queries = None
+    exclude = None
+    if not valid.is_empty():
+        history_of = dict(zip(user_ids.tolist(), sequences))
+        rows = valid.with_columns(
+            pl.col("item_id").replace_strict(index, default=-1, return_dtype=pl.Int64).alias("_idx")
+        ).filter(pl.col("_idx") >= 0)
+        histories, targets, owners = [], [], []
+        for user, target in zip(rows["user_id"].to_list(), rows["_idx"].to_list()):
+            history = history_of.get(user)
+            if history is None or len(history) == 0:
+                continue
+            histories.append(history)
+            targets.append(target)
+            owners.append(user_position[user])
+        if cfg.train.valid_max_users and len(targets) > cfg.train.valid_max_users:
+            keep = np.random.default_rng(cfg.train.seed).choice(len(targets), cfg.train.valid_max_users, replace=False)
+            keep.sort()
+            histories = [histories[i] for i in keep]
+            targets = [targets[i] for i in keep]
+            owners = [owners[i] for i in keep]
+        if targets:
+            valid_queries = ValidationQueries(histories, np.asarray(targets), np.asarray(owners))
+            exclude = list(histories)
+            if valid_candidates is not None:
+                outside = np.setdiff1d(np.arange(len(index)), valid_candidates)
+                exclude = [np.union1d(h, outside) for h in histories]
+
+    fdims = {
+        "text": None if features.text is None else features.text.shape[1],
+        "image": None if features.image is None else features.image.shape[1],
+    }
+    n_categories = 0 if features.categories is None else features.categories.shape[1]
+    model = TwoTowerModel(cfg.model, fdims["text"], fdims["image"], n_categories, n_users=len(user_ids))
+    module = TwoTowerModule(
+        model,
+        FeatureTensors.from_features(features),
+        cfg.train,
+        popularity,
+        valid=valid_queries,
+        exclude_in_valid=exclude,
+        valid_ks=tuple(sorted({10, int(cfg.train.valid_metric.split("@")[-1])})),
+    )
+    data = SequenceDataModule(
+        sequences, np.arange(1, len(user_ids) + 1), valid_queries, cfg.model.max_history, cfg.train.batch_size, cfg.train.seed
+    )
+    monitor = f"valid/{cfg.train.valid_metric}"
+    keeper = _KeepBest(monitor, cfg.train.patience)
+    trainer = pl_lightning.Trainer(
+        max_epochs=cfg.train.epochs,
+        max_time={"minutes": cfg.train.max_minutes} if cfg.train.max_minutes else None,
+        accelerator="cpu",
+        devices=1,
+        logger=lightning_logger if lightning_logger is not None else False,
+        callbacks=[keeper],
+        enable_checkpointing=False,
+        enable_progress_bar=show_progress,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=1.0 if valid_queries is not None else 0,
+        deterministic=False,
+        log_every_n_steps=10,
+    )
+    started = time.perf_counter()
+    trainer.fit(module, datamodule=data)
+    seconds = time.perf_counter() - started
+    if keeper.best_state is not None:
+        model.load_state_dict(keeper.best_state)
+    model.eval()
+    logger.info("trained %d epochs in %.1fs; best %s=%.4f at epoch %d", trainer.current_epoch, seconds, monitor, keeper.best, keeper.best_epoch)
+    return TrainResult(
+        model=model,
+        user_ids=user_ids,
+        best_metric=keeper.best,
+        best_epoch=keeper.best_epoch,
+        epochs_run=trainer.current_epoch,
+        train_seconds=seconds,
+        valid_metric_name=monitor,
+        history=keeper.history,
+    )

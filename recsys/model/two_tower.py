@@ -1,0 +1,138 @@
+"""`TwoTowerModel`: both towers plus the inference helpers that serving and batch jobs share.
+
+Kept free of Lightning so a bundle loads with plain torch, and so training and serving compute
+item and user vectors with exactly the same code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from recsys.config import ModelConfig
+from recsys.encoders.features import ItemFeatures
+from recsys.model.towers import ItemTower, UserTower
+
+
+@dataclass
+class FeatureTensors:
+    """Frozen item features as tensors, aligned with the catalog's row order (item index)."""
+
+    text: torch.Tensor | None
+    text_mask: torch.Tensor | None
+    image: torch.Tensor | None
+    image_mask: torch.Tensor | None
+    categories: torch.Tensor
+
+    @classmethod
+    def from_features(cls, features: ItemFeatures) -> "FeatureTensors":
+        def tensor(array, dtype=torch.float32):
+            return None if array is None else torch.as_tensor(np.asarray(array), dtype=dtype)
+
+        n = len(features.item_ids)
+        categories = features.categories if features.categories is not None else np.zeros((n, 0), np.float32)
+        return cls(
+            text=tensor(features.text),
+            text_mask=tensor(features.text_mask, torch.bool),
+            image=tensor(features.image),
+            image_mask=tensor(features.image_mask, torch.bool),
+            categories=tensor(categories),
+        )
+
+    def rows(self, index: torch.Tensor) -> "FeatureTensors":
+        def pick(t):
+            return None if t is None else t[index]
+
+        return FeatureTensors(
+            pick(self.text), pick(self.text_mask), pick(self.image), pick(self.image_mask), self.categories[index]
+        )
+
+    def to(self, device: torch.device | str) -> "FeatureTensors":
+        def move(t):
+            return None if t is None else t.to(device)
+
+        return FeatureTensors(
+            move(self.text), move(self.text_mask), move(self.image), move(self.image_mask), self.categories.to(device)
+        )
+
+
+class TwoTowerModel(nn.Module):
+    """Item tower over frozen content features + user tower over histories of item vectors."""
+
+    def __init__(
+        self, cfg: ModelConfig, text_dim: int | None, image_dim: int | None, n_categories: int, n_users: int = 0
+    ):
+        super().__init__()
+        self.cfg = cfg
+        self.text_dim = text_dim
+        self.image_dim = image_dim
+        self.n_categories = n_categories
+        self.n_users = n_users
+        self.item_tower = ItemTower(cfg, text_dim, image_dim, n_categories)
+        self.user_tower = UserTower(cfg, n_users)
+
+    @property
+    def dim(self) -> int:
+        return self.cfg.dim
+
+    def shape_info(self) -> dict:
+        return {
+            "dim": self.cfg.dim,
+            "text_dim": self.text_dim,
+            "image_dim": self.image_dim,
+            "n_categories": self.n_categories,
+            "n_users": self.n_users,
+        }
+
+    def item_vectors(self, features: FeatureTensors) -> torch.Tensor:
+        return self.item_tower(
+            features.text, features.text_mask, features.image, features.image_mask, features.categories
+        )
+
+    @torch.inference_mode()
+    def encode_items(self, features: FeatureTensors, batch_size: int = 8192) -> np.ndarray:
+        """Unit item vectors for every row of `features` (eval mode, no grad)."""
+        self.eval()
+        n = features.categories.shape[0]
+        out = [
+            self.item_vectors(features.rows(torch.arange(start, min(start + batch_size, n)))).numpy()
+            for start in range(0, n, batch_size)
+        ]
+        return np.concatenate(out).astype(np.float32) if out else np.zeros((0, self.dim), np.float32)
+
+    @torch.inference_mode()
+    def encode_histories(
+        self,
+        item_vectors: np.ndarray | torch.Tensor,
+        histories: list[np.ndarray],
+        user_index: np.ndarray | None = None,
+        batch_size: int = 1024,
+    ) -> np.ndarray:
+        """User vectors from histories of item indices (oldest first); only the last
+        `max_history` items are read. An empty history gives the tower's prior vector."""
+        self.eval()
+        vectors = torch.as_tensor(item_vectors)
+        max_len = self.cfg.max_history
+        results = []
+        for start in range(0, len(histories), batch_size):
+            chunk = histories[start : start + batch_size]
+            padded, valid = left_pad([np.asarray(h, dtype=np.int64)[-max_len:] for h in chunk], max_len)
+            seq = vectors[torch.as_tensor(padded).clamp(min=0)]
+            users = None
+            if user_index is not None and self.user_tower.user_embedding is not None:
+                users = torch.as_tensor(user_index[start : start + batch_size], dtype=torch.long)
+            results.append(self.user_tower.encode_last(seq, torch.as_tensor(valid), users).numpy())
+        return np.concatenate(results).astype(np.float32) if results else np.zeros((0, self.dim), np.float32)
+
+
+def left_pad(sequences: list[np.ndarray], length: int, pad: int = -1) -> tuple[np.ndarray, np.ndarray]:
+    """Right-align sequences in a [n, length] array (most recent item last); returns (ids, valid)."""
+    out = np.full((len(sequences), length), pad, dtype=np.int64)
+    for row, seq in enumerate(sequences):
+        seq = seq[-length:]
+        if len(seq):
+            out[row, length - len(seq) :] = seq
+    return out, out != pad

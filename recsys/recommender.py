@@ -1,0 +1,342 @@
+"""`Recommender`: the service object over a loaded bundle, shared by the batch job, the API and MLflow.
+
+Known users' vectors are computed once at load (their histories are fixed), so a request costs one
+faiss search. Anonymous histories go through the user tower per request. New items are embedded by
+the frozen encoders, projected by the item tower and added to the live index: recommendable at once,
+no retraining. All public methods are thread-safe.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pyarrow.parquet as pq
+
+from recsys.bundle import Bundle, BundleError, load_bundle
+from recsys.model.two_tower import FeatureTensors
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Recommendations:
+    item_ids: list
+    scores: list[float]
+    fallback: str | None = None
+    unknown_items: list = field(default_factory=list)
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
+
+
+class Recommender:
+    def __init__(self, bundle: Bundle, *, load_encoders: bool = False):
+        self.bundle = bundle
+        self.model = bundle.model
+        self.index = bundle.index
+        self.model_version: str = bundle.model_version
+        self.id_type: type = int if bundle.meta["id_type"] == "int" else str
+        users = bundle.users
+        self.user_id_type: type = int if users.schema["user_id"].is_integer() else str
+        self._lock = threading.RLock()
+        # Item rows: catalog order, then items added live.
+        self._item_ids: list = [_plain(i) for i in np.asarray(bundle.features.item_ids).tolist()]
+        self._row_of: dict = {item: row for row, item in enumerate(self._item_ids)}
+        self._vectors = np.ascontiguousarray(bundle.item_vectors, dtype=np.float32)
+        self._removed: set = set()
+        # Category -> items, for filters.
+        self._category_items: dict[str, set] = {}
+        for item, cats in zip(bundle.catalog["item_id"].to_list(), bundle.catalog["categories"].to_list()):
+            for cat in cats or []:
+                self._category_items.setdefault(cat, set()).add(item)
+        # Known users: history (item ids) and a precomputed vector.
+        self._user_row: dict = {u: i for i, u in enumerate(users["user_id"].to_list())}
+        self._user_history: list[list] = users["history"].to_list()
+        histories = [np.asarray([self._row_of[i] for i in h if i in self._row_of], dtype=np.int64) for h in self._user_history]
+        user_index = users["user_index"].to_numpy() if "user_index" in users.columns else None
+        self._user_vectors = self.model.encode_histories(self._vectors, histories, user_index)
+        popular = bundle.popularity.sort("count", descending=True)
+        self._popular_ids: list = popular["item_id"].to_list()
+        self._popular_scores: list[float] = [float(c) for c in popular["count"].to_list()]
+        self._encoders: dict | None = None
+        if load_encoders:
+            self.encoders()
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_bundle(cls, bundle_dir: str | Path, *, load_encoders: bool = False) -> "Recommender":
+        return cls(load_bundle(bundle_dir), load_encoders=load_encoders)
+
+    def encoders(self) -> dict:
+        """The frozen encoders the bundle was built with; refuses ones with other fingerprints."""
+        with self._lock:
+            if self._encoders is None:
+                from recsys.encoders.features import load_encoders
+
+                encoders = load_encoders(self.bundle.config.encoders)
+                recorded = self.bundle.meta["encoder_fingerprints"]
+                for modality, encoder in encoders.items():
+                    if modality in recorded and recorded[modality] != encoder.fingerprint:
+                        raise BundleError(
+                            f"bundle {self.bundle.path}: {modality} encoder fingerprint {encoder.fingerprint!r} "
+                            f"differs from the bundle's {recorded[modality]!r}"
+                        )
+                self._encoders = encoders
+            return self._encoders
+
+    # ------------------------------------------------------------------ info
+    def info(self) -> dict:
+        meta = self.bundle.meta
+        return {
+            "model_version": self.model_version,
+            "schema_version": meta["schema_version"],
+            "encoder_fingerprints": meta["encoder_fingerprints"],
+            "n_items": len(self.index),
+            "index_kind": self.index.kind,
+            "dim": self.model.dim,
+            "created_at": meta["created_at"],
+        }
+
+    def has_user(self, user_id) -> bool:
+        return user_id in self._user_row
+
+    def has_item(self, item_id) -> bool:
+        return item_id in self._row_of and item_id not in self._removed
+
+    def categories(self) -> list[str]:
+        return sorted(self._category_items)
+
+    def seen_items(self, user_id) -> list:
+        row = self._user_row.get(user_id)
+        return [] if row is None else list(self._user_history[row])
+
+    # ------------------------------------------------------------------ filters
+    def _allowed(self, candidates: Iterable | None, categories: Sequence[str] | None) -> list | None:
+        """Item ids a result may contain (None = any live item)."""
+        allowed: set | None = None
+        if candidates is not None:
+            allowed = {c for c in candidates if c in self._row_of}
+        if categories:
+            in_categories = set().union(*(self._category_items.get(c, set()) for c in categories))
+            allowed = in_categories if allowed is None else allowed & in_categories
+        if allowed is None:
+            return None
+        return [i for i in allowed if i not in self._removed]
+
+    def _search(self, vectors: np.ndarray, k: int, exclude: list[Iterable] | None, allowed: list | None) -> list[Recommendations]:
+        if allowed is not None and not allowed:
+            return [Recommendations([], []) for _ in range(len(vectors))]
+        ids, scores = self.index.search(vectors, k, exclude=exclude, candidates=allowed)
+        out = []
+        sentinel = self.index.sentinel
+        for row_ids, row_scores in zip(ids, scores):
+            keep = row_ids != sentinel
+            out.append(Recommendations([_plain(i) for i in row_ids[keep]], [float(s) for s in row_scores[keep]]))
+        return out
+
+    def _popular(self, k: int, exclude: Iterable = (), allowed: list | None = None) -> Recommendations:
+        excluded = set(exclude) | self._removed
+        allowed_set = None if allowed is None else set(allowed)
+        items, scores = [], []
+        for item, score in zip(self._popular_ids, self._popular_scores):
+            if item in excluded or (allowed_set is not None and item not in allowed_set):
+                continue
+            items.append(item)
+            scores.append(score)
+            if len(items) == k:
+                break
+        return Recommendations(items, scores, fallback="popular")
+
+    # ------------------------------------------------------------------ queries
+    def recommend_user(self, user_id, k: int, *, exclude_seen: bool = True, candidates=None, categories=None) -> Recommendations:
+        allowed = self._allowed(candidates, categories)
+        row = self._user_row.get(user_id)
+        if row is None:
+            return self._popular(k, (), allowed)
+        exclude = [self._user_history[row]] if exclude_seen else None
+        return self._search(self._user_vectors[row : row + 1], k, exclude, allowed)[0]
+
+    def recommend_users(
+        self, user_ids: Sequence, k: int, *, exclude_seen: bool = True, candidates=None, categories=None
+    ) -> list[Recommendations]:
+        """Batched `recommend_user`: one faiss call for all known users of the chunk."""
+        allowed = self._allowed(candidates, categories)
+        rows = [self._user_row.get(u) for u in user_ids]
+        known = [i for i, r in enumerate(rows) if r is not None]
+        results: list[Recommendations | None] = [None] * len(user_ids)
+        if known:
+            vectors = self._user_vectors[[rows[i] for i in known]]
+            exclude = [self._user_history[rows[i]] for i in known] if exclude_seen else None
+            for i, rec in zip(known, self._search(vectors, k, exclude, allowed)):
+                results[i] = rec
+        popular = None
+        for i, r in enumerate(rows):
+            if r is None:
+                popular = popular or self._popular(k, (), allowed)
+                results[i] = popular
+        return results  # type: ignore[return-value]
+
+    def user_vector_for_history(self, history: Sequence) -> tuple[np.ndarray | None, list, list]:
+        """(vector or None, known item ids, unknown item ids) for an anonymous history."""
+        known = [i for i in history if i in self._row_of]
+        unknown = [i for i in history if i not in self._row_of]
+        if not known:
+            return None, known, unknown
+        with self._lock:
+            vectors = self._vectors
+        rows = np.asarray([self._row_of[i] for i in known], dtype=np.int64)
+        return self.model.encode_histories(vectors, [rows])[0], known, unknown
+
+    def recommend_history(self, history: Sequence, k: int, *, exclude=None, candidates=None, categories=None) -> Recommendations:
+        allowed = self._allowed(candidates, categories)
+        vector, known, unknown = self.user_vector_for_history(list(history))
+        excluded = list(known) + list(exclude or [])
+        if vector is None:
+            rec = self._popular(k, excluded, allowed)
+        else:
+            rec = self._search(vector[None, :], k, [[i for i in excluded if i in self._row_of]], allowed)[0]
+        rec.unknown_items = unknown
+        return rec
+
+    def similar_items(self, item_id, k: int, *, candidates=None, categories=None) -> Recommendations:
+        if not self.has_item(item_id):
+            raise KeyError(f"unknown item_id {item_id!r}")
+        vector = self._vectors[self._row_of[item_id]]
+        return self._search(vector[None, :], k, [[item_id]], self._allowed(candidates, categories))[0]
+
+    def search(self, query: str, k: int, *, candidates=None, categories=None) -> Recommendations:
+        """Free text -> frozen text encoder -> trained text head -> nearest items."""
+        query = query.strip()
+        if not query:
+            raise ValueError("query must not be empty")
+        encoder = self.encoders().get("text")
+        if encoder is None or self.model.item_tower.text_head is None:
+            raise RuntimeError("this bundle has no text encoder/head; text search is unavailable")
+        embedding, mask = encoder.encode([query])
+        vector = self.project_text(embedding)
+        return self._search(vector, k, None, self._allowed(candidates, categories))[0]
+
+    def project_text(self, embedding: np.ndarray) -> np.ndarray:
+        """Frozen text embeddings [n, d_text] -> unit vectors in the trained space (text head only)."""
+        import torch
+
+        n = len(embedding)
+        features = FeatureTensors(
+            text=torch.as_tensor(embedding, dtype=torch.float32),
+            text_mask=torch.ones(n, dtype=torch.bool),
+            image=None if self.model.image_dim is None else torch.zeros(n, self.model.image_dim),
+            image_mask=None if self.model.image_dim is None else torch.zeros(n, dtype=torch.bool),
+            categories=torch.zeros(n, self.model.n_categories),
+        )
+        with torch.inference_mode():
+            self.model.eval()
+            return self.model.item_vectors(features).numpy()
+
+    # ------------------------------------------------------------------ catalog changes
+    def embed_items(self, catalog: pl.DataFrame) -> np.ndarray:
+        """Item-tower vectors for new catalog rows (item_id, title, text, image, categories)."""
+        from recsys.encoders.features import build_item_features
+
+        features = build_item_features(
+            catalog,
+            self.bundle.config.encoders,
+            encoders=self.encoders(),
+            store=None,
+            category_vocab=list(self.bundle.features.category_vocab),
+            show_progress=False,
+        )
+        return self.model.encode_items(FeatureTensors.from_features(features))
+
+    def add_item(self, item_id, title: str, text: str | None = None, image_path: str | None = None, categories=None) -> None:
+        if self.has_item(item_id):
+            raise ValueError(f"item_id {item_id!r} already exists")
+        row = pl.DataFrame(
+            {
+                "item_id": [item_id],
+                "title": [title],
+                "text": [text],
+                "image": [image_path],
+                "categories": [list(categories or [])],
+            },
+            schema={"item_id": pl.Int64 if self.id_type is int else pl.String, "title": pl.String, "text": pl.String, "image": pl.String, "categories": pl.List(pl.String)},
+        )
+        vector = self.embed_items(row)
+        with self._lock:
+            if item_id in self._removed:  # re-adding a deleted id: give it fresh content
+                self._removed.discard(item_id)
+                self.index.remove([item_id]) if item_id in self.index else None
+            if item_id in self._row_of:
+                self._vectors[self._row_of[item_id]] = vector[0]
+            else:
+                self._row_of[item_id] = len(self._item_ids)
+                self._item_ids.append(item_id)
+                self._vectors = np.concatenate([self._vectors, vector])
+            for cat in categories or []:
+                self._category_items.setdefault(cat, set()).add(item_id)
+            self.index.add([item_id], vector)
+        logger.info("added item %r to the live index (%d items)", item_id, len(self.index))
+
+    def remove_item(self, item_id) -> None:
+        with self._lock:
+            if not self.has_item(item_id):
+                raise KeyError(f"unknown item_id {item_id!r}")
+            self.index.remove([item_id])
+            self._removed.add(item_id)
+        logger.info("removed item %r from results", item_id)
+
+    # ------------------------------------------------------------------ batch job
+    def write_recommendations(
+        self,
+        user_ids: Sequence,
+        out_path: str | Path,
+        k: int,
+        *,
+        exclude_seen: bool = True,
+        candidates=None,
+        chunk_size: int = 1024,
+        show_progress: bool = True,
+    ) -> Path:
+        """Top-k per user to parquet (user_id, item_id, rank, score), chunk by chunk, atomically."""
+        from tqdm.auto import tqdm
+
+        out_path = Path(out_path)
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out_path.with_name(f".{out_path.name}.tmp")
+        user_dtype = pl.Int64 if self.user_id_type is int else pl.String
+        item_dtype = pl.Int64 if self.id_type is int else pl.String
+        schema = {"user_id": user_dtype, "item_id": item_dtype, "rank": pl.Int32, "score": pl.Float32}
+        writer = None
+        try:
+            for start in tqdm(range(0, len(user_ids), chunk_size), desc="recommend", unit="chunk", disable=not show_progress):
+                chunk = list(user_ids[start : start + chunk_size])
+                recs = self.recommend_users(chunk, k, exclude_seen=exclude_seen, candidates=candidates)
+                users, items, ranks, scores = [], [], [], []
+                for user, rec in zip(chunk, recs):
+                    n = len(rec.item_ids)
+                    users.extend([user] * n)
+                    items.extend(rec.item_ids)
+                    ranks.extend(range(1, n + 1))
+                    scores.extend(rec.scores)
+                table = pl.DataFrame({"user_id": users, "item_id": items, "rank": ranks, "score": scores}, schema=schema).to_arrow()
+                if writer is None:
+                    writer = pq.ParquetWriter(tmp, table.schema, compression="zstd")
+                writer.write_table(table)
+            if writer is None:
+                pl.DataFrame(schema=schema).write_parquet(tmp)
+            else:
+                writer.close()
+                writer = None
+            tmp.replace(out_path)
+        finally:
+            if writer is not None:
+                writer.close()
+            tmp.unlink(missing_ok=True)
+        return out_path
