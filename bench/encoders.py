@@ -14,6 +14,8 @@ import platform
 import time
 from pathlib import Path
 
+from recsys.paths import shared_data_dir
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import polars as pl  # noqa: E402
@@ -23,7 +25,7 @@ from recsys.config import ImageEncoderConfig, TextEncoderConfig  # noqa: E402
 from recsys.encoders import ImageEncoder, TextEncoder, build_item_texts  # noqa: E402
 from recsys.encoders.store import atomic_write_bytes  # noqa: E402
 
-DATA = Path("/work/shared/data")
+DATA = shared_data_dir()
 OUT = Path(__file__).parent / "results" / "encoders.json"
 log = logging.getLogger("bench.encoders")
 

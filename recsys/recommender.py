@@ -186,13 +186,13 @@ class Recommender:
 
     def user_vector_for_history(self, history: Sequence) -> tuple[np.ndarray | None, list, list]:
         """(vector or None, known item ids, unknown item ids) for an anonymous history."""
-        known = [i for i in history if i in self._row_of]
-        unknown = [i for i in history if i not in self._row_of]
-        if not known:
-            return None, known, unknown
-        with self._lock:
+        with self._lock:  # rows and vectors from one consistent state (add_item grows both)
+            known = [i for i in history if i in self._row_of]
+            unknown = [i for i in history if i not in self._row_of]
+            if not known:
+                return None, known, unknown
             vectors = self._vectors
-        rows = np.asarray([self._row_of[i] for i in known], dtype=np.int64)
+            rows = np.asarray([self._row_of[i] for i in known], dtype=np.int64)
         return self.model.encode_histories(vectors, [rows])[0], known, unknown
 
     def recommend_history(self, history: Sequence, k: int, *, exclude=None, candidates=None, categories=None) -> Recommendations:
@@ -207,9 +207,10 @@ class Recommender:
         return rec
 
     def similar_items(self, item_id, k: int, *, candidates=None, categories=None) -> Recommendations:
-        if not self.has_item(item_id):
-            raise KeyError(f"unknown item_id {item_id!r}")
-        vector = self._vectors[self._row_of[item_id]]
+        with self._lock:  # add_item registers the row before it grows _vectors
+            if not self.has_item(item_id):
+                raise KeyError(f"unknown item_id {item_id!r}")
+            vector = self._vectors[self._row_of[item_id]].copy()
         return self._search(vector[None, :], k, [[item_id]], self._allowed(candidates, categories))[0]
 
     def search(self, query: str, k: int, *, candidates=None, categories=None) -> Recommendations:

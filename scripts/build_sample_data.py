@@ -3,7 +3,7 @@
 Keeps the most-rated items (with text, genres and a small poster each) and the ratings on them of users
 who keep at least `min_user_items` of them, so tests and the demo run in seconds on real data.
 
-    .venv/bin/python scripts/build_sample_data.py --source /work/shared/data/ml-100k --out data/sample
+    .venv/bin/python scripts/build_sample_data.py --source ../shared/data/ml-100k --out data/sample
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import os
 import sys
 import tempfile
 from pathlib import Path
+
+from recsys.paths import shared_data_dir
 
 import polars as pl
 from PIL import Image
@@ -78,7 +80,7 @@ def build(source: Path, out: Path, n_items: int, min_user_items: int, max_width:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--source", type=Path, default=Path("/work/shared/data/ml-100k"))
+    parser.add_argument("--source", type=Path, default=shared_data_dir() / "ml-100k")
     parser.add_argument("--out", type=Path, default=Path("data/sample"))
     parser.add_argument("--n-items", type=int, default=400)
     parser.add_argument("--min-user-items", type=int, default=5)

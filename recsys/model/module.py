@@ -122,6 +122,6 @@ class TwoTowerModule(pl.LightningModule):
         rank = torch.cat(self._valid_hits).double()
         for k in self.valid_ks:
             hit = (rank < k).double()
-            self.log(f"valid/recall@{k}", hit.mean(), prog_bar=k == self.valid_ks[0])
-            self.log(f"valid/ndcg@{k}", (hit / torch.log2(rank + 2)).mean(), prog_bar=k == self.valid_ks[0])
+            self.log(f"valid/recall_at_{k}", hit.mean(), prog_bar=k == self.valid_ks[0])
+            self.log(f"valid/ndcg_at_{k}", (hit / torch.log2(rank + 2)).mean(), prog_bar=k == self.valid_ks[0])
         self._valid_item_vectors = None

@@ -78,6 +78,7 @@ class ItemTower(nn.Module):
             masks.append(categories.sum(dim=-1) > 0)
         stacked = torch.stack(parts, dim=-2)  # [..., M, dim]
         present = torch.stack(masks, dim=-1).to(stacked.dtype)  # [..., M]
+        stacked = stacked * present.unsqueeze(-1)  # a missing modality must not steer the gate
         if self.gate is not None:
             logits = self.gate(stacked.flatten(-2)).masked_fill(present == 0, float("-inf"))
             weights = torch.nan_to_num(torch.softmax(logits, dim=-1), nan=0.0)
@@ -103,6 +104,8 @@ class UserTower(nn.Module):
         self.max_history = cfg.max_history
         dim = cfg.dim
         self.position = nn.Embedding(cfg.max_history, dim)
+        nn.init.normal_(self.position.weight, std=0.02)
+        self.input_scale = dim**0.5  # unit item vectors -> unit-variance components, like token embeddings
         self.input_norm = nn.LayerNorm(dim)
         self.dropout = nn.Dropout(cfg.attn_dropout)
         if cfg.user_pooling == "attention":
@@ -137,7 +140,7 @@ class UserTower(nn.Module):
         positions = torch.arange(self.max_history - length, self.max_history, device=history.device)
         x = history * valid.unsqueeze(-1)
         if self.encoder is not None:
-            x = self.dropout(self.input_norm(x + self.position(positions)))
+            x = self.dropout(self.input_norm(x * self.input_scale + self.position(positions)))
             # Position t attends to valid positions <= t, and always to itself, so no attention row is
             # empty (an empty row gives NaN, and NaN gradients, even where the output is discarded).
             blocked = self._causal[:length, :length].unsqueeze(0) | ~valid.unsqueeze(1)

@@ -45,22 +45,34 @@ class _KeepBest(Callback):
         self.best_state: dict | None = None
         self.history: list[dict] = []
 
+    def _entry(self, epoch: int) -> dict:
+        if not self.history or self.history[-1]["epoch"] != epoch:
+            self.history.append({"epoch": epoch})
+        return self.history[-1]
+
     def on_validation_end(self, trainer, module) -> None:
-        # on_validation_end runs after the module has logged this epoch's metrics.
+        # on_validation_end runs after the module has logged this epoch's validation metrics.
         if trainer.sanity_checking:
             return
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-        metrics["epoch"] = trainer.current_epoch
-        self.history.append(metrics)
-        value = metrics.get(self.monitor)
+        entry = self._entry(trainer.current_epoch)
+        entry.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("valid/")})
+        value = entry.get(self.monitor)
         if value is None:
             return
         if value > self.best:
             self.best, self.best_epoch = value, trainer.current_epoch
             self.best_state = copy.deepcopy(module.model.state_dict())
         elif trainer.current_epoch - self.best_epoch >= self.patience:
-            logger.info("early stop at epoch %d: best %s=%.4f at epoch %d", trainer.current_epoch, self.monitor, self.best, self.best_epoch)
+            logger.info(
+                "early stop at epoch %d: best %s=%.4f at epoch %d",
+                trainer.current_epoch, self.monitor, self.best, self.best_epoch,
+            )
             trainer.should_stop = True
+
+    def on_train_epoch_end(self, trainer, module) -> None:
+        loss = trainer.callback_metrics.get("train/loss")
+        if loss is not None:
+            self._entry(trainer.current_epoch)["train/loss"] = float(loss)
 
 
 def item_index_of(item_ids: np.ndarray) -> dict:
@@ -149,7 +161,7 @@ def fit_two_tower(
     data = SequenceDataModule(
         sequences, np.arange(1, len(user_ids) + 1), valid_queries, cfg.model.max_history, cfg.train.batch_size, cfg.train.seed
     )
-    monitor = f"valid/{cfg.train.valid_metric}"
+    monitor = f"valid/{cfg.train.valid_metric.replace('@', '_at_')}"
     keeper = _KeepBest(monitor, cfg.train.patience)
     trainer = pl_lightning.Trainer(
         max_epochs=cfg.train.epochs,

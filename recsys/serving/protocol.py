@@ -25,7 +25,8 @@ class RecommenderLike(Protocol):
     """Thread-safe recommender service object (see recsys.recommender.Recommender)."""
 
     model_version: str
-    id_type: type
+    id_type: type  # type of item ids (int or str)
+    # `user_id_type` (type of user ids) is optional: routes fall back to `id_type` when it is absent.
 
     def info(self) -> dict: ...
     def has_user(self, user_id: Any) -> bool: ...
@@ -72,8 +73,17 @@ class RecommenderLike(Protocol):
     def remove_item(self, item_id: Any) -> None: ...
 
 
+def user_id_type(recommender: RecommenderLike) -> type:
+    """Type of user ids; a model may key users by int while its items are str (or the reverse)."""
+    return getattr(recommender, "user_id_type", None) or recommender.id_type
+
+
 def load_from_bundle(bundle_dir: Path) -> RecommenderLike:
-    """Import the real Recommender lazily (torch/faiss are heavy) and load a bundle."""
+    """Import the real Recommender lazily (torch/faiss are heavy) and load a bundle.
+
+    The frozen encoders are loaded here too (in the reload worker thread, before the swap), so the
+    first /v1/search or POST /v1/items after a (re)load is not slowed by a model load.
+    """
     from recsys.recommender import Recommender  # lazy: keeps `import recsys.serving` cheap
 
-    return Recommender.from_bundle(Path(bundle_dir))
+    return Recommender.from_bundle(Path(bundle_dir), load_encoders=True)

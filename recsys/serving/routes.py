@@ -15,6 +15,7 @@ import pydantic_core
 from fastapi import APIRouter, Depends, Path, Query, Response
 
 from recsys.serving.errors import ApiError, error_responses
+from recsys.serving.protocol import user_id_type
 from recsys.serving.schemas import (
     MAX_ID_LEN,
     MAX_LIST_LEN,
@@ -34,6 +35,9 @@ logger = logging.getLogger(__name__)
 
 _INT_ID = re.compile(r"-?\d{1,19}")
 _INT64_MAX = 2**63 - 1
+# uvicorn's HTTP parser (h11) rejects request heads over 64 KiB and clients cap URLs too, so a
+# query-string candidate list is kept well below that.
+MAX_QUERY_CANDIDATES_LEN = 4_000
 
 
 # ---------------------------------------------------------------- id / filter parsing
@@ -136,7 +140,12 @@ def build_router(state: ModelState, max_k: int) -> APIRouter:
     ]
     CandidatesQuery = Annotated[
         str | None,
-        Query(max_length=200_000, description="Comma list of item ids to rank among.", examples=["1,2,3"]),
+        Query(
+            max_length=MAX_QUERY_CANDIDATES_LEN,
+            description="Comma list of item ids to rank among (URLs must stay short: at most "
+            f"{MAX_QUERY_CANDIDATES_LEN} characters).",
+            examples=["1,2,3"],
+        ),
     ]
 
     router = APIRouter(prefix="/v1", responses=error_responses(500, 503))
@@ -157,7 +166,7 @@ def build_router(state: ModelState, max_k: int) -> APIRouter:
         candidates: CandidatesQuery = None,
     ) -> Response:
         rec = model.recommender
-        uid = parse_id(user_id, rec.id_type, "user_id")
+        uid = parse_id(user_id, user_id_type(rec), "user_id")
         result = rec.recommend_user(
             uid,
             k,
@@ -218,19 +227,22 @@ def build_router(state: ModelState, max_k: int) -> APIRouter:
     @router.post(
         "/search",
         response_model=SearchResponse,
-        responses=error_responses(413, 422),
+        responses=error_responses(409, 413, 422),
         summary="Free-text search through the text encoder and the trained text head",
         tags=["recommendations"],
     )
     def search(model: Model, body: SearchRequest) -> Response:
         rec = model.recommender
         k = check_k(body.k, max_k)
-        result = rec.search(
-            body.query,
-            k,
-            candidates=parse_ids(body.candidates, rec.id_type, "candidate"),
-            categories=check_categories(model, body.categories),
-        )
+        candidates = parse_ids(body.candidates, rec.id_type, "candidate")
+        categories = check_categories(model, body.categories)
+        try:
+            result = rec.search(body.query, k, candidates=candidates, categories=categories)
+        except ValueError as exc:  # e.g. a query that is blank once normalised
+            raise ApiError(422, "invalid_query", str(exc)) from None
+        except RuntimeError as exc:  # the loaded bundle has no text encoder / text head
+            logger.warning("search unavailable on model %s: %s", model.model_version, exc)
+            raise ApiError(409, "search_unavailable", str(exc)) from None
         return recommendations_json(result, k, model, query=body.query)
 
     @router.post(
@@ -304,6 +316,7 @@ def model_info_response(model: LoadedModel) -> ModelInfoResponse:
         dim=info.get("dim"),
         created_at=None if created is None else str(created),
         id_type="int" if model.recommender.id_type is int else "str",
+        user_id_type="int" if user_id_type(model.recommender) is int else "str",
         source=model.source,
         loaded_at=model.loaded_at,
     )

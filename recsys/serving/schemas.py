@@ -65,7 +65,7 @@ _ITEMS_EXAMPLE = [{"item_id": 12, "score": 0.83, "rank": 1}, {"item_id": 7, "sco
 
 
 class UserRecommendationResponse(RecommendationResponse):
-    user_id: ItemId = Field(description="User id as parsed for the loaded model.")
+    user_id: ItemId = Field(description="User id as parsed for the loaded model (see `user_id_type` in GET /v1/model).")
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -163,7 +163,8 @@ class ModelInfoResponse(BaseModel):
     index_kind: str | None = None
     dim: int | None = None
     created_at: str | None = None
-    id_type: Literal["int", "str"]
+    id_type: Literal["int", "str"] = Field(description="Type of item ids.")
+    user_id_type: Literal["int", "str"] = Field(description="Type of user ids (may differ from the item ids').")
     source: str | None = Field(default=None, description="Bundle path or models:/ URI the model was loaded from.")
     loaded_at: datetime | None = None
 
@@ -180,6 +181,7 @@ class ModelInfoResponse(BaseModel):
                     "dim": 64,
                     "created_at": "2025-01-01T00:00:00Z",
                     "id_type": "int",
+                    "user_id_type": "int",
                     "source": "models:/recsys@champion",
                     "loaded_at": "2025-01-01T00:01:00Z",
                 }

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from recsys.paths import shared_data_dir
+
 import polars as pl
 import pytest
 
@@ -12,7 +14,7 @@ from recsys.data import load_movielens, read_catalog, read_interactions
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE_DIR = REPO / "data" / "sample"
-SHARED_DATA = Path("/work/shared/data")
+SHARED_DATA = shared_data_dir()
 
 
 @pytest.fixture(scope="session")

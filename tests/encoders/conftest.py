@@ -2,10 +2,12 @@
 
 from pathlib import Path
 
+from recsys.paths import shared_data_dir
+
 import polars as pl
 import pytest
 
-DATA = Path("/work/shared/data")
+DATA = shared_data_dir()
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,5 @@
-"""Fixtures for the serving tests; the FakeRecommender lives in fake_recommender.py."""
+"""Fixtures for the serving tests; the FakeRecommender lives in fake_recommender.py, the tiny real
+bundle builder in real_bundle.py."""
 
 from __future__ import annotations
 
@@ -21,3 +22,12 @@ def client(settings: ServingSettings):
     loader, _ = make_loader()
     with TestClient(create_app(settings, loader)) as test_client:
         yield test_client
+
+
+@pytest.fixture(scope="session")
+def tiny_bundles(tmp_path_factory):
+    """Two real bundles (seeds 1, 2) over 150 ml-100k items: real text encoder, real 1-epoch training.
+    Built once per session (~20 s on 2 cores)."""
+    from real_bundle import build_tiny_bundles
+
+    return build_tiny_bundles(tmp_path_factory.mktemp("tiny_bundles"))

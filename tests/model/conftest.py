@@ -1,0 +1,1 @@
+"""Model tests use the shared tiny dataset fixtures from tests/conftest.py."""

@@ -1,0 +1,111 @@
+"""Tower contracts: only the towers train, outputs are unit vectors, items need content only,
+the user tower is causal and accepts anonymous histories."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from recsys.config import ModelConfig
+from recsys.model.two_tower import FeatureTensors, TwoTowerModel
+
+
+def _features(n: int, text_dim: int = 16, image_dim: int = 8, n_cat: int = 3, seed: int = 0) -> FeatureTensors:
+    g = torch.Generator().manual_seed(seed)
+    return FeatureTensors(
+        text=torch.randn(n, text_dim, generator=g),
+        text_mask=torch.ones(n, dtype=torch.bool),
+        image=torch.randn(n, image_dim, generator=g),
+        image_mask=torch.ones(n, dtype=torch.bool),
+        categories=(torch.rand(n, n_cat, generator=g) > 0.5).float(),
+    )
+
+
+def _model(**overrides) -> TwoTowerModel:
+    cfg = ModelConfig(dim=8, head_hidden=16, max_history=6, n_heads=2, **overrides)
+    return TwoTowerModel(cfg, text_dim=16, image_dim=8, n_categories=3, n_users=5)
+
+
+def test_trainable_parameters_are_exactly_the_towers():
+    model = _model(user_id_embedding=True)
+    names = {name.split(".")[0] + "." + name.split(".")[1] for name, p in model.named_parameters() if p.requires_grad}
+    assert names == {
+        "item_tower.text_head",
+        "item_tower.image_head",
+        "item_tower.category_head",
+        "item_tower.gate",
+        "item_tower.missing",
+        "user_tower.position",
+        "user_tower.input_norm",
+        "user_tower.encoder",
+        "user_tower.output",
+        "user_tower.user_embedding",
+    }
+    # Frozen encoder features are inputs, not parameters or persistent buffers of the model.
+    assert all(not name.startswith(("text_encoder", "image_encoder")) for name in model.state_dict())
+
+
+def test_item_vectors_are_unit_and_need_no_interactions():
+    model = _model()
+    vectors = model.encode_items(_features(10))
+    assert vectors.shape == (10, 8)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+def test_missing_modalities_are_masked_not_fatal():
+    model = _model()
+    features = _features(4)
+    features.text_mask[:] = False
+    features.image_mask[1] = False
+    features.categories[2] = 0
+    features.image_mask[2] = False  # item 2 has no content at all
+    vectors = model.encode_items(features)
+    assert np.isfinite(vectors).all()
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    # A masked modality's values must not matter.
+    changed = _features(4)
+    changed.text = features.text + 100.0
+    changed.text_mask[:] = False
+    changed.image_mask[1] = False
+    changed.categories[2] = 0
+    changed.image_mask[2] = False
+    changed.image, changed.categories = features.image, features.categories
+    np.testing.assert_allclose(model.encode_items(changed), vectors, atol=1e-6)
+
+
+def test_user_tower_is_causal_and_handles_padding():
+    torch.manual_seed(0)
+    model = _model()
+    model.eval()
+    items = torch.nn.functional.normalize(torch.randn(1, 6, 8), dim=-1)
+    valid = torch.tensor([[False, False, True, True, True, True]])
+    with torch.no_grad():
+        before = model.user_tower(items, valid)
+        changed = items.clone()
+        changed[0, 5] = -changed[0, 5]  # change the newest item only
+        after = model.user_tower(changed, valid)
+        # What padding holds must not matter either.
+        padded = items.clone()
+        padded[0, :2] = 5.0
+        with_junk = model.user_tower(padded, valid)
+    torch.testing.assert_close(before[0, 2:5], after[0, 2:5])
+    assert not torch.allclose(before[0, 5], after[0, 5])
+    torch.testing.assert_close(before[0, 2:], with_junk[0, 2:])
+
+
+def test_mean_pooling_and_anonymous_histories():
+    model = _model(user_pooling="mean")
+    item_vectors = model.encode_items(_features(10))
+    users = model.encode_histories(item_vectors, [np.array([1, 2, 3]), np.array([], dtype=np.int64), np.arange(10)])
+    assert users.shape == (3, 8)
+    assert np.isfinite(users).all()
+    np.testing.assert_allclose(np.linalg.norm(users, axis=1), 1.0, atol=1e-5)
+
+
+def test_long_histories_read_only_the_last_max_history_items():
+    model = _model()
+    item_vectors = model.encode_items(_features(20))
+    long = np.arange(20)
+    a = model.encode_histories(item_vectors, [long])
+    b = model.encode_histories(item_vectors, [long[-6:]])
+    np.testing.assert_allclose(a, b, atol=1e-6)

@@ -1,0 +1,77 @@
+"""Training on tiny real data: the loss falls, early stopping keeps the best epoch, the frozen
+encoder is untouched, and the sampled-softmax logQ correction behaves."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from recsys.data.splits import loo_split
+from recsys.model.datamodule import training_windows
+from recsys.model.module import TwoTowerModule
+from recsys.model.train import fit_two_tower
+from recsys.model.two_tower import FeatureTensors
+
+
+def test_training_windows_cover_every_position():
+    windows = training_windows([np.arange(7)], max_history=3)
+    # Windows of 4 stepping back by 3 from the newest: [3..6], [0..3], and nothing shorter than 2 left.
+    assert windows.tolist() == [[3, 4, 5, 6], [0, 1, 2, 3]]
+    short = training_windows([np.array([5])], max_history=3)
+    assert short.shape == (0, 4)
+
+
+def test_fit_improves_validation_and_keeps_best(tiny_data, tiny_features, tmp_path, make_config):
+    _, interactions = tiny_data
+    split = loo_split(interactions, seed=0)
+    cfg = make_config(tmp_path, **{"train.epochs": 4, "train.patience": 10})
+    result = fit_two_tower(tiny_features, split.train, split.valid, cfg, show_progress=False)
+    losses = [h["train/loss"] for h in result.history if "train/loss" in h]
+    assert len(losses) == 4
+    assert losses[-1] < losses[0]
+    metrics = [h[result.valid_metric_name] for h in result.history]
+    assert result.best_metric == max(metrics)
+    assert result.best_epoch == int(np.argmax(metrics))
+    assert 0.0 < result.best_metric <= 1.0
+
+
+def test_training_leaves_the_frozen_encoder_unchanged(tiny_data, tiny_features, text_encoder, tmp_path, make_config):
+    catalog, interactions = tiny_data
+    texts = ["A heist goes wrong in Los Angeles.", "Toy Story (1995)"]
+    before, _ = text_encoder.encode(texts)
+    params_before = [p.detach().clone() for p in text_encoder.model.parameters()]
+    assert not any(p.requires_grad for p in text_encoder.model.parameters())
+    split = loo_split(interactions, seed=1)
+    fit_two_tower(tiny_features, split.train, split.valid, make_config(tmp_path), show_progress=False)
+    after, _ = text_encoder.encode(texts)
+    np.testing.assert_array_equal(before, after)
+    for p0, p1 in zip(params_before, text_encoder.model.parameters()):
+        assert torch.equal(p0, p1)
+
+
+def test_logq_correction_is_inclusion_probability(tiny_features):
+    from recsys.config import ModelConfig, TrainConfig
+    from recsys.model.two_tower import TwoTowerModel
+
+    n = len(tiny_features)
+    popularity = np.arange(1, n + 1, dtype=np.float64)
+    cfg = TrainConfig(num_uniform_negatives=8)
+    model = TwoTowerModel(ModelConfig(dim=8, head_hidden=0, max_history=4), 384, None, len(tiny_features.category_vocab))
+    module = TwoTowerModule(model, FeatureTensors.from_features(tiny_features), cfg, popularity)
+    targets = torch.tensor([0, 1, n - 1, n - 1])
+    candidates, log_q = module._candidates(targets)
+    assert set(targets.tolist()) <= set(candidates.tolist())
+    assert len(candidates) == len(set(candidates.tolist()))
+    p = popularity / popularity.sum()
+    i = candidates.tolist().index(n - 1)
+    expected = math.log(1 - (1 - p[n - 1]) ** 4 * (1 - 1 / n) ** 8)
+    assert abs(log_q[i].item() - expected) < 1e-5
+    # Popular items are likelier to be in the set, so they get the larger correction.
+    j = candidates.tolist().index(0)
+    assert log_q[i] > log_q[j]
+    # A full softmax needs no correction.
+    full = TwoTowerModule(model, FeatureTensors.from_features(tiny_features), TrainConfig(num_uniform_negatives=-1), popularity)
+    all_items, none = full._candidates(targets)
+    assert none is None and len(all_items) == n

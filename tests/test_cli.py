@@ -1,0 +1,131 @@
+"""The CLI contract other tools call (`recsys train`, `recsys recommend`), clear errors on bad input,
+and a full `recsys run` tracked in MLflow (parent + nested runs, params, curves, artifacts, alias)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+import pytest
+from typer.testing import CliRunner
+
+from recsys.cli import app
+
+runner = CliRunner()
+
+FAST = [
+    "-s", "encoders.image.enabled=false",
+    "-s", "model.dim=32",
+    "-s", "model.head_hidden=64",
+    "-s", "model.max_history=20",
+    "-s", "train.epochs=2",
+    "-s", "train.num_uniform_negatives=64",
+]
+
+
+@pytest.fixture(scope="module")
+def files(tiny_data, tmp_path_factory) -> dict[str, Path]:
+    catalog, interactions = tiny_data
+    root = tmp_path_factory.mktemp("cli")
+    paths = {"catalog": root / "catalog.parquet", "interactions": root / "interactions.csv", "root": root}
+    catalog.write_parquet(paths["catalog"])
+    interactions.select("user_id", "item_id", "timestamp", "rating").write_csv(paths["interactions"])
+    return paths
+
+
+def _invoke(args: list[str]):
+    result = runner.invoke(app, args, catch_exceptions=False)
+    return result
+
+
+@pytest.fixture(scope="module")
+def trained(files) -> Path:
+    root = files["root"]
+    out = root / "bundle"
+    result = _invoke(
+        ["train", "--catalog", str(files["catalog"]), "--interactions", str(files["interactions"]), "--out", str(out), "-q",
+         "-s", f"encoders.cache_dir={root / 'cache'}", "-s", f"output_dir={root / 'out'}",
+         "-s", f"tracking.tracking_uri=sqlite:///{root / 'mlflow.db'}", *FAST]
+    )
+    assert result.exit_code == 0, result.output
+    assert "bundle:" in result.output and "registered:" in result.output
+    return out
+
+
+def test_train_writes_a_loadable_bundle(trained):
+    from recsys.bundle import load_bundle
+
+    bundle = load_bundle(trained)
+    assert bundle.meta["n_items"] == 120
+    assert bundle.users.height == 150
+
+
+def test_recommend_contract(trained, files, tiny_data):
+    _, interactions = tiny_data
+    root = files["root"]
+    users = interactions["user_id"].unique().sort().head(10)
+    pl.DataFrame({"user_id": users}).write_parquet(root / "users.parquet")
+    candidates = interactions["item_id"].unique().sort().head(60)
+    pl.DataFrame({"item_id": candidates}).write_parquet(root / "items.parquet")
+    out = root / "recs.parquet"
+    result = _invoke(
+        ["recommend", "--bundle", str(trained), "--users", str(root / "users.parquet"), "--k", "5", "--out", str(out),
+         "--exclude-seen", "--candidates", str(root / "items.parquet"), "-q"]
+    )
+    assert result.exit_code == 0, result.output
+    recs = pl.read_parquet(out)
+    assert recs.columns == ["user_id", "item_id", "rank", "score"]
+    assert set(recs["user_id"].unique().to_list()) <= set(users.to_list())
+    assert set(recs["item_id"].to_list()) <= set(candidates.to_list())
+    seen = interactions.select("user_id", "item_id").rows()
+    assert not set(recs.select("user_id", "item_id").rows()) & set(seen)
+    assert recs["rank"].min() == 1
+
+
+def test_bad_interactions_give_a_clear_error(files, tmp_path):
+    bad = tmp_path / "bad.csv"
+    pl.read_csv(files["interactions"]).drop("timestamp").write_csv(bad)
+    result = runner.invoke(app, ["train", "--catalog", str(files["catalog"]), "--interactions", str(bad), "--out", str(tmp_path / "b"), "-q", "-s", "tracking.enabled=false", *FAST])
+    assert result.exit_code == 2
+    assert "bad.csv" in result.output and "timestamp" in result.output
+
+
+def test_recommend_users_file_without_user_id_column(trained, tmp_path):
+    users = tmp_path / "users.parquet"
+    pl.DataFrame({"customer": [1, 2]}).write_parquet(users)
+    result = runner.invoke(app, ["recommend", "--bundle", str(trained), "--users", str(users), "--out", str(tmp_path / "r.parquet")])
+    assert result.exit_code == 2
+    assert "users.parquet" in result.output and "user_id" in result.output
+    assert not (tmp_path / "r.parquet").exists()
+
+
+def test_run_is_tracked_in_mlflow(files, tmp_path):
+    from mlflow import MlflowClient
+
+    db = tmp_path / "mlflow.db"
+    result = _invoke(
+        ["run", "--catalog", str(files["catalog"]), "--interactions", str(files["interactions"]), "-q",
+         "-s", f"encoders.cache_dir={tmp_path / 'cache'}", "-s", f"output_dir={tmp_path / 'out'}",
+         "-s", f"tracking.tracking_uri=sqlite:///{db}", "-s", "eval.protocols=[loo]", *FAST]
+    )
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "out" / "recommendations.parquet").exists()
+    assert (tmp_path / "out" / "report" / "report.md").exists()
+    client = MlflowClient(f"sqlite:///{db}")
+    experiment = client.get_experiment_by_name("recsys")
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1
+    parent = parents[0]
+    assert parent.data.params["train.epochs"] == "2"
+    children = {r.data.tags.get("step"): r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    assert {"embed", "train", "recommend", "evaluate-loo"} <= set(children)
+    curve = client.get_metric_history(children["train"].info.run_id, "valid/ndcg_at_10")
+    assert len(curve) == 2
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert "config.yaml" in artifacts
+    report = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert {"report/report.md", "report/report.json"} <= report
+    assert "recsys.ndcg_at_10" in children["evaluate-loo"].data.metrics
+    version = client.get_model_version_by_alias("recsys-two-tower", "champion")
+    assert version.run_id == children["train"].info.run_id
