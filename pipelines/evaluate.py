@@ -59,6 +59,10 @@ def evaluate_split(
     valid_candidates = None
     if split.candidate_items is not None:
         candidates = np.asarray(sorted(item_index[i] for i in split.candidate_items.tolist() if i in item_index))
+    if split.meta.get("valid_candidate_items") is not None:
+        valid_candidates = np.asarray(
+            sorted(item_index[i] for i in split.meta["valid_candidate_items"].tolist() if i in item_index)
+        )
     result = fit_two_tower(
         features,
         split.train,

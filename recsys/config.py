@@ -110,6 +110,10 @@ class EvalConfig(_Section):
     protocols: list[Literal["loo", "cold", "temporal"]] = Field(default_factory=lambda: ["loo", "cold", "temporal"])
     k: list[int] = Field(default_factory=lambda: [10, 20])
     cold_fraction: float = 0.2
+    cold_valid_fraction: float | None = Field(
+        default=0.1,
+        description="cold protocol: hold out this fraction of warm items for cold validation (None = warm loo validation).",
+    )
     temporal_quantile: float = 0.8
     seed: int = 42
     baselines: list[Literal["popularity", "content_knn"]] = Field(

@@ -110,8 +110,14 @@ def cold_item_split(
     item_ids: Sequence[Any] | np.ndarray | pl.Series,
     fraction: float = 0.2,
     seed: int = 42,
+    valid_fraction: float | None = None,
 ) -> Split:
     """Hold out a seeded `fraction` of catalog items; test = all their interactions (cold-start items).
+
+    With `valid_fraction`, validation is cold too: that fraction of the *warm* items is also held out
+    of training, and each user's last interaction on one of them is their validation target, ranked
+    among those items only (`meta["valid_candidate_items"]`). Early stopping and tuning then watch
+    the quality that this protocol measures, never the test items.
 
     Held-out items are drawn among catalog items with >= 1 interaction (round(fraction * that count),
     at least 1), so the test set is never empty and `fraction` means a fraction of the *interacted*
@@ -141,9 +147,28 @@ def cold_item_split(
     is_cold = pl.col("item_id").is_in(pl.Series(held, dtype=ordered.schema["item_id"]).implode())
     test = ordered.filter(is_cold)
     warm = ordered.filter(~is_cold)
-    train_a, train_b, valid = _last_two_out(warm)  # last warm -> valid; the one before stays in train
-    train = pl.concat([train_a, train_b]).sort(["user_id", "pos"])
-    split = Split("cold", train, valid, test, held, {"seed": seed, "fraction": fraction, "n_cold_items": int(n_hold)})
+    meta: dict[str, Any] = {"seed": seed, "fraction": fraction, "n_cold_items": int(n_hold)}
+    if valid_fraction:
+        if not 0.0 < valid_fraction < 1.0:
+            raise ValueError(f"cold_item_split: valid_fraction must be in (0, 1), got {valid_fraction}")
+        warm_pool = np.setdiff1d(pool, held)
+        n_valid = min(max(1, round(valid_fraction * warm_pool.size)), warm_pool.size - 1)
+        valid_items = np.sort(np.random.default_rng(seed + 1).choice(warm_pool, size=n_valid, replace=False))
+        is_valid_item = pl.col("item_id").is_in(pl.Series(valid_items, dtype=ordered.schema["item_id"]).implode())
+        train = warm.filter(~is_valid_item)
+        users_with_history = train["user_id"].unique().implode()
+        valid = (
+            warm.filter(is_valid_item & pl.col("user_id").is_in(users_with_history))
+            .sort(["user_id", "pos"])
+            .group_by("user_id", maintain_order=True)
+            .last()
+            .select(warm.columns)
+        )
+        meta.update({"valid_fraction": valid_fraction, "n_valid_items": int(n_valid), "valid_candidate_items": valid_items})
+    else:
+        train_a, train_b, valid = _last_two_out(warm)  # last warm -> valid; the one before stays in train
+        train = pl.concat([train_a, train_b]).sort(["user_id", "pos"])
+    split = Split("cold", train, valid, test, held, meta)
     log.info("cold split: %d of %d interacted items held out, %s", n_hold, pool.size, split.sizes())
     return split
 
@@ -189,7 +214,7 @@ def make_split(
     if protocol == "cold":
         if item_ids is None:
             raise ValueError("make_split('cold'): item_ids (all catalog item ids) are required")
-        return cold_item_split(interactions, item_ids, cfg.cold_fraction, cfg.seed)
+        return cold_item_split(interactions, item_ids, cfg.cold_fraction, cfg.seed, valid_fraction=cfg.cold_valid_fraction)
     if protocol == "temporal":
         return temporal_split(interactions, cfg.temporal_quantile, cfg.seed)
     raise ValueError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS}")

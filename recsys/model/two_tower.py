@@ -113,7 +113,8 @@ class TwoTowerModel(nn.Module):
     ) -> np.ndarray:
         """User vectors from histories of item indices (oldest first); only the last
         `max_history` items are read. An empty history gives the tower's prior vector."""
-        self.eval()
+        if self.training:
+            self.eval()
         vectors = torch.as_tensor(item_vectors)
         max_len = self.cfg.max_history
         results = []

@@ -137,7 +137,7 @@ def test_temporal_without_timestamps_fails(sample_interactions):
 
 
 def test_make_split_dispatch(sample_interactions, sample_catalog):
-    cfg = EvalConfig(cold_fraction=0.1, temporal_quantile=0.7, seed=3)
+    cfg = EvalConfig(cold_fraction=0.1, temporal_quantile=0.7, seed=3, cold_valid_fraction=None)
     assert make_split("loo", sample_interactions, None, cfg).protocol == "loo"
     cold = make_split("cold", sample_interactions, sample_catalog["item_id"], cfg)
     assert cold.meta == {"seed": 3, "fraction": 0.1, "n_cold_items": 40}
@@ -146,3 +146,25 @@ def test_make_split_dispatch(sample_interactions, sample_catalog):
         make_split("random", sample_interactions, None, cfg)
     with pytest.raises(ValueError, match="item_ids"):
         make_split("cold", sample_interactions, None, cfg)
+
+
+def test_cold_validation_is_cold_and_disjoint(sample_interactions, sample_catalog):
+    split = cold_item_split(sample_interactions, sample_catalog["item_id"], fraction=0.2, seed=5, valid_fraction=0.1)
+    test_items = set(split.candidate_items.tolist())
+    valid_items = set(split.meta["valid_candidate_items"].tolist())
+    assert len(valid_items) == round(0.1 * (sample_catalog.height - len(test_items)))
+    assert not valid_items & test_items
+    train_items = set(split.train["item_id"].to_list())
+    # Neither the validation items nor the test items are ever trained on.
+    assert not train_items & valid_items and not train_items & test_items
+    assert set(split.valid["item_id"].to_list()) <= valid_items
+    assert split.valid["user_id"].is_unique().all()
+    assert set(split.valid["user_id"].to_list()) <= set(split.train["user_id"].to_list())
+    # Each user's validation target is their last interaction on a validation item.
+    last = (
+        sample_interactions.pipe(order_interactions, 5)
+        .filter(pl.col("item_id").is_in(list(valid_items)))
+        .group_by("user_id").agg(pl.col("pos").max())
+    )
+    got = split.valid.select("user_id", "pos").sort("user_id")
+    assert got.equals(last.filter(pl.col("user_id").is_in(got["user_id"].implode())).sort("user_id"))

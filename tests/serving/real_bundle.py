@@ -19,10 +19,9 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 import polars as pl
 
-ROOT = Path(__file__).resolve().parents[2]
-ML100K = ROOT.parent / "shared" / "data" / "ml-100k"
-if not ML100K.is_dir():  # the shared data lives beside the checkout
-    ML100K = Path("/work/shared/data/ml-100k")
+from recsys.paths import shared_data_dir
+
+ML100K = shared_data_dir() / "ml-100k"
 
 N_ITEMS = 150
 N_USERS = 120

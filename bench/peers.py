@@ -1,0 +1,357 @@
+"""Peer models for the quality benchmark, each wrapped as a `recsys.eval.protocol.Scorer`.
+
+Every peer is fit on a split's *training* interactions only and scores item indices of the same
+`item_index` that recsys uses (the catalog order of `ItemFeatures.item_ids`), so `evaluate` treats
+all models identically (seen items excluded, candidate restriction, fixed random tie order).
+
+Peers:
+  popularity       training interaction counts (recsys.eval.baselines.PopularityScorer)
+  als              implicit ALS on the binary user-item matrix; at scoring time the user factors
+                   are re-solved from the given history (implicit's `recalculate_user`, exact ALS
+                   fold-in), so the history passed by the protocol is used
+  bpr              implicit BPR; users are scored with their trained factors (no fold-in exists)
+  lightfm_warp     LightFM WARP, identity features only (pure collaborative)
+  lightfm_hybrid   LightFM WARP, item features = genres + lowercased title words + an identity
+                   feature only for items seen in training (so cold items are scored from content)
+  knn_text / knn_image / knn_both
+                   content-kNN on the frozen encoders (recsys.eval.baselines.ContentKNNScorer):
+                   cosine between the mean history embedding and every item
+
+ID-only models (als, bpr, lightfm_warp) cannot score items without training interactions: those
+items are scored just below the user's lowest seen-item score, so they rank last and tie among
+themselves (the protocol's random tie order decides) - on the cold protocol that is a random ranking.
+Users unknown to an ID model (never in training) get all-zero factors.
+
+`implicit` and `lightfm` are optional (the `bench` extra); they are imported when a peer is built.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import polars as pl
+import scipy.sparse as sp
+
+from recsys.encoders.features import ItemFeatures
+from recsys.eval.baselines import ContentKNNScorer, PopularityScorer
+
+# --------------------------------------------------------------------------- training data
+
+
+@dataclass
+class PeerData:
+    """What a peer may learn from: the training interactions, the item index, and item content."""
+
+    train: pl.DataFrame  # split.train (user_id, item_id, ...)
+    item_index: Mapping[Any, int]  # item id -> column, shared with recsys and the protocol
+    catalog: pl.DataFrame | None = None  # item_id, title, categories (for lightfm_hybrid)
+    features: ItemFeatures | None = None  # frozen encoder features (for knn_*)
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_index)
+
+    def user_items(self) -> tuple[dict[Any, int], sp.csr_matrix]:
+        """(user id -> row, binary CSR [n_train_users, n_items]); repeated pairs count once."""
+        if "ui" not in self._cache:
+            ids = pl.DataFrame(
+                {"item_id": list(self.item_index.keys()), "_col": list(self.item_index.values())},
+                schema_overrides={"_col": pl.Int64},
+            ).with_columns(pl.col("item_id").cast(self.train.schema["item_id"]))
+            pairs = self.train.select("user_id", "item_id").join(ids, on="item_id", how="inner").unique(
+                ["user_id", "_col"]
+            )
+            users = np.sort(pairs["user_id"].unique().to_numpy())
+            user_row = {u: r for r, u in enumerate(users.tolist())}
+            rows = np.searchsorted(users, pairs["user_id"].to_numpy())
+            cols = pairs["_col"].to_numpy()
+            mat = sp.csr_matrix(
+                (np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=(len(users), self.n_items)
+            )
+            mat.sum_duplicates()
+            self._cache["ui"] = (user_row, mat)
+        return self._cache["ui"]
+
+    def seen_items(self) -> np.ndarray:
+        """Boolean [n_items]: the item has >= 1 training interaction."""
+        _, mat = self.user_items()
+        return np.asarray(mat.getnnz(axis=0) > 0)
+
+
+def histories_csr(histories: Sequence[np.ndarray], n_items: int) -> sp.csr_matrix:
+    """Binary CSR [len(histories), n_items] of the given item-index histories."""
+    rows = np.repeat(np.arange(len(histories)), [len(h) for h in histories])
+    cols = np.concatenate([np.asarray(h, dtype=np.int64) for h in histories]) if len(histories) else np.zeros(0, np.int64)
+    mat = sp.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=(len(histories), n_items))
+    mat.data[:] = 1.0  # duplicates were summed: back to binary
+    return mat
+
+
+def _rank_unseen_last(scores: np.ndarray, seen: np.ndarray) -> np.ndarray:
+    """Items without training data score just below each row's lowest seen-item score."""
+    if seen.all() or not seen.any():
+        return scores
+    floor = scores[:, seen].min(axis=1, keepdims=True) - 1.0
+    scores[:, ~seen] = floor
+    return scores
+
+
+# --------------------------------------------------------------------------- scorers
+
+
+class FactorScorer:
+    """Dot product of user and item factors (plus optional item bias) for an ID-based model."""
+
+    def __init__(
+        self,
+        name: str,
+        user_row: Mapping[Any, int],
+        user_factors: np.ndarray,
+        item_factors: np.ndarray,
+        item_bias: np.ndarray | None = None,
+        seen: np.ndarray | None = None,
+        fold_in: Callable[[sp.csr_matrix], np.ndarray] | None = None,
+    ) -> None:
+        self.name = name
+        self.user_row = dict(user_row)
+        self.user_factors = np.asarray(user_factors, dtype=np.float32)
+        self.item_factors = np.asarray(item_factors, dtype=np.float32)
+        self.item_bias = None if item_bias is None else np.asarray(item_bias, dtype=np.float32)
+        self.seen = seen
+        self.fold_in = fold_in
+
+    def user_vectors(self, histories: list[np.ndarray], user_ids: np.ndarray) -> np.ndarray:
+        if self.fold_in is not None:
+            return np.asarray(self.fold_in(histories_csr(histories, self.item_factors.shape[0])), dtype=np.float32)
+        out = np.zeros((len(histories), self.user_factors.shape[1]), dtype=np.float32)
+        for i, user in enumerate(np.asarray(user_ids).tolist()):
+            row = self.user_row.get(user)
+            if row is not None:
+                out[i] = self.user_factors[row]
+        return out
+
+    def score(self, histories: list[np.ndarray], user_ids: np.ndarray) -> np.ndarray:
+        scores = self.user_vectors(histories, user_ids) @ self.item_factors.T
+        if self.item_bias is not None:
+            scores += self.item_bias[None, :]
+        if self.seen is not None:
+            scores = _rank_unseen_last(scores, self.seen)
+        return scores
+
+
+# --------------------------------------------------------------------------- peer builders
+
+
+def fit_popularity(data: PeerData, params: Mapping[str, Any], seed: int) -> PopularityScorer:
+    return PopularityScorer(data.train, data.item_index, name="popularity")
+
+
+def fit_als(data: PeerData, params: Mapping[str, Any], seed: int) -> FactorScorer:
+    from implicit.cpu.als import AlternatingLeastSquares
+
+    user_row, mat = data.user_items()
+    model = AlternatingLeastSquares(
+        factors=int(params.get("factors", 64)),
+        regularization=float(params.get("regularization", 0.01)),
+        alpha=float(params.get("alpha", 1.0)),
+        iterations=int(params.get("iterations", 15)),
+        random_state=seed,
+        num_threads=1,
+    )
+    model.fit(mat, show_progress=False)
+
+    def fold_in(hist: sp.csr_matrix) -> np.ndarray:
+        return model.recalculate_user(np.arange(hist.shape[0]), hist)
+
+    return FactorScorer("als", user_row, model.user_factors, model.item_factors, seen=data.seen_items(), fold_in=fold_in)
+
+
+def fit_bpr(data: PeerData, params: Mapping[str, Any], seed: int) -> FactorScorer:
+    from implicit.cpu.bpr import BayesianPersonalizedRanking
+
+    user_row, mat = data.user_items()
+    model = BayesianPersonalizedRanking(
+        factors=int(params.get("factors", 64)),
+        learning_rate=float(params.get("learning_rate", 0.01)),
+        regularization=float(params.get("regularization", 0.01)),
+        iterations=int(params.get("iterations", 100)),
+        random_state=seed,
+        num_threads=1,
+    )
+    model.fit(mat, show_progress=False)
+    # implicit's BPR appends an item-bias column to item factors and a constant 1 to user factors
+    return FactorScorer("bpr", user_row, model.user_factors, model.item_factors, seen=data.seen_items())
+
+
+_TOKEN = re.compile(r"[a-z0-9]+")
+
+
+def title_tokens(title: str | None) -> list[str]:
+    """Lowercased alphanumeric tokens of a title, e.g. 'Toy Story (1995)' -> ['toy', 'story', '1995']."""
+    return _TOKEN.findall((title or "").lower())
+
+
+def hybrid_item_features(
+    catalog: pl.DataFrame, item_index: Mapping[Any, int], seen: np.ndarray, min_word_count: int = 2
+) -> tuple[sp.csr_matrix, list[str]]:
+    """Row-normalised CSR [n_items, n_features]: identity (seen items only) + genres + title words.
+
+    Title words must occur in >= `min_word_count` catalog titles (catalog text only, no interactions).
+    Returns the matrix and the feature names.
+    """
+    n_items = len(item_index)
+    rows_of = [item_index.get(i) for i in catalog["item_id"].to_list()]
+    genres = catalog["categories"].to_list() if "categories" in catalog.columns else [None] * catalog.height
+    titles = catalog["title"].to_list() if "title" in catalog.columns else [None] * catalog.height
+    words_per_item = [sorted(set(title_tokens(t))) for t in titles]
+    counts: dict[str, int] = {}
+    for words in words_per_item:
+        for w in words:
+            counts[w] = counts.get(w, 0) + 1
+    vocab_genres = sorted({g for gs in genres for g in (gs or [])})
+    vocab_words = sorted(w for w, c in counts.items() if c >= min_word_count)
+    seen_items = np.flatnonzero(seen)
+    names = [f"item:{i}" for i in seen_items.tolist()] + [f"genre:{g}" for g in vocab_genres] + [f"word:{w}" for w in vocab_words]
+    col_identity = {int(i): c for c, i in enumerate(seen_items.tolist())}
+    offset_genre = len(seen_items)
+    col_genre = {g: offset_genre + j for j, g in enumerate(vocab_genres)}
+    offset_word = offset_genre + len(vocab_genres)
+    col_word = {w: offset_word + j for j, w in enumerate(vocab_words)}
+    r, c = [], []
+    for row, gs, words in zip(rows_of, genres, words_per_item):
+        if row is None:
+            continue
+        cols = []
+        if row in col_identity:
+            cols.append(col_identity[row])
+        cols += [col_genre[g] for g in (gs or []) if g in col_genre]
+        cols += [col_word[w] for w in words if w in col_word]
+        r += [row] * len(cols)
+        c += cols
+    mat = sp.csr_matrix((np.ones(len(r), dtype=np.float32), (r, c)), shape=(n_items, len(names)))
+    mat.data[:] = 1.0
+    sums = np.asarray(mat.sum(axis=1)).ravel()
+    mat = sp.diags(1.0 / np.where(sums > 0, sums, 1.0)).astype(np.float32) @ mat
+    return mat.tocsr(), names
+
+
+def _fit_lightfm(data: PeerData, params: Mapping[str, Any], seed: int, hybrid: bool) -> FactorScorer:
+    from lightfm import LightFM
+
+    user_row, mat = data.user_items()
+    seen = data.seen_items()
+    item_features = None
+    if hybrid:
+        if data.catalog is None:
+            raise ValueError("lightfm_hybrid needs the catalog (titles and genres)")
+        item_features, _ = hybrid_item_features(data.catalog, data.item_index, seen)
+    model = LightFM(
+        no_components=int(params.get("no_components", 32)),
+        loss=str(params.get("loss", "warp")),
+        learning_rate=float(params.get("learning_rate", 0.05)),
+        item_alpha=float(params.get("item_alpha", 0.0)),
+        user_alpha=float(params.get("user_alpha", 0.0)),
+        random_state=np.random.RandomState(seed),
+    )
+    model.fit(mat.tocoo(), item_features=item_features, epochs=int(params.get("epochs", 10)), num_threads=1)
+    item_bias, item_emb = model.get_item_representations(item_features)
+    _, user_emb = model.get_user_representations()
+    return FactorScorer(
+        "lightfm_hybrid" if hybrid else "lightfm_warp",
+        user_row,
+        user_emb,
+        item_emb,
+        item_bias=item_bias,
+        seen=None if hybrid else seen,  # the hybrid scores cold items from their features
+    )
+
+
+def fit_lightfm_warp(data: PeerData, params: Mapping[str, Any], seed: int) -> FactorScorer:
+    return _fit_lightfm(data, params, seed, hybrid=False)
+
+
+def fit_lightfm_hybrid(data: PeerData, params: Mapping[str, Any], seed: int) -> FactorScorer:
+    return _fit_lightfm(data, params, seed, hybrid=True)
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def _knn(modality: str) -> Callable[[PeerData, Mapping[str, Any], int], ContentKNNScorer]:
+    def fit(data: PeerData, params: Mapping[str, Any], seed: int) -> ContentKNNScorer:
+        f = data.features
+        if f is None:
+            raise ValueError(f"knn_{modality} needs the frozen item features")
+        if modality == "both":
+            from pipelines.evaluate import frozen_content_embeddings
+
+            emb = frozen_content_embeddings(f)
+        else:
+            raw = getattr(f, modality)
+            if raw is None:
+                raise ValueError(f"knn_{modality}: the {modality} encoder is disabled in this config")
+            emb = _unit_rows(raw)
+        order = f.positions(list(data.item_index.keys()))  # rows in item_index order
+        return ContentKNNScorer(emb[order], name=f"knn_{modality}")
+
+    return fit
+
+
+# --------------------------------------------------------------------------- registry
+
+
+@dataclass(frozen=True)
+class PeerSpec:
+    name: str
+    fit: Callable[[PeerData, Mapping[str, Any], int], Any]
+    grid: tuple[dict, ...] = ({},)  # hyper-parameter points tried on validation; first = --quick
+    stochastic: bool = False  # refit per seed
+    needs: str = ""  # optional package this peer imports
+
+    def available(self) -> bool:
+        if not self.needs:
+            return True
+        import importlib.util
+
+        return importlib.util.find_spec(self.needs) is not None
+
+
+def _grid(**axes: Sequence[Any]) -> tuple[dict, ...]:
+    points: list[dict] = [{}]
+    for key, values in axes.items():
+        points = [{**p, key: v} for p in points for v in values]
+    return tuple(points)
+
+
+PEERS: dict[str, PeerSpec] = {
+    spec.name: spec
+    for spec in [
+        PeerSpec("popularity", fit_popularity),
+        PeerSpec("als", fit_als, _grid(factors=[64, 128], regularization=[0.01, 0.1], iterations=[15]),
+                 stochastic=True, needs="implicit"),
+        PeerSpec("bpr", fit_bpr, _grid(factors=[64, 128], learning_rate=[0.01, 0.05], iterations=[100]),
+                 stochastic=True, needs="implicit"),
+        PeerSpec("lightfm_warp", fit_lightfm_warp, _grid(no_components=[32, 64], epochs=[10, 30]),
+                 stochastic=True, needs="lightfm"),
+        PeerSpec("lightfm_hybrid", fit_lightfm_hybrid, _grid(no_components=[32, 64], epochs=[10, 30]),
+                 stochastic=True, needs="lightfm"),
+        PeerSpec("knn_text", _knn("text")),
+        PeerSpec("knn_image", _knn("image")),
+        PeerSpec("knn_both", _knn("both")),
+    ]
+}
+
+
+def timed_fit(spec: PeerSpec, data: PeerData, params: Mapping[str, Any], seed: int) -> tuple[Any, float]:
+    """(scorer, fit seconds)."""
+    started = time.perf_counter()
+    scorer = spec.fit(data, params, seed)
+    return scorer, time.perf_counter() - started

@@ -1,0 +1,352 @@
+"""Quality benchmark: recsys against every peer, on identical splits, in one run.
+
+For each protocol (loo, cold) one split is made with the library (`make_split`, seed = eval.seed of
+the recsys config), and every model is scored on it with the library's `evaluate`:
+
+* peers (bench/peers.py) are fit on split.train; hyper-parameters are picked on the validation stage
+  (history = train, target = valid item, whole catalog) by NDCG@10 from a small grid - never on test;
+* recsys is trained with `pipelines.evaluate.evaluate_split` (fit on split.train, early stopping on
+  split.valid) once per model seed (train.seed = base seed + i); the split never changes;
+* test: history = train + valid (build_queries "test"), seen items excluded; on the cold protocol
+  the candidates are the held-out cold items. No model is refit on train + valid: every model,
+  recsys included, scores the test with its train-only fit (models that read the history at scoring
+  time - recsys, content-kNN, ALS fold-in - see the valid item too).
+
+Stochastic peers (als, bpr, lightfm_*) are refit with the chosen hyper-parameters for every seed too;
+deterministic ones (popularity, knn_*) run once. Multi-seed rows are mean ± standard error.
+
+Writes bench/results/quality_<dataset>.json (protocols from earlier runs that were not re-run are
+kept) and regenerates this dataset's sections of docs/results.md; everything is one MLflow parent run
+in experiment "quality-<dataset>" with a nested run per protocol/model.
+
+Run:  python bench/quality.py --dataset ml-100k --protocols loo,cold --seeds 3
+      python bench/quality.py --dataset ml-1m --peers popularity,als,bpr --skip-recsys
+      python bench/quality.py --dataset ml-100k --quick          # smoke test: 1 grid point, 2 epochs
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import logging
+import math
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.peers import PEERS, PeerData, timed_fit  # noqa: E402
+from recsys.config import PipelineConfig, TrackingConfig, load_config  # noqa: E402
+from recsys.data.readers import load_dataset  # noqa: E402
+from recsys.data.splits import make_split  # noqa: E402
+from recsys.encoders.features import build_item_features  # noqa: E402
+from recsys.encoders.store import FeatureStore  # noqa: E402
+from recsys.eval.protocol import build_queries, evaluate  # noqa: E402
+from recsys.model.train import item_index_of  # noqa: E402
+from recsys.paths import shared_data_dir  # noqa: E402
+from recsys.tracking import Tracker  # noqa: E402
+
+log = logging.getLogger("bench.quality")
+
+DATASETS = ("ml-100k", "ml-1m")
+DEFAULT_CONFIGS = {"ml-100k": ROOT / "pipelines/configs/ml100k.yaml", "ml-1m": ROOT / "bench/configs/ml1m.yaml"}
+RESULTS_DIR = ROOT / "bench" / "results"
+DOC = ROOT / "docs" / "results.md"
+COLUMNS = ("recall@10", "ndcg@10", "recall@20", "ndcg@20")
+SELECT_BY = "ndcg@10"
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def mean_se(values: list[float]) -> tuple[float, float | None]:
+    """Mean and standard error (sample std / sqrt(n)); s.e. is None for a single value."""
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.size == 0:
+        return float("nan"), None
+    if arr.size == 1:
+        return float(arr[0]), None
+    return float(arr.mean()), float(arr.std(ddof=1) / math.sqrt(arr.size))
+
+
+def summarise(runs: list[dict[str, float]]) -> dict[str, Any]:
+    """Per-metric mean / se over seed runs (train_seconds included)."""
+    keys = sorted({k for r in runs for k, v in r.items() if isinstance(v, (int, float))})
+    out: dict[str, Any] = {"n_seeds": len(runs)}
+    for key in keys:
+        m, se = mean_se([r[key] for r in runs if key in r])
+        out[key] = m
+        if se is not None:
+            out[f"{key}_se"] = se
+    return out
+
+
+# --------------------------------------------------------------------------- one protocol
+
+
+def tune_and_test(
+    spec, data: PeerData, valid_q, test_q, n_items: int, candidates, seeds: list[int], quick: bool, ks, tracker: Tracker
+) -> dict[str, Any]:
+    """Pick hyper-parameters on valid by NDCG@10, then test with one fit per seed (train only)."""
+    grid = spec.grid[:1] if quick else spec.grid
+    tuning = []
+    fits: dict[tuple[str, int], Any] = {}
+    best = None
+    for params in grid:
+        scorer, seconds = timed_fit(spec, data, params, seeds[0])
+        valid = evaluate(scorer, valid_q, n_items, ks=ks)  # whole catalog, history = train
+        tuning.append({"params": params, "valid": valid, "train_seconds": seconds})
+        fits[(json.dumps(params, sort_keys=True), seeds[0])] = (scorer, seconds)
+        if best is None or valid[SELECT_BY] > best["valid"][SELECT_BY]:
+            best = tuning[-1]
+        log.info("  %s valid %s=%.4f %s", spec.name, SELECT_BY, valid[SELECT_BY], params)
+    params = best["params"]
+    key = json.dumps(params, sort_keys=True)
+    runs = []
+    for seed in seeds if spec.stochastic else seeds[:1]:
+        scorer, seconds = fits.get((key, seed)) or timed_fit(spec, data, params, seed)
+        metrics = evaluate(scorer, test_q, n_items, ks=ks, candidates=candidates)
+        metrics["train_seconds"] = seconds
+        runs.append(metrics)
+    tracker.log_params({f"hp.{k}": v for k, v in params.items()} | {"model": spec.name})
+    for i, (p, r) in enumerate(zip(grid, tuning)):
+        tracker.log_metrics({f"tune.{i}.valid.ndcg_at_10": r["valid"][SELECT_BY]})
+    summary = summarise(runs)
+    tracker.log_metrics({k.replace("@", "_at_"): v for k, v in summary.items()})
+    return {
+        "params": params,
+        "valid": best["valid"],
+        "tuning": tuning,
+        "seeds": [r for r in runs],
+        "seed_values": list(seeds if spec.stochastic else seeds[:1]),
+        **summary,
+    }
+
+
+def run_recsys(cfg: PipelineConfig, split, features, seeds: list[int], tracker: Tracker, quick: bool) -> dict[str, Any]:
+    """recsys via the pipeline's own evaluate_split, once per model seed (the split is fixed)."""
+    from pipelines.evaluate import evaluate_split
+
+    runs = []
+    for seed in seeds:
+        overrides = {"train": {"seed": seed}, "eval": {"baselines": []}}
+        if quick:
+            overrides["train"]["epochs"] = 2
+        tree = cfg.model_dump(mode="json")
+        for section, values in overrides.items():
+            tree[section].update(values)
+        cfg_s = PipelineConfig.model_validate(tree)
+        with tracker.step(f"{split.protocol}/recsys/seed{seed}"):
+            tracker.log_params({"train.seed": seed, "model": "recsys"})
+            started = time.perf_counter()
+            metrics = evaluate_split(cfg_s, split, features, tracker, show_progress=False)["recsys"]
+            metrics.setdefault("train_seconds", time.perf_counter() - started)
+        log.info("  recsys seed %d: %s", seed, {k: round(metrics[k], 4) for k in COLUMNS})
+        runs.append(metrics)
+    summary = summarise(runs)
+    tracker.log_metrics({k.replace("@", "_at_"): v for k, v in summary.items()})
+    return {
+        "params": {"config": "see recsys_config", "epochs_max": cfg.train.epochs if not quick else 2},
+        "seeds": runs,
+        "seed_values": seeds,
+        **summary,
+    }
+
+
+# --------------------------------------------------------------------------- markdown
+
+
+def _cell(row: dict, key: str, digits: int = 4) -> str:
+    value = row.get(key)
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    se = row.get(f"{key}_se")
+    text = f"{value:.{digits}f}"
+    return f"{text} ± {se:.{digits}f}" if se is not None else text
+
+
+def render_section(dataset: str, protocol: str, block: dict) -> str:
+    models = block["models"]
+    best = {c: max((m.get(c, -1.0) for m in models.values()), default=None) for c in COLUMNS}
+    lines = [
+        f"### {dataset} · {protocol}",
+        "",
+        f"Split: {block['split']}. Test users: {block['n_test_users']}; candidates: {block['candidates']}.",
+        f"Run {block['created']} on {block['machine']}{' (QUICK smoke run - not a result)' if block.get('quick') else ''}.",
+        "",
+        "| model | Recall@10 | NDCG@10 | Recall@20 | NDCG@20 | train s | seeds |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, row in models.items():
+        cells = []
+        for c in COLUMNS:
+            text = _cell(row, c)
+            if best[c] is not None and row.get(c) == best[c]:
+                text = f"**{text}**"
+            cells.append(text)
+        cells.append(_cell(row, "train_seconds", 1))
+        cells.append(str(row.get("n_seeds", 1)))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "Hyper-parameters picked on validation (NDCG@10, history = train, target = valid item):", ""]
+    lines += ["| model | picked | valid NDCG@10 | grid |", "|---|---|---:|---|"]
+    for name, row in models.items():
+        if name == "recsys":
+            continue
+        grid = "; ".join(
+            f"{json.dumps(t['params'], sort_keys=True)} → {t['valid'][SELECT_BY]:.4f}" for t in row.get("tuning", [])
+        ) if len(row.get("tuning", [])) > 1 else "–"
+        picked = json.dumps(row.get("params", {}), sort_keys=True) if row.get("params") else "–"
+        lines.append(f"| {name} | `{picked}` | {row.get('valid', {}).get(SELECT_BY, float('nan')):.4f} | {grid} |")
+    lines += ["", f"Command: `{block['command']}`", ""]
+    return "\n".join(lines)
+
+
+def update_doc(doc: Path, dataset: str, results: dict) -> None:
+    """Replace this dataset's marked section of docs/results.md (other sections are kept)."""
+    begin, end = f"<!-- quality:{dataset}:begin -->", f"<!-- quality:{dataset}:end -->"
+    body = [
+        begin,
+        f"## Quality: {dataset}",
+        "",
+        "Generated by `bench/quality.py` (do not edit by hand). Protocol: one split per protocol shared "
+        "by every model; peers tuned on validation only; all models score test with their train-only fit "
+        "(history = train + valid, seen items excluded). recsys: mean ± s.e. over model seeds "
+        f"(config `{results.get('recsys_config')}`). Best per column in bold.",
+        "",
+    ]
+    order = {"loo": 0, "cold": 1, "temporal": 2}
+    for protocol in sorted(results["protocols"], key=lambda p: (order.get(p, 9), p)):
+        body.append(render_section(dataset, protocol, results["protocols"][protocol]))
+    body.append(end)
+    section = "\n".join(body)
+    text = doc.read_text() if doc.exists() else "# Results\n\nBenchmarks regenerate their own sections.\n"
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        _, tail = rest.split(end, 1)
+        text = head + section + tail
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    doc.write_text(text)
+
+
+# --------------------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--dataset", choices=DATASETS, default="ml-100k")
+    p.add_argument("--protocols", default="loo,cold")
+    p.add_argument("--seeds", type=int, default=3, help="model seeds for recsys and stochastic peers")
+    p.add_argument("--peers", default=",".join(PEERS), help=f"comma list of {sorted(PEERS)}")
+    p.add_argument("--skip-recsys", action="store_true")
+    p.add_argument("--recsys-config", type=Path, default=None)
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="dotted config override for recsys and the features, e.g. encoders.image.enabled=false")
+    p.add_argument("--quick", action="store_true", help="smoke run: first grid point only, recsys 2 epochs")
+    p.add_argument("--no-tracking", action="store_true")
+    p.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+    p.add_argument("--doc", type=Path, default=DOC)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    for noisy in ("lightning", "pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    command = "python bench/quality.py " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+    protocols = [p.strip() for p in args.protocols.split(",") if p.strip()]
+    peers = [p.strip() for p in args.peers.split(",") if p.strip()]
+    unknown = [p for p in peers if p not in PEERS]
+    if unknown:
+        raise SystemExit(f"unknown peers {unknown}; choose from {sorted(PEERS)}")
+    missing = [p for p in peers if not PEERS[p].available()]
+    if missing:
+        raise SystemExit(f"peers {missing} need the bench extra (implicit, lightfm): see bench/README.md")
+
+    config_path = args.recsys_config or DEFAULT_CONFIGS[args.dataset]
+    cfg = load_config(config_path, [f"data.movielens={shared_data_dir() / args.dataset}", *args.overrides])
+    seeds = [cfg.train.seed + i for i in range(max(1, args.seeds))]
+    ks = tuple(cfg.eval.k)
+
+    catalog, interactions = load_dataset(cfg.data)
+    features = build_item_features(
+        catalog, cfg.encoders, store=FeatureStore(cfg.encoders.cache_dir), show_progress=False
+    )
+    item_index = item_index_of(np.asarray(features.item_ids))
+    n_items = len(item_index)
+
+    out_path = args.results_dir / f"quality_{args.dataset}.json"
+    results: dict[str, Any] = json.loads(out_path.read_text()) if out_path.exists() else {}
+    results.update({
+        "dataset": args.dataset,
+        "recsys_config": str(Path(config_path).resolve().relative_to(ROOT)) if Path(config_path).resolve().is_relative_to(ROOT) else str(config_path),
+        "n_items": n_items,
+        "n_interactions": interactions.height,
+        "encoders": features.fingerprints,
+    })
+    results.setdefault("protocols", {})
+
+    tracker = Tracker(TrackingConfig(enabled=not args.no_tracking, experiment=f"quality-{args.dataset}"), root=ROOT)
+    started = time.perf_counter()
+    with tracker.pipeline_run(f"quality-{args.dataset}", cfg, tags={"command": command, "quick": args.quick}):
+        tracker.log_params({"bench.seeds": seeds, "bench.peers": ",".join(peers), "bench.protocols": ",".join(protocols)})
+        for protocol in protocols:
+            split = make_split(protocol, interactions, features.item_ids, cfg.eval)
+            candidates = None
+            if split.candidate_items is not None:
+                candidates = np.asarray(sorted(item_index[i] for i in split.candidate_items.tolist() if i in item_index))
+            valid_q = build_queries(split, item_index, "valid")
+            test_q = build_queries(split, item_index, "test")
+            data = PeerData(split.train, item_index, catalog=catalog, features=features)
+            models: dict[str, Any] = {}
+            log.info("%s: split %s, %d valid / %d test users", protocol, split.sizes(), len(valid_q), len(test_q))
+            for name in peers:
+                with tracker.step(f"{protocol}/{name}"):
+                    models[name] = tune_and_test(PEERS[name], data, valid_q, test_q, n_items, candidates,
+                                                 seeds, args.quick, ks, tracker)
+                log.info("%s %s test: %s", protocol, name, {k: round(models[name][k], 4) for k in COLUMNS})
+            if not args.skip_recsys:
+                with tracker.step(f"{protocol}/recsys"):
+                    models["recsys"] = run_recsys(cfg, split, features, seeds, tracker, args.quick)
+            results["protocols"][protocol] = {
+                "split": ", ".join(f"{k}={v}" for k, v in {**split.sizes(), **{k: v for k, v in split.meta.items() if np.isscalar(v)}}.items()),
+                "n_valid_users": len(valid_q),
+                "n_test_users": len(test_q),
+                "candidates": "whole catalog" if candidates is None else f"{len(candidates)} cold items",
+                "seeds": seeds,
+                "quick": args.quick,
+                "command": command,
+                "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+                "machine": f"{platform.machine()}, {os.cpu_count()} CPU, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}",
+                "models": models,
+            }
+        args.results_dir.mkdir(parents=True, exist_ok=True)
+        out_path.write_text(json.dumps(results, indent=2, default=float))
+        update_doc(args.doc, args.dataset, results)
+        tracker.log_artifact(out_path, "quality")
+        tracker.log_artifact(args.doc, "quality")
+        tracker.log_metrics({"bench_seconds": time.perf_counter() - started})
+    log.info("wrote %s and %s in %.0fs", out_path, args.doc, time.perf_counter() - started)
+    for protocol in protocols:
+        print(render_section(args.dataset, protocol, results["protocols"][protocol]))
+    return results
+
+
+if __name__ == "__main__":
+    main()
