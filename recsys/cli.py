@@ -208,6 +208,15 @@ def evaluate(
     typer.echo(f"report: {md}  {js}")
 
 
+def _run_and_report(cfg, *, evaluate: bool = True, quiet: bool = False) -> None:
+    from pipelines.run import run_pipeline
+
+    outputs = run_pipeline(cfg, evaluate=evaluate, show_progress=not quiet)
+    if outputs.report_md:
+        typer.echo(Path(outputs.report_md).read_text())
+    _print_outputs(outputs)
+
+
 def _print_outputs(outputs) -> None:
     typer.secho("\nDone in {:.0f}s".format(outputs.seconds), fg=typer.colors.GREEN, bold=True)
     typer.echo(f"  bundle:           {outputs.bundle}")
@@ -234,13 +243,8 @@ def run(
 ) -> None:
     """The whole job: embed -> train -> index -> recommend -> evaluate, tracked in MLflow."""
     _setup_logging(quiet)
-    from pipelines.run import run_pipeline
-
     cfg = _config(config, set_, _data_overrides(catalog, interactions, movielens))
-    outputs = run_pipeline(cfg, evaluate=evaluate, show_progress=not quiet)
-    if outputs.report_md:
-        typer.echo(Path(outputs.report_md).read_text())
-    _print_outputs(outputs)
+    _run_and_report(cfg, evaluate=evaluate, quiet=quiet)
 
 
 @app.command()
@@ -248,18 +252,12 @@ def run(
 def demo(set_: SetOpt = None, quiet: QuietOpt = False) -> None:
     """The whole job on the bundled demo sample (data/sample), from the repository root."""
     _setup_logging(quiet)
-    from pipelines.run import run_pipeline
-
     root = Path(__file__).resolve().parent.parent
     config_path = root / "pipelines" / "configs" / "demo.yaml"
     if not config_path.exists():
         _fail(f"demo config not found at {config_path}; run `recsys demo` from a clone of the repository")
     os.chdir(root)
-    cfg = _config(config_path, set_)
-    outputs = run_pipeline(cfg, show_progress=not quiet)
-    if outputs.report_md:
-        typer.echo(Path(outputs.report_md).read_text())
-    _print_outputs(outputs)
+    _run_and_report(_config(config_path, set_), quiet=quiet)
 
 
 @app.command()

@@ -67,8 +67,8 @@ class EncodersConfig(_Section):
 
 class ModelConfig(_Section):
     dim: int = 64
-    head_hidden: int = 256
-    head_dropout: float = 0.2
+    head_hidden: int = Field(default=0, description="0 = linear projection heads (transfer best to cold items).")
+    head_dropout: float = 0.3
     use_text: bool = True
     use_image: bool = True
     use_categories: bool = True
@@ -82,14 +82,14 @@ class ModelConfig(_Section):
 
 
 class TrainConfig(_Section):
-    epochs: int = 40
+    epochs: int = 100
     batch_size: int = 128
-    lr: float = 1e-3
+    lr: float = 2e-3
     weight_decay: float = 1e-4
     temperature: float = 0.05
     num_uniform_negatives: int = 512
     logq_correction: bool = True
-    patience: int = 5
+    patience: int = 10
     seed: int = 42
     valid_metric: str = "ndcg@10"
     max_minutes: float | None = None

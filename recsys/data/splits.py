@@ -115,8 +115,8 @@ def cold_item_split(
     """Hold out a seeded `fraction` of catalog items; test = all their interactions (cold-start items).
 
     With `valid_fraction`, validation is cold too: that fraction of the *warm* items is also held out
-    of training, and each user's last interaction on one of them is their validation target, ranked
-    among those items only (`meta["valid_candidate_items"]`). Early stopping and tuning then watch
+    of training, and every interaction on them (by users with training history) is a validation
+    target, ranked among those items only (`meta["valid_candidate_items"]`). Early stopping and tuning then watch
     the quality that this protocol measures, never the test items.
 
     Held-out items are drawn among catalog items with >= 1 interaction (round(fraction * that count),
@@ -157,13 +157,9 @@ def cold_item_split(
         is_valid_item = pl.col("item_id").is_in(pl.Series(valid_items, dtype=ordered.schema["item_id"]).implode())
         train = warm.filter(~is_valid_item)
         users_with_history = train["user_id"].unique().implode()
-        valid = (
-            warm.filter(is_valid_item & pl.col("user_id").is_in(users_with_history))
-            .sort(["user_id", "pos"])
-            .group_by("user_id", maintain_order=True)
-            .last()
-            .select(warm.columns)
-        )
+        # Every interaction on a validation item is a validation target (as the test does for the
+        # held-out items), so train + valid is still each user's whole warm history at test time.
+        valid = warm.filter(is_valid_item & pl.col("user_id").is_in(users_with_history)).sort(["user_id", "pos"])
         meta.update({"valid_fraction": valid_fraction, "n_valid_items": int(n_valid), "valid_candidate_items": valid_items})
     else:
         train_a, train_b, valid = _last_two_out(warm)  # last warm -> valid; the one before stays in train
