@@ -10,7 +10,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export TOKENIZERS_PARALLELISM := false
 export MLFLOW_SERVER_ENABLE_JOB_EXECUTION := false
 
-.PHONY: setup demo test test-fast bench dashboard serve clean
+.PHONY: setup demo test test-fast bench bench-quality bench-serving dashboard serve clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,10 +30,18 @@ test: $(STAMP)  ## the whole suite (CI runs this)
 test-fast: $(STAMP)  ## skip the tests marked slow
 	$(BIN)/python -m pytest -q -m "not slow"
 
-bench: $(STAMP)
-	$(BIN)/pip install --quiet -e ".[test,bench]"
+bench: $(STAMP)  ## encoder and index throughput (bench/results/*.json)
 	$(BIN)/python bench/encoders.py
 	$(BIN)/python bench/index.py
+
+bench-quality: $(STAMP)  ## recsys vs peers on ml-100k (needs implicit, and LightFM: see bench/README.md)
+	$(BIN)/pip install --quiet -e ".[bench]"
+	OMP_NUM_THREADS=1 $(BIN)/python bench/quality.py --dataset ml-100k --protocols loo,cold --seeds 3
+
+bench-serving: $(STAMP)  ## HTTP load test of `recsys serve` on the ml-100k bundle
+	$(BIN)/pip install --quiet -e ".[bench]"
+	test -d artifacts/ml100k/bundle || $(BIN)/recsys train -c pipelines/configs/ml100k.yaml --out artifacts/ml100k/bundle -q
+	$(BIN)/python bench/serving/loadtest.py --bundle artifacts/ml100k/bundle
 
 dashboard: $(STAMP)  ## MLflow UI over the local store
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow/mlflow.db --workers 1 --host 127.0.0.1 --port 5000

@@ -32,13 +32,13 @@ class TwoTowerScorer:
 
     def __init__(self, result: TrainResult, features: ItemFeatures):
         self.model = result.model
-        self.item_vectors = result.model.encode_items(FeatureTensors.from_features(features))
+        self.item_vectors, self.item_bias = result.model.encode_items_with_bias(FeatureTensors.from_features(features))
         self.user_index = {u: i + 1 for i, u in enumerate(result.user_ids.tolist())}
 
     def score(self, histories: list[np.ndarray], user_ids: np.ndarray) -> np.ndarray:
         index = np.asarray([self.user_index.get(u, 0) for u in np.asarray(user_ids).tolist()], dtype=np.int64)
         users = self.model.encode_histories(self.item_vectors, histories, index)
-        return users @ self.item_vectors.T
+        return users @ self.item_vectors.T + self.item_bias
 
 
 def frozen_content_embeddings(features: ItemFeatures) -> np.ndarray:

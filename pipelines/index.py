@@ -8,11 +8,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 from recsys.bundle import load_bundle
 from recsys.config import IndexConfig
 from recsys.index import ItemIndex
+from recsys.model.two_tower import retrieval_items
 
 logger = logging.getLogger(__name__)
 
@@ -20,7 +19,7 @@ logger = logging.getLogger(__name__)
 def run_index(bundle_dir: Path, cfg: IndexConfig) -> ItemIndex:
     """Rebuild `bundle_dir/index` with `cfg`; the old index stays in place until the new one is written."""
     bundle = load_bundle(bundle_dir)
-    index = ItemIndex.build(np.asarray(bundle.item_vectors), bundle.features.item_ids, cfg)
+    index = ItemIndex.build(retrieval_items(bundle.item_vectors, bundle.item_bias), bundle.features.item_ids, cfg)
     staging = Path(tempfile.mkdtemp(prefix=".index.", dir=bundle_dir))
     try:
         index.save(staging / "index")

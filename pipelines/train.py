@@ -14,7 +14,7 @@ from recsys.data.splits import loo_split, order_interactions
 from recsys.encoders.features import ItemFeatures
 from recsys.index import ItemIndex
 from recsys.model.train import TrainResult, fit_two_tower
-from recsys.model.two_tower import FeatureTensors
+from recsys.model.two_tower import FeatureTensors, retrieval_items
 from recsys.tracking import RegistrationResult, Tracker
 
 logger = logging.getLogger(__name__)
@@ -44,8 +44,8 @@ def build_bundle(
     result: TrainResult,
 ) -> Path:
     """Everything serving needs, from a trained model, into `out_dir` (atomically)."""
-    item_vectors = result.model.encode_items(FeatureTensors.from_features(features))
-    index = ItemIndex.build(item_vectors, features.item_ids, cfg.index)
+    item_vectors, item_bias = result.model.encode_items_with_bias(FeatureTensors.from_features(features))
+    index = ItemIndex.build(retrieval_items(item_vectors, item_bias), features.item_ids, cfg.index)
     ordered = order_interactions(interactions, cfg.train.seed)
     counts = ordered.group_by("item_id").len("count")
     popularity = (
@@ -60,6 +60,7 @@ def build_bundle(
         features=features,
         index=index,
         item_vectors=item_vectors,
+        item_bias=item_bias,
         users=user_histories(ordered, result.user_ids),
         catalog=catalog.select("item_id", "title", "categories"),
         popularity=popularity,

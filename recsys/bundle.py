@@ -7,8 +7,9 @@ never leaves a half-written bundle where a server could pick it up):
     config.yaml          the resolved pipeline config that produced it
     model.pt             two-tower weights (state dict)
     item_features.npz    frozen content features of the catalog (cold items get vectors from these)
-    item_vectors.npy     item-tower output for every catalog item
-    index/               faiss index over item_vectors (row -> item id map inside)
+    item_vectors.npy     item-tower unit vectors for every catalog item
+    item_bias.npy        item-tower scalar bias for every catalog item
+    index/               faiss index over [vector, bias] rows (row -> item id map inside)
     users.parquet        user_id, history (item ids, oldest first): known users and their seen items
     catalog.parquet      item_id, title, categories: filters and display
     popularity.parquet   item_id, count: the fallback for unknown users
@@ -35,13 +36,14 @@ from recsys.encoders.features import ItemFeatures
 from recsys.index import ItemIndex
 from recsys.model.two_tower import TwoTowerModel
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 REQUIRED_FILES = (
     "bundle.json",
     "config.yaml",
     "model.pt",
     "item_features.npz",
     "item_vectors.npy",
+    "item_bias.npy",
     "index",
     "users.parquet",
     "catalog.parquet",
@@ -61,6 +63,7 @@ class Bundle:
     model: TwoTowerModel
     features: ItemFeatures
     item_vectors: np.ndarray
+    item_bias: np.ndarray
     index: ItemIndex
     users: pl.DataFrame
     catalog: pl.DataFrame
@@ -87,6 +90,7 @@ def save_bundle(
     features: ItemFeatures,
     index: ItemIndex,
     item_vectors: np.ndarray,
+    item_bias: np.ndarray,
     users: pl.DataFrame,
     catalog: pl.DataFrame,
     popularity: pl.DataFrame,
@@ -100,6 +104,7 @@ def save_bundle(
         torch.save(model.state_dict(), staging / "model.pt")
         features.save(staging / "item_features.npz")
         np.save(staging / "item_vectors.npy", np.asarray(item_vectors, dtype=np.float32))
+        np.save(staging / "item_bias.npy", np.asarray(item_bias, dtype=np.float32))
         index.save(staging / "index")
         users.write_parquet(staging / "users.parquet")
         catalog.write_parquet(staging / "catalog.parquet")
@@ -123,7 +128,7 @@ def save_bundle(
             },
             "category_vocab": list(features.category_vocab),
             "index_kind": index.kind,
-            "files": {name: _sha256(staging / name) for name in ("model.pt", "item_vectors.npy")},
+            "files": {name: _sha256(staging / name) for name in ("model.pt", "item_vectors.npy", "item_bias.npy")},
             **(extra_meta or {}),
         }
         (staging / "bundle.json").write_text(json.dumps(meta, indent=2, default=str))
@@ -197,9 +202,11 @@ def load_bundle(path: str | Path, expected_fingerprints: dict[str, str] | None =
         path,
         f"item_vectors shape {vectors.shape} != ({meta['n_items']}, {shape['dim']})",
     )
+    bias = np.load(path / "item_bias.npy")
+    _check(bias.shape == (meta["n_items"],), path, f"item_bias shape {bias.shape} != ({meta['n_items']},)")
     _check(len(features.item_ids) == meta["n_items"], path, f"item_features has {len(features.item_ids)} items, expected {meta['n_items']}")
     index = ItemIndex.load(path / "index")
-    _check(index.dim == shape["dim"], path, f"index dim {index.dim} != model dim {shape['dim']}")
+    _check(index.dim == shape["dim"] + 1, path, f"index dim {index.dim} != model dim {shape['dim']} + 1 (bias column)")
     return Bundle(
         path=path,
         meta=meta,
@@ -207,6 +214,7 @@ def load_bundle(path: str | Path, expected_fingerprints: dict[str, str] | None =
         model=model,
         features=features,
         item_vectors=vectors,
+        item_bias=bias,
         index=index,
         users=pl.read_parquet(path / "users.parquet"),
         catalog=pl.read_parquet(path / "catalog.parquet"),

@@ -73,6 +73,10 @@ class ModelConfig(_Section):
     use_image: bool = True
     use_categories: bool = True
     fusion: Literal["gate", "sum"] = "gate"
+    item_bias: bool = Field(
+        default=True,
+        description="A content-predicted scalar bias per item (a popularity prior that also covers cold items).",
+    )
     user_pooling: Literal["attention", "mean"] = "attention"
     max_history: int = 50
     n_layers: int = 1

@@ -20,7 +20,7 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from recsys.bundle import Bundle, BundleError, load_bundle
-from recsys.model.two_tower import FeatureTensors
+from recsys.model.two_tower import FeatureTensors, retrieval_items, retrieval_queries
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +62,8 @@ class Recommender:
         self._user_history: list[list] = users["history"].to_list()
         histories = [np.asarray([self._row_of[i] for i in h if i in self._row_of], dtype=np.int64) for h in self._user_history]
         user_index = users["user_index"].to_numpy() if "user_index" in users.columns else None
-        self._user_vectors = self.model.encode_histories(self._vectors, histories, user_index)
+        # Queries are [u, 1] so that faiss's inner product with the index rows [v, b] is u.v + b.
+        self._user_vectors = retrieval_queries(self.model.encode_histories(self._vectors, histories, user_index))
         popular = bundle.popularity.sort("count", descending=True)
         self._popular_ids: list = popular["item_id"].to_list()
         self._popular_scores: list[float] = [float(c) for c in popular["count"].to_list()]
@@ -202,7 +203,8 @@ class Recommender:
         if vector is None:
             rec = self._popular(k, excluded, allowed)
         else:
-            rec = self._search(vector[None, :], k, [[i for i in excluded if i in self._row_of]], allowed)[0]
+            query = retrieval_queries(vector[None, :])
+            rec = self._search(query, k, [[i for i in excluded if i in self._row_of]], allowed)[0]
         rec.unknown_items = unknown
         return rec
 
@@ -211,7 +213,9 @@ class Recommender:
             if not self.has_item(item_id):
                 raise KeyError(f"unknown item_id {item_id!r}")
             vector = self._vectors[self._row_of[item_id]].copy()
-        return self._search(vector[None, :], k, [[item_id]], self._allowed(candidates, categories))[0]
+        # Item-to-item and text search are pure similarity: the bias (popularity prior) is left out.
+        query = retrieval_queries(vector[None, :], with_bias=False)
+        return self._search(query, k, [[item_id]], self._allowed(candidates, categories))[0]
 
     def search(self, query: str, k: int, *, candidates=None, categories=None) -> Recommendations:
         """Free text -> frozen text encoder -> trained text head -> nearest items."""
@@ -222,7 +226,7 @@ class Recommender:
         if encoder is None or self.model.item_tower.text_head is None:
             raise RuntimeError("this bundle has no text encoder/head; text search is unavailable")
         embedding, mask = encoder.encode([query])
-        vector = self.project_text(embedding)
+        vector = retrieval_queries(self.project_text(embedding), with_bias=False)
         return self._search(vector, k, None, self._allowed(candidates, categories))[0]
 
     def project_text(self, embedding: np.ndarray) -> np.ndarray:
@@ -242,8 +246,8 @@ class Recommender:
             return self.model.item_vectors(features).numpy()
 
     # ------------------------------------------------------------------ catalog changes
-    def embed_items(self, catalog: pl.DataFrame) -> np.ndarray:
-        """Item-tower vectors for new catalog rows (item_id, title, text, image, categories)."""
+    def embed_items(self, catalog: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """Item-tower (unit vectors, biases) for new catalog rows (item_id, title, text, image, categories)."""
         from recsys.encoders.features import build_item_features
 
         features = build_item_features(
@@ -254,7 +258,7 @@ class Recommender:
             category_vocab=list(self.bundle.features.category_vocab),
             show_progress=False,
         )
-        return self.model.encode_items(FeatureTensors.from_features(features))
+        return self.model.encode_items_with_bias(FeatureTensors.from_features(features))
 
     def add_item(self, item_id, title: str, text: str | None = None, image_path: str | None = None, categories=None) -> None:
         if self.has_item(item_id):
@@ -269,7 +273,7 @@ class Recommender:
             },
             schema={"item_id": pl.Int64 if self.id_type is int else pl.String, "title": pl.String, "text": pl.String, "image": pl.String, "categories": pl.List(pl.String)},
         )
-        vector = self.embed_items(row)
+        vector, bias = self.embed_items(row)
         with self._lock:
             if item_id in self._removed:  # re-adding a deleted id: give it fresh content
                 self._removed.discard(item_id)
@@ -282,7 +286,7 @@ class Recommender:
                 self._vectors = np.concatenate([self._vectors, vector])
             for cat in categories or []:
                 self._category_items.setdefault(cat, set()).add(item_id)
-            self.index.add([item_id], vector)
+            self.index.add([item_id], retrieval_items(vector, bias))
         logger.info("added item %r to the live index (%d items)", item_id, len(self.index))
 
     def remove_item(self, item_id) -> None:

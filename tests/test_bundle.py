@@ -32,8 +32,12 @@ def test_round_trip_reproduces_vectors_and_recommendations(tiny_bundle, tiny_fea
     # The reloaded model recomputes exactly the stored item vectors.
     from recsys.model.two_tower import FeatureTensors
 
-    recomputed = bundle.model.encode_items(FeatureTensors.from_features(bundle.features))
-    np.testing.assert_allclose(recomputed, bundle.item_vectors, atol=1e-5)
+    vectors, bias = bundle.model.encode_items_with_bias(FeatureTensors.from_features(bundle.features))
+    np.testing.assert_allclose(vectors, bundle.item_vectors, atol=1e-5)
+    np.testing.assert_allclose(bias, bundle.item_bias, atol=1e-5)
+    # The index rows are [vector, bias], so a [u, 1] query scores exactly u.v + b.
+    item = bundle.features.item_ids[3]
+    np.testing.assert_allclose(bundle.index.vector(item), np.append(vectors[3], bias[3]), atol=1e-6)
     a = Recommender(bundle)
     b = Recommender.from_bundle(tiny_bundle)
     user = bundle.users["user_id"][0]

@@ -43,6 +43,7 @@ class TwoTowerModule(pl.LightningModule):
         self.exclude_in_valid = exclude_in_valid
         self.valid_ks = valid_ks
         self._valid_item_vectors: torch.Tensor | None = None
+        self._valid_item_bias: torch.Tensor | None = None
         self._valid_hits: list[torch.Tensor] = []
 
     # ----- training -----
@@ -73,15 +74,15 @@ class TwoTowerModule(pl.LightningModule):
         flat_targets = targets[use]
         candidates, log_q = self._candidates(flat_targets)
         needed = torch.unique(torch.cat([inputs[valid_in], candidates]))
-        vectors = self.model.item_vectors(self.features.rows(needed))
+        vectors, biases = self.model.item_vectors_and_bias(self.features.rows(needed))
         # Map catalog indices to rows of `vectors`.
         lookup = torch.full((self.n_items,), -1, dtype=torch.long, device=windows.device)
         lookup[needed] = torch.arange(len(needed), device=windows.device)
         seq_vectors = vectors[lookup[inputs.clamp(min=0)]]
         user_index = users if self.model.user_tower.user_embedding is not None else None
         states = self.model.user_tower(seq_vectors, valid_in, user_index)[use]
-        candidate_vectors = vectors[lookup[candidates]]
-        logits = states @ candidate_vectors.T / self.cfg.temperature
+        rows = lookup[candidates]
+        logits = (states @ vectors[rows].T + biases[rows]) / self.cfg.temperature
         if log_q is not None:
             logits = logits - log_q
         cand_pos = torch.full((self.n_items,), -1, dtype=torch.long, device=windows.device)
@@ -93,7 +94,7 @@ class TwoTowerModule(pl.LightningModule):
     # ----- validation: full ranking of the held-out next item -----
     def on_validation_epoch_start(self) -> None:
         with torch.no_grad():
-            self._valid_item_vectors = self.model.item_vectors(self.features)
+            self._valid_item_vectors, self._valid_item_bias = self.model.item_vectors_and_bias(self.features)
         self._valid_hits = []
 
     def validation_step(self, batch, batch_idx):
@@ -107,7 +108,7 @@ class TwoTowerModule(pl.LightningModule):
         if self.model.user_tower.user_embedding is not None:
             user_index = torch.as_tensor(self.valid.user_index[rows], dtype=torch.long)
         users = self.model.user_tower.encode_last(seq, torch.as_tensor(valid), user_index)
-        scores = users @ vectors.T
+        scores = users @ vectors.T + self._valid_item_bias
         excluded = self.exclude_in_valid if self.exclude_in_valid is not None else histories
         for row, r in enumerate(rows):
             scores[row, torch.as_tensor(excluded[r])] = float("-inf")

@@ -51,6 +51,13 @@ class ItemTower(nn.Module):
         self.gate = nn.Linear(cfg.dim * n_modalities, n_modalities) if cfg.fusion == "gate" else None
         # Used when an item has no content at all, so its vector is still defined.
         self.missing = nn.Parameter(torch.randn(cfg.dim) * 0.02)
+        # Score = (user . item + bias) / temperature. The vectors are unit length, so without a bias
+        # the model has no room to say "most users like this"; predicting it from content lets a
+        # cold item carry a popularity prior too.
+        self.bias = nn.Linear(cfg.dim, 1) if cfg.item_bias else None
+        if self.bias is not None:
+            nn.init.zeros_(self.bias.weight)
+            nn.init.zeros_(self.bias.bias)
 
     @property
     def modalities(self) -> list[str]:
@@ -65,6 +72,17 @@ class ItemTower(nn.Module):
         image_mask: torch.Tensor | None,
         categories: torch.Tensor | None,
     ) -> torch.Tensor:
+        return self.encode(text, text_mask, image, image_mask, categories)[0]
+
+    def encode(
+        self,
+        text: torch.Tensor | None,
+        text_mask: torch.Tensor | None,
+        image: torch.Tensor | None,
+        image_mask: torch.Tensor | None,
+        categories: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(unit item vectors [..., dim], scalar biases [...])."""
         parts: list[torch.Tensor] = []
         masks: list[torch.Tensor] = []
         if self.text_head is not None:
@@ -87,7 +105,9 @@ class ItemTower(nn.Module):
         fused = (weights.unsqueeze(-1) * stacked).sum(dim=-2)
         has_any = present.sum(dim=-1, keepdim=True) > 0
         fused = torch.where(has_any, fused, self.missing.expand_as(fused))
-        return F.normalize(fused, dim=-1)
+        unit = F.normalize(fused, dim=-1)
+        bias = self.bias(fused).squeeze(-1) if self.bias is not None else unit.new_zeros(unit.shape[:-1])
+        return unit, bias
 
 
 class UserTower(nn.Module):

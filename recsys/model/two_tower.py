@@ -88,20 +88,31 @@ class TwoTowerModel(nn.Module):
         }
 
     def item_vectors(self, features: FeatureTensors) -> torch.Tensor:
-        return self.item_tower(
+        return self.item_vectors_and_bias(features)[0]
+
+    def item_vectors_and_bias(self, features: FeatureTensors) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.item_tower.encode(
             features.text, features.text_mask, features.image, features.image_mask, features.categories
         )
 
     @torch.inference_mode()
+    def encode_items_with_bias(self, features: FeatureTensors, batch_size: int = 8192) -> tuple[np.ndarray, np.ndarray]:
+        """(unit item vectors [n, dim], biases [n]) for every row of `features` (eval mode, no grad)."""
+        if self.training:
+            self.eval()
+        n = features.categories.shape[0]
+        vectors, biases = [], []
+        for start in range(0, n, batch_size):
+            v, b = self.item_vectors_and_bias(features.rows(torch.arange(start, min(start + batch_size, n))))
+            vectors.append(v.numpy())
+            biases.append(b.numpy())
+        if not vectors:
+            return np.zeros((0, self.dim), np.float32), np.zeros(0, np.float32)
+        return np.concatenate(vectors).astype(np.float32), np.concatenate(biases).astype(np.float32)
+
     def encode_items(self, features: FeatureTensors, batch_size: int = 8192) -> np.ndarray:
         """Unit item vectors for every row of `features` (eval mode, no grad)."""
-        self.eval()
-        n = features.categories.shape[0]
-        out = [
-            self.item_vectors(features.rows(torch.arange(start, min(start + batch_size, n)))).numpy()
-            for start in range(0, n, batch_size)
-        ]
-        return np.concatenate(out).astype(np.float32) if out else np.zeros((0, self.dim), np.float32)
+        return self.encode_items_with_bias(features, batch_size)[0]
 
     @torch.inference_mode()
     def encode_histories(
@@ -137,3 +148,14 @@ def left_pad(sequences: list[np.ndarray], length: int, pad: int = -1) -> tuple[n
         if len(seq):
             out[row, length - len(seq) :] = seq
     return out, out != pad
+
+
+def retrieval_items(vectors: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """Index rows [v, b], so that an inner product with a query [u, 1] is the model's score u.v + b."""
+    return np.ascontiguousarray(np.concatenate([vectors, bias.reshape(-1, 1)], axis=1), dtype=np.float32)
+
+
+def retrieval_queries(vectors: np.ndarray, with_bias: bool = True) -> np.ndarray:
+    """Query rows [u, 1] (user scores, bias counted) or [u, 0] (pure similarity, e.g. item-to-item)."""
+    column = np.full((len(vectors), 1), 1.0 if with_bias else 0.0, dtype=np.float32)
+    return np.ascontiguousarray(np.concatenate([vectors, column], axis=1), dtype=np.float32)

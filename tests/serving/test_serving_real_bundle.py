@@ -14,6 +14,7 @@ import polars as pl
 import pytest
 from fastapi.testclient import TestClient
 
+from recsys.bundle import SCHEMA_VERSION
 from recsys.serving import ServingSettings, create_app
 
 pytestmark = pytest.mark.slow
@@ -51,7 +52,7 @@ def test_model_info(client: TestClient, tiny_bundles) -> None:
     assert info["model_version"] == _version(tiny_bundles.first)
     assert info["id_type"] == "str" and info["user_id_type"] == "int"
     assert info["n_items"] == tiny_bundles.catalog.height
-    assert info["index_kind"] == "flat" and info["dim"] == 32 and info["schema_version"] == 1
+    assert info["index_kind"] == "flat" and info["dim"] == 32 and info["schema_version"] == SCHEMA_VERSION
     assert set(info["encoder_fingerprints"]) == {"text"}
     assert info["source"] == str(tiny_bundles.first) and info["created_at"]
 
