@@ -266,6 +266,8 @@ def serve(
     model: Annotated[Optional[str], typer.Option("--model", help="Registry URI, e.g. models:/recsys-two-tower@champion.")] = None,
     host: Annotated[str, typer.Option(help="Bind address.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    poll_seconds: Annotated[float, typer.Option(help="With --model: re-resolve the alias this often and hot-reload when it moves (0 = off).")] = 0.0,
+    max_body_bytes: Annotated[int, typer.Option(help="Larger request bodies get 413.")] = 1 << 20,
 ) -> None:
     """Serve the retrieval API (FastAPI + uvicorn) over a bundle or a registered model."""
     _setup_logging()
@@ -273,7 +275,7 @@ def serve(
         _fail("give exactly one of --bundle DIR or --model models:/NAME@ALIAS")
     from recsys.serving.app import serve as serve_app
 
-    serve_app(bundle=bundle, model_uri=model, host=host, port=port)
+    serve_app(bundle=bundle, model_uri=model, host=host, port=port, poll_seconds=poll_seconds, max_body_bytes=max_body_bytes)
 
 
 def main() -> None:  # pragma: no cover - console entry
