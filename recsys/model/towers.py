@@ -64,15 +64,9 @@ class ItemTower(nn.Module):
         names = [("text", self.text_head), ("image", self.image_head), ("categories", self.category_head)]
         return [name for name, head in names if head is not None]
 
-    def forward(
-        self,
-        text: torch.Tensor | None,
-        text_mask: torch.Tensor | None,
-        image: torch.Tensor | None,
-        image_mask: torch.Tensor | None,
-        categories: torch.Tensor | None,
-    ) -> torch.Tensor:
-        return self.encode(text, text_mask, image, image_mask, categories)[0]
+    def forward(self, *features: torch.Tensor | None) -> torch.Tensor:
+        """Unit item vectors; arguments as for `encode`."""
+        return self.encode(*features)[0]
 
     def encode(
         self,
