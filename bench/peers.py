@@ -38,7 +38,7 @@ import polars as pl
 import scipy.sparse as sp
 
 from recsys.encoders.features import ItemFeatures
-from recsys.eval.baselines import ContentKNNScorer, PopularityScorer
+from recsys.eval.baselines import ContentKNNScorer, PopularityScorer, frozen_content_embeddings
 
 # --------------------------------------------------------------------------- training data
 
@@ -280,25 +280,15 @@ def fit_lightfm_hybrid(data: PeerData, params: Mapping[str, Any], seed: int) -> 
     return _fit_lightfm(data, params, seed, hybrid=True)
 
 
-def _unit_rows(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
 def _knn(modality: str) -> Callable[[PeerData, Mapping[str, Any], int], ContentKNNScorer]:
     def fit(data: PeerData, params: Mapping[str, Any], seed: int) -> ContentKNNScorer:
         f = data.features
         if f is None:
             raise ValueError(f"knn_{modality} needs the frozen item features")
-        if modality == "both":
-            from pipelines.evaluate import frozen_content_embeddings
-
-            emb = frozen_content_embeddings(f)
-        else:
-            raw = getattr(f, modality)
-            if raw is None:
-                raise ValueError(f"knn_{modality}: the {modality} encoder is disabled in this config")
-            emb = _unit_rows(raw)
+        modalities = ("text", "image") if modality == "both" else (modality,)
+        if modality != "both" and getattr(f, modality) is None:
+            raise ValueError(f"knn_{modality}: the {modality} encoder is disabled in this config")
+        emb = frozen_content_embeddings(f, modalities)
         order = f.positions(list(data.item_index.keys()))  # rows in item_index order
         return ContentKNNScorer(emb[order], name=f"knn_{modality}")
 

@@ -15,7 +15,7 @@ import polars as pl
 from recsys.config import PipelineConfig
 from recsys.data.splits import Split, make_split
 from recsys.encoders.features import ItemFeatures
-from recsys.eval.baselines import ContentKNNScorer, PopularityScorer
+from recsys.eval.baselines import ContentKNNScorer, PopularityScorer, frozen_content_embeddings
 from recsys.eval.protocol import build_queries, evaluate
 from recsys.eval.report import write_report
 from recsys.model.train import TrainResult, fit_two_tower, item_index_of
@@ -39,15 +39,6 @@ class TwoTowerScorer:
         index = np.asarray([self.user_index.get(u, 0) for u in np.asarray(user_ids).tolist()], dtype=np.int64)
         users = self.model.encode_histories(self.item_vectors, histories, index)
         return users @ self.item_vectors.T + self.item_bias
-
-
-def frozen_content_embeddings(features: ItemFeatures) -> np.ndarray:
-    """Concatenated unit text and image embeddings (missing modality = zeros), re-normalised."""
-    parts = [m for m in (features.text, features.image) if m is not None]
-    if not parts:
-        raise ValueError("content_knn needs text or image features")
-    stacked = np.concatenate([p / np.maximum(np.linalg.norm(p, axis=1, keepdims=True), 1e-12) for p in parts], axis=1)
-    return (stacked / np.maximum(np.linalg.norm(stacked, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
 
 def evaluate_split(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -31,8 +32,6 @@ def run_index(bundle_dir: Path, cfg: IndexConfig) -> ItemIndex:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     # Keep bundle.json's record of the index kind in step with the files.
-    import json
-
     meta_path = bundle_dir / "bundle.json"
     meta = json.loads(meta_path.read_text())
     meta["index_kind"] = index.kind

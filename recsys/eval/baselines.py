@@ -8,6 +8,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from recsys.encoders.base import l2_normalize
+
 
 class PopularityScorer:
     """Scores each item by its number of training interactions (the same list for every user).
@@ -73,3 +75,12 @@ class RandomScorer:
 
     def score(self, histories: list[np.ndarray], user_ids: np.ndarray) -> np.ndarray:
         return self._rng.random((len(histories), self.n_items), dtype=np.float32)
+
+
+def frozen_content_embeddings(features, modalities: tuple[str, ...] = ("text", "image")) -> np.ndarray:
+    """Item rows for content-kNN: the unit frozen embeddings of `modalities` (an `ItemFeatures`'
+    attribute names), concatenated and re-normalised. A missing modality contributes zeros."""
+    parts = [getattr(features, m) for m in modalities if getattr(features, m) is not None]
+    if not parts:
+        raise ValueError(f"content_knn needs frozen {' or '.join(modalities)} features")
+    return l2_normalize(np.concatenate([l2_normalize(np.asarray(p, dtype=np.float32)) for p in parts], axis=1))
