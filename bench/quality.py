@@ -54,7 +54,7 @@ from recsys.config import PipelineConfig, TrackingConfig, load_config  # noqa: E
 from recsys.data.readers import load_dataset  # noqa: E402
 from recsys.data.splits import make_split  # noqa: E402
 from recsys.encoders.features import build_item_features  # noqa: E402
-from recsys.encoders.store import FeatureStore  # noqa: E402
+from recsys.encoders.store import FeatureStore, atomic_write_bytes  # noqa: E402
 from recsys.eval.protocol import build_queries, evaluate  # noqa: E402
 from recsys.model.train import item_index_of  # noqa: E402
 from recsys.paths import shared_data_dir  # noqa: E402
@@ -186,6 +186,7 @@ def render_section(dataset: str, protocol: str, block: dict) -> str:
         f"### {dataset} · {protocol}",
         "",
         f"Split: {block['split']}. Test users: {block['n_test_users']}; candidates: {block['candidates']}.",
+        *([f"Order within a user: {block['order']}."] if block.get("order") else []),
         f"Run {block['created']} on {block['machine']}{' (QUICK smoke run - not a result)' if block.get('quick') else ''}.",
         "",
         "| model | Recall@10 | NDCG@10 | Recall@20 | NDCG@20 | train s | seeds |",
@@ -241,7 +242,7 @@ def update_doc(doc: Path, dataset: str, results: dict) -> None:
     else:
         text = text.rstrip("\n") + "\n\n" + section + "\n"
     doc.parent.mkdir(parents=True, exist_ok=True)
-    doc.write_text(text)
+    atomic_write_bytes(doc, text.encode())
 
 
 # --------------------------------------------------------------------------- main
@@ -290,6 +291,11 @@ def main(argv: list[str] | None = None) -> dict:
     )
     item_index = item_index_of(np.asarray(features.item_ids))
     n_items = len(item_index)
+    timeless = interactions["timestamp"].n_unique() == 1
+    order_note = (
+        "the data has no timestamps, so each user's order is a seeded random permutation standing in for time"
+        if timeless else "by timestamp; ties in time broken in a seeded random order"
+    )
 
     out_path = args.results_dir / f"quality_{args.dataset}.json"
     results: dict[str, Any] = json.loads(out_path.read_text()) if out_path.exists() else {}
@@ -326,6 +332,7 @@ def main(argv: list[str] | None = None) -> dict:
                     models["recsys"] = run_recsys(cfg, split, features, seeds, tracker, args.quick)
             results["protocols"][protocol] = {
                 "split": ", ".join(f"{k}={v}" for k, v in {**split.sizes(), **{k: v for k, v in split.meta.items() if np.isscalar(v)}}.items()),
+                "order": order_note,
                 "n_valid_users": len(valid_q),
                 "n_test_users": len(test_q),
                 "candidates": "whole catalog" if candidates is None else f"{len(candidates)} cold items",
@@ -336,8 +343,13 @@ def main(argv: list[str] | None = None) -> dict:
                 "machine": f"{platform.machine()}, {os.cpu_count()} CPU, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}",
                 "models": models,
             }
+        # Re-read just before writing, so protocols run by a concurrent invocation (e.g. loo and cold
+        # in two processes) are kept; only the protocols run here are replaced.
+        ran = {p: results["protocols"][p] for p in protocols}
+        on_disk = json.loads(out_path.read_text()) if out_path.exists() else {}
+        results = {**on_disk, **results, "protocols": {**on_disk.get("protocols", {}), **ran}}
         args.results_dir.mkdir(parents=True, exist_ok=True)
-        out_path.write_text(json.dumps(results, indent=2, default=float))
+        atomic_write_bytes(out_path, json.dumps(results, indent=2, default=float).encode())
         update_doc(args.doc, args.dataset, results)
         tracker.log_artifact(out_path, "quality")
         tracker.log_artifact(args.doc, "quality")

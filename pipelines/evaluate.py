@@ -76,6 +76,8 @@ def evaluate_split(
         tracker.log_metrics({f"{scorer.name}.{k.replace('@', '_at_')}": v for k, v in metrics[scorer.name].items()})
     metrics["recsys"]["train_seconds"] = round(result.train_seconds, 1)
     metrics["recsys"]["best_epoch"] = result.best_epoch
+    metrics["recsys"]["epochs_run"] = result.epochs_run
+    metrics["recsys"]["best_valid"] = result.best_metric  # what early stopping (and tuning) looked at
     logger.info("%s: %s", split.protocol, {name: round(m.get("ndcg@10", float("nan")), 4) for name, m in metrics.items()})
     return metrics
 
