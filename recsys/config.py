@@ -94,6 +94,10 @@ class TrainConfig(_Section):
     num_uniform_negatives: int = 512
     logq_correction: bool = True
     patience: int = 10
+    ema_decay: float = Field(
+        default=0.0, ge=0.0, lt=1.0,
+        description="Validate and keep an exponential moving average of the weights (0 = off; e.g. 0.99).",
+    )
     seed: int = 42
     valid_metric: str = "ndcg@10"
     max_minutes: float | None = None

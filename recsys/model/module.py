@@ -45,6 +45,39 @@ class TwoTowerModule(pl.LightningModule):
         self._valid_item_vectors: torch.Tensor | None = None
         self._valid_item_bias: torch.Tensor | None = None
         self._valid_hits: list[torch.Tensor] = []
+        self._ema: dict[str, torch.Tensor] | None = None
+        self._live: dict[str, torch.Tensor] | None = None
+
+    # ----- weight averaging: validate (and keep) an exponential moving average of the weights -----
+    def on_fit_start(self) -> None:
+        if self.cfg.ema_decay > 0:
+            self._ema = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        if self._ema is None:
+            return
+        # Warm-up (as in TF's ExponentialMovingAverage): early on the average must not drag the
+        # random initialisation along for hundreds of steps.
+        step = self.global_step
+        decay = min(self.cfg.ema_decay, (1.0 + step) / (10.0 + step))
+        with torch.no_grad():
+            for name, value in self.model.state_dict().items():
+                if value.dtype.is_floating_point:
+                    self._ema[name].mul_(decay).add_(value.detach(), alpha=1.0 - decay)
+                else:
+                    self._ema[name].copy_(value)
+
+    def on_validation_start(self) -> None:
+        # Score the averaged weights; callbacks (early stopping keeps the best state) see them too,
+        # and on_validation_end puts the live weights back for training.
+        if self._ema is not None and not self.trainer.sanity_checking:
+            self._live = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            self.model.load_state_dict(self._ema)
+
+    def on_validation_end(self) -> None:
+        if self._live is not None:
+            self.model.load_state_dict(self._live)
+            self._live = None
 
     # ----- training -----
     def configure_optimizers(self):

@@ -75,3 +75,34 @@ def test_logq_correction_is_inclusion_probability(tiny_features):
     full = TwoTowerModule(model, FeatureTensors.from_features(tiny_features), TrainConfig(num_uniform_negatives=-1), popularity)
     all_items, none = full._candidates(targets)
     assert none is None and len(all_items) == n
+
+
+def test_ema_validates_the_averaged_weights_and_trains_the_live_ones(tiny_features):
+    from types import SimpleNamespace
+
+    from recsys.config import ModelConfig, TrainConfig
+    from recsys.model.two_tower import TwoTowerModel
+
+    model = TwoTowerModel(ModelConfig(dim=8, head_hidden=0, max_history=4), 384, None, len(tiny_features.category_vocab))
+    module = TwoTowerModule(model, FeatureTensors.from_features(tiny_features), TrainConfig(ema_decay=0.9), np.ones(len(tiny_features)))
+    trainer = SimpleNamespace(sanity_checking=False, global_step=1000)
+    module._trainer = trainer
+    module.on_fit_start()
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    name = next(k for k, v in start.items() if v.dtype.is_floating_point and v.abs().sum() > 0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)  # an optimizer step
+    module.on_train_batch_end(None, None, 0)
+    live = {k: v.clone() for k, v in model.state_dict().items()}
+    module.on_validation_start()
+    # Validation sees 0.9 * start + 0.1 * live (the warm-up is over at step 1000).
+    assert torch.allclose(model.state_dict()[name], 0.9 * start[name] + 0.1 * live[name], atol=1e-6)
+    module.on_validation_end()
+    assert torch.equal(model.state_dict()[name], live[name])
+    # Off by default: nothing is swapped.
+    plain = TwoTowerModule(model, FeatureTensors.from_features(tiny_features), TrainConfig(), np.ones(len(tiny_features)))
+    plain._trainer = trainer
+    plain.on_fit_start()
+    plain.on_validation_start()
+    assert torch.equal(model.state_dict()[name], live[name])
