@@ -4,7 +4,8 @@ For each protocol (loo, cold) one split is made with the library (`make_split`, 
 the recsys config), and every model is scored on it with the library's `evaluate`:
 
 * peers (bench/peers.py) are fit on split.train; hyper-parameters are picked on the validation stage
-  (history = train, target = valid item, whole catalog) by NDCG@10 from a small grid - never on test;
+  (history = train, target = valid item; whole catalog on loo, the held-out validation
+  items among themselves on cold, exactly what recsys' early stopping ranks) by NDCG@10 from a small grid - never on test;
 * recsys is trained with `pipelines.evaluate.evaluate_split` (fit on split.train, early stopping on
   split.valid) once per model seed (train.seed = base seed + i); the split never changes;
 * test: history = train + valid (build_queries "test"), seen items excluded; on the cold protocol
@@ -98,17 +99,28 @@ def summarise(runs: list[dict[str, float]]) -> dict[str, Any]:
 # --------------------------------------------------------------------------- one protocol
 
 
+def _indices(item_ids, item_index: dict):
+    """Catalog rows of a set of item ids (None stays None: rank the whole catalog)."""
+    if item_ids is None:
+        return None
+    return np.asarray(sorted(item_index[i] for i in np.asarray(item_ids).tolist() if i in item_index))
+
+
 def tune_and_test(
-    spec, data: PeerData, valid_q, test_q, n_items: int, candidates, seeds: list[int], quick: bool, ks, tracker: Tracker
+    spec, data: PeerData, valid_q, test_q, n_items: int, candidates, seeds: list[int], quick: bool, ks, tracker: Tracker,
+    valid_candidates=None,
 ) -> dict[str, Any]:
-    """Pick hyper-parameters on valid by NDCG@10, then test with one fit per seed (train only)."""
+    """Pick hyper-parameters on valid by NDCG@10, then test with one fit per seed (train only).
+
+    Validation ranks exactly what recsys' early stopping ranks: the whole catalog on loo, the held-out
+    validation items among themselves on cold (`valid_candidates`)."""
     grid = spec.grid[:1] if quick else spec.grid
     tuning = []
     fits: dict[tuple[str, int], Any] = {}
     best = None
     for params in grid:
         scorer, seconds = timed_fit(spec, data, params, seeds[0])
-        valid = evaluate(scorer, valid_q, n_items, ks=ks)  # whole catalog, history = train
+        valid = evaluate(scorer, valid_q, n_items, ks=ks, candidates=valid_candidates)  # history = train
         tuning.append({"params": params, "valid": valid, "train_seconds": seconds})
         fits[(json.dumps(params, sort_keys=True), seeds[0])] = (scorer, seconds)
         if best is None or valid[SELECT_BY] > best["valid"][SELECT_BY]:
@@ -179,7 +191,7 @@ def _cell(row: dict, key: str, digits: int = 4) -> str:
     return f"{text} ± {se:.{digits}f}" if se is not None else text
 
 
-def render_section(dataset: str, protocol: str, block: dict) -> str:
+def render_section(dataset: str, protocol: str, block: dict, recsys_config: str | None = None) -> str:
     models = block["models"]
     best = {c: max((m.get(c, -1.0) for m in models.values()), default=None) for c in COLUMNS}
     lines = [
@@ -202,10 +214,17 @@ def render_section(dataset: str, protocol: str, block: dict) -> str:
         cells.append(_cell(row, "train_seconds", 1))
         cells.append(str(row.get("n_seeds", 1)))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += ["", "Hyper-parameters picked on validation (NDCG@10, history = train, target = valid item):", ""]
+    lines += ["", "Hyper-parameters picked on validation (NDCG@10, history = train, target = valid item; on cold the held-out "
+              "validation items are ranked among themselves, as for recsys' early stopping):", ""]
     lines += ["| model | picked | valid NDCG@10 | grid |", "|---|---|---:|---|"]
     for name, row in models.items():
         if name == "recsys":
+            seeds = row.get("seeds", [])
+            valids = [r["best_valid"] for r in seeds if "best_valid" in r]
+            epochs = ", ".join(str(r["best_epoch"]) for r in seeds if "best_epoch" in r)
+            valid = f"{sum(valids) / len(valids):.4f}" if valids else "–"
+            lines.append(f"| recsys | config `{recsys_config or 'see above'}`, best epochs {epochs or '–'} | {valid} | "
+                         "one config per dataset, picked in the Ablation section |")
             continue
         grid = "; ".join(
             f"{json.dumps(t['params'], sort_keys=True)} → {t['valid'][SELECT_BY]:.4f}" for t in row.get("tuning", [])
@@ -231,7 +250,7 @@ def update_doc(doc: Path, dataset: str, results: dict) -> None:
     ]
     order = {"loo": 0, "cold": 1, "temporal": 2}
     for protocol in sorted(results["protocols"], key=lambda p: (order.get(p, 9), p)):
-        body.append(render_section(dataset, protocol, results["protocols"][protocol]))
+        body.append(render_section(dataset, protocol, results["protocols"][protocol], results.get("recsys_config")))
     body.append(end)
     section = "\n".join(body)
     text = doc.read_text() if doc.exists() else "# Results\n\nBenchmarks regenerate their own sections.\n"
@@ -314,9 +333,8 @@ def main(argv: list[str] | None = None) -> dict:
         tracker.log_params({"bench.seeds": seeds, "bench.peers": ",".join(peers), "bench.protocols": ",".join(protocols)})
         for protocol in protocols:
             split = make_split(protocol, interactions, features.item_ids, cfg.eval)
-            candidates = None
-            if split.candidate_items is not None:
-                candidates = np.asarray(sorted(item_index[i] for i in split.candidate_items.tolist() if i in item_index))
+            candidates = _indices(split.candidate_items, item_index)
+            valid_candidates = _indices(split.meta.get("valid_candidate_items"), item_index)
             valid_q = build_queries(split, item_index, "valid")
             test_q = build_queries(split, item_index, "test")
             data = PeerData(split.train, item_index, catalog=catalog, features=features)
@@ -325,7 +343,7 @@ def main(argv: list[str] | None = None) -> dict:
             for name in peers:
                 with tracker.step(f"{protocol}/{name}"):
                     models[name] = tune_and_test(PEERS[name], data, valid_q, test_q, n_items, candidates,
-                                                 seeds, args.quick, ks, tracker)
+                                                 seeds, args.quick, ks, tracker, valid_candidates=valid_candidates)
                 log.info("%s %s test: %s", protocol, name, {k: round(models[name][k], 4) for k in COLUMNS})
             if not args.skip_recsys:
                 with tracker.step(f"{protocol}/recsys"):
@@ -356,7 +374,7 @@ def main(argv: list[str] | None = None) -> dict:
         tracker.log_metrics({"bench_seconds": time.perf_counter() - started})
     log.info("wrote %s and %s in %.0fs", out_path, args.doc, time.perf_counter() - started)
     for protocol in protocols:
-        print(render_section(args.dataset, protocol, results["protocols"][protocol]))
+        print(render_section(args.dataset, protocol, results["protocols"][protocol], results.get("recsys_config")))
     return results
 
 
