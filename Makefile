@@ -10,7 +10,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export TOKENIZERS_PARALLELISM := false
 export MLFLOW_SERVER_ENABLE_JOB_EXECUTION := false
 
-.PHONY: setup demo test test-fast bench bench-quality bench-serving dashboard serve clean
+.PHONY: setup demo test test-fast bench bench-quality bench-quality-ml1m bench-ablation bench-serving dashboard serve clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,13 @@ bench: $(STAMP)  ## encoder and index throughput (bench/results/*.json)
 bench-quality: $(STAMP)  ## recsys vs peers on ml-100k (needs implicit, and LightFM: see bench/README.md)
 	$(BIN)/pip install --quiet -e ".[bench]"
 	OMP_NUM_THREADS=1 $(BIN)/python bench/quality.py --dataset ml-100k --protocols loo,cold --seeds 3
+
+bench-quality-ml1m: $(STAMP)  ## the same on ml-1m (no timestamps: seeded random order; ~2 h on 2 cores)
+	$(BIN)/pip install --quiet -e ".[bench]"
+	OMP_NUM_THREADS=1 $(BIN)/python bench/quality.py --dataset ml-1m --protocols loo,cold --seeds 3
+
+bench-ablation: $(STAMP)  ## one recsys run per lever on ml-100k, each an MLflow child run
+	OMP_NUM_THREADS=1 $(BIN)/python bench/ablation.py bench/configs/ablation_ml100k.yaml
 
 bench-serving: $(STAMP)  ## HTTP load test of `recsys serve` on the ml-100k bundle
 	$(BIN)/pip install --quiet -e ".[bench]"
