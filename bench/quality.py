@@ -57,7 +57,7 @@ from recsys.data.splits import make_split  # noqa: E402
 from recsys.encoders.features import build_item_features  # noqa: E402
 from recsys.encoders.store import FeatureStore, atomic_write_bytes  # noqa: E402
 from recsys.eval.protocol import build_queries, evaluate  # noqa: E402
-from recsys.model.train import item_index_of  # noqa: E402
+from recsys.model.train import item_index_of, item_rows  # noqa: E402
 from recsys.paths import shared_data_dir  # noqa: E402
 from recsys.tracking import Tracker  # noqa: E402
 
@@ -97,13 +97,6 @@ def summarise(runs: list[dict[str, float]]) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- one protocol
-
-
-def _indices(item_ids, item_index: dict):
-    """Catalog rows of a set of item ids (None stays None: rank the whole catalog)."""
-    if item_ids is None:
-        return None
-    return np.asarray(sorted(item_index[i] for i in np.asarray(item_ids).tolist() if i in item_index))
 
 
 def tune_and_test(
@@ -333,8 +326,8 @@ def main(argv: list[str] | None = None) -> dict:
         tracker.log_params({"bench.seeds": seeds, "bench.peers": ",".join(peers), "bench.protocols": ",".join(protocols)})
         for protocol in protocols:
             split = make_split(protocol, interactions, features.item_ids, cfg.eval)
-            candidates = _indices(split.candidate_items, item_index)
-            valid_candidates = _indices(split.meta.get("valid_candidate_items"), item_index)
+            candidates = item_rows(split.candidate_items, item_index)
+            valid_candidates = item_rows(split.meta.get("valid_candidate_items"), item_index)
             valid_q = build_queries(split, item_index, "valid")
             test_q = build_queries(split, item_index, "test")
             data = PeerData(split.train, item_index, catalog=catalog, features=features)

@@ -18,7 +18,7 @@ from recsys.encoders.features import ItemFeatures
 from recsys.eval.baselines import ContentKNNScorer, PopularityScorer, frozen_content_embeddings
 from recsys.eval.protocol import build_queries, evaluate
 from recsys.eval.report import write_report
-from recsys.model.train import TrainResult, fit_two_tower, item_index_of
+from recsys.model.train import TrainResult, fit_two_tower, item_index_of, item_rows
 from recsys.model.two_tower import FeatureTensors
 from recsys.tracking import Tracker
 
@@ -46,14 +46,8 @@ def evaluate_split(
 ) -> dict[str, dict[str, float]]:
     item_index = item_index_of(np.asarray(features.item_ids))
     n_items = len(item_index)
-    candidates = None
-    valid_candidates = None
-    if split.candidate_items is not None:
-        candidates = np.asarray(sorted(item_index[i] for i in split.candidate_items.tolist() if i in item_index))
-    if split.meta.get("valid_candidate_items") is not None:
-        valid_candidates = np.asarray(
-            sorted(item_index[i] for i in split.meta["valid_candidate_items"].tolist() if i in item_index)
-        )
+    candidates = item_rows(split.candidate_items, item_index)
+    valid_candidates = item_rows(split.meta.get("valid_candidate_items"), item_index)
     result = fit_two_tower(
         features,
         split.train,

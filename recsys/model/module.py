@@ -49,6 +49,8 @@ class TwoTowerModule(pl.LightningModule):
         self._live: dict[str, torch.Tensor] | None = None
 
     # ----- weight averaging: validate (and keep) an exponential moving average of the weights -----
+    # (Not Lightning's WeightAveraging callback: it swaps the live weights back at validation-epoch end,
+    # before the keep-best callback copies the state, so the best state saved would be the live one.)
     def on_fit_start(self) -> None:
         if self.cfg.ema_decay > 0:
             self._ema = {k: v.detach().clone() for k, v in self.model.state_dict().items()}

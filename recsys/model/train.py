@@ -79,6 +79,14 @@ def item_index_of(item_ids: np.ndarray) -> dict:
     return {item: i for i, item in enumerate(item_ids.tolist())}
 
 
+def item_rows(item_ids: np.ndarray | None, item_index: dict) -> np.ndarray | None:
+    """Sorted catalog rows of a set of item ids (ids not in the catalog dropped); None stays None,
+    which the protocol reads as "rank the whole catalog"."""
+    if item_ids is None:
+        return None
+    return np.asarray(sorted(item_index[i] for i in np.asarray(item_ids).tolist() if i in item_index))
+
+
 def sequences_by_user(frame: pl.DataFrame, item_index: dict) -> tuple[np.ndarray, list[np.ndarray]]:
     """(user ids, per-user item-index arrays in `pos` order); items missing from the index are dropped."""
     if frame.is_empty():
