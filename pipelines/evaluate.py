@@ -19,7 +19,6 @@ from recsys.eval.baselines import ContentKNNScorer, PopularityScorer, frozen_con
 from recsys.eval.protocol import build_queries, evaluate
 from recsys.eval.report import write_report
 from recsys.model.train import TrainResult, fit_two_tower, item_index_of, item_rows
-from recsys.model.two_tower import FeatureTensors
 from recsys.tracking import Tracker
 
 logger = logging.getLogger(__name__)
@@ -32,7 +31,7 @@ class TwoTowerScorer:
 
     def __init__(self, result: TrainResult, features: ItemFeatures):
         self.model = result.model
-        self.item_vectors, self.item_bias = result.model.encode_items_with_bias(FeatureTensors.from_features(features))
+        self.item_vectors, self.item_bias = result.model.encode_items_with_bias(result.model.feature_tensors(features))
         self.user_index = {u: i + 1 for i, u in enumerate(result.user_ids.tolist())}
 
     def score(self, histories: list[np.ndarray], user_ids: np.ndarray) -> np.ndarray:

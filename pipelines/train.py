@@ -14,7 +14,7 @@ from recsys.data.splits import loo_split, order_interactions
 from recsys.encoders.features import ItemFeatures
 from recsys.index import ItemIndex
 from recsys.model.train import TrainResult, fit_two_tower
-from recsys.model.two_tower import FeatureTensors, retrieval_items
+from recsys.model.two_tower import retrieval_items
 from recsys.tracking import RegistrationResult, Tracker
 
 logger = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ def build_bundle(
     result: TrainResult,
 ) -> Path:
     """Everything serving needs, from a trained model, into `out_dir` (atomically)."""
-    item_vectors, item_bias = result.model.encode_items_with_bias(FeatureTensors.from_features(features))
+    item_vectors, item_bias = result.model.encode_items_with_bias(result.model.feature_tensors(features))
     index = ItemIndex.build(retrieval_items(item_vectors, item_bias), features.item_ids, cfg.index)
     ordered = order_interactions(interactions, cfg.train.seed)
     counts = ordered.group_by("item_id").len("count")

@@ -127,6 +127,7 @@ def save_bundle(
                 "image": None if features.image is None else int(features.image.shape[1]),
             },
             "category_vocab": list(features.category_vocab),
+            "item_id_vocab": model.item_id_vocab,  # items with an identity residual (hybrid model), else []
             "index_kind": index.kind,
             "files": {name: _sha256(staging / name) for name in ("model.pt", "item_vectors.npy", "item_bias.npy")},
             **(extra_meta or {}),
@@ -189,7 +190,15 @@ def load_bundle(path: str | Path, expected_fingerprints: dict[str, str] | None =
             path,
             f"{modality} feature dim {dim} != model {modality}_dim {shape[f'{modality}_dim']}",
         )
-    model = TwoTowerModel(config.model, shape["text_dim"], shape["image_dim"], shape["n_categories"], shape["n_users"])
+    id_vocab = meta.get("item_id_vocab") or []
+    _check(
+        len(id_vocab) == shape.get("n_id_items", 0),
+        path,
+        f"item_id_vocab has {len(id_vocab)} ids != model_shape n_id_items {shape.get('n_id_items', 0)}",
+    )
+    model = TwoTowerModel(
+        config.model, shape["text_dim"], shape["image_dim"], shape["n_categories"], shape["n_users"], item_id_vocab=id_vocab
+    )
     state = torch.load(path / "model.pt", map_location="cpu", weights_only=True)
     try:
         model.load_state_dict(state)

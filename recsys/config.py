@@ -83,6 +83,16 @@ class ModelConfig(_Section):
     n_heads: int = 2
     attn_dropout: float = 0.2
     user_id_embedding: bool = False
+    item_id_embedding: bool = Field(
+        default=False,
+        description="Add a learned residual vector to items seen in training (hybrid: content + identity). "
+        "New items have none and are served from content alone.",
+    )
+    item_id_dropout: float = Field(
+        default=0.5, ge=0.0, lt=1.0,
+        description="Training-time probability of dropping an item's identity residual, so the content path "
+        "alone stays a good item vector (what new items get).",
+    )
 
 
 class TrainConfig(_Section):
@@ -97,6 +107,11 @@ class TrainConfig(_Section):
     ema_decay: float = Field(
         default=0.0, ge=0.0, lt=1.0,
         description="Validate and keep an exponential moving average of the weights (0 = off; e.g. 0.99).",
+    )
+    content_loss_weight: float = Field(
+        default=0.5, ge=0.0, le=1.0,
+        description="Hybrid models (model.item_id_embedding): weight of a second loss that scores the same user "
+        "states against content-only item vectors, which is how new items are served (0 = hybrid loss only).",
     )
     seed: int = 42
     valid_metric: str = "ndcg@10"

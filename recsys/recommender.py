@@ -258,6 +258,8 @@ class Recommender:
             category_vocab=list(self.bundle.features.category_vocab),
             show_progress=False,
         )
+        # Content only, even for an id the model once knew: an item added (or re-added) here is
+        # described by the content given now, not by what the old item with that id learned.
         return self.model.encode_items_with_bias(FeatureTensors.from_features(features))
 
     def add_item(self, item_id, title: str, text: str | None = None, image_path: str | None = None, categories=None) -> None:

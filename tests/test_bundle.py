@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import pytest
 
 from recsys.bundle import SCHEMA_VERSION, BundleError, load_bundle
@@ -88,3 +89,55 @@ def test_replaced_vectors_are_refused(bundle_copy):
 def test_not_a_bundle(tmp_path):
     with pytest.raises(BundleError, match="not a directory"):
         load_bundle(tmp_path / "nope")
+
+
+@pytest.fixture(scope="module")
+def hybrid_bundle(tiny_data, tiny_features, tmp_path_factory, make_config) -> Path:
+    """A bundle of a hybrid model (content + identity residuals for the items seen in training)."""
+    from pipelines.train import build_bundle, holdout_last
+    from recsys.model.train import fit_two_tower
+
+    catalog, interactions = tiny_data
+    tmp = tmp_path_factory.mktemp("hybrid")
+    cfg = make_config(tmp, **{"model.item_id_embedding": True})
+    train, valid = holdout_last(interactions, cfg.train.seed)
+    result = fit_two_tower(tiny_features, train, valid, cfg, show_progress=False)
+    return build_bundle(cfg, tmp / "bundle", catalog, interactions, tiny_features, result)
+
+
+def test_hybrid_bundle_round_trip_keeps_identity_residuals(hybrid_bundle, tiny_data):
+    from recsys.model.two_tower import FeatureTensors
+
+    bundle = load_bundle(hybrid_bundle)
+    known = set(bundle.meta["item_id_vocab"])
+    assert 0 < len(known) == bundle.meta["model_shape"]["n_id_items"]
+    assert known <= {str(i) for i in tiny_data[1]["item_id"].unique().to_list()}  # only ids seen in training
+    tensors = bundle.model.feature_tensors(bundle.features)
+    vectors, bias = bundle.model.encode_items_with_bias(tensors)
+    np.testing.assert_allclose(vectors, bundle.item_vectors, atol=1e-5)
+    np.testing.assert_allclose(bias, bundle.item_bias, atol=1e-5)
+    # Trained residuals move the known items away from their content-only vectors (a rare item can
+    # have had its residual dropped at each of its few occurrences in 2 epochs); unknown ones never move.
+    content, _ = bundle.model.encode_items_with_bias(FeatureTensors.from_features(bundle.features))
+    moved = np.abs(vectors - content).max(axis=1) > 1e-4
+    assert moved[tensors.id_index.numpy() > 0].mean() > 0.8
+    assert not moved[tensors.id_index.numpy() == 0].any()
+
+
+def test_item_added_to_a_hybrid_model_is_served_from_content(hybrid_bundle):
+    rec = Recommender.from_bundle(hybrid_bundle)
+    known_id = rec.bundle.features.item_ids[0]
+    title = rec.bundle.catalog.filter(pl.col("item_id") == known_id)["title"][0]
+    new_id = max(rec.bundle.features.item_ids) + 1000
+    rec.add_item(new_id, title=title)
+    vector = rec.index.vector(new_id)[:-1]
+    content, _ = rec.embed_items(pl.DataFrame({"item_id": [new_id], "title": [title], "text": [None], "image": [None], "categories": [[]]}, schema_overrides={"categories": pl.List(pl.String)}))
+    np.testing.assert_allclose(vector, content[0], atol=1e-6)
+
+
+def test_identity_vocabulary_must_match_the_weights(hybrid_bundle, tmp_path):
+    copy = Path(shutil.copytree(hybrid_bundle, tmp_path / "bundle"))
+    meta = json.loads((copy / "bundle.json").read_text())
+    _edit_meta(copy, item_id_vocab=meta["item_id_vocab"][:-1])
+    with pytest.raises(BundleError, match="item_id_vocab"):
+        load_bundle(copy)

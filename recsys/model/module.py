@@ -122,7 +122,20 @@ class TwoTowerModule(pl.LightningModule):
             logits = logits - log_q
         cand_pos = torch.full((self.n_items,), -1, dtype=torch.long, device=windows.device)
         cand_pos[candidates] = torch.arange(len(candidates), device=windows.device)
-        loss = F.cross_entropy(logits, cand_pos[flat_targets])
+        labels = cand_pos[flat_targets]
+        loss = F.cross_entropy(logits, labels)
+        weight = self.cfg.content_loss_weight
+        if weight > 0 and self.features.id_index is not None and self.model.item_tower.id_embedding is not None:
+            # Hybrid model: the same user states must also rank content-only candidates, because that
+            # is all a new item has. Without this term the identity residuals soak up the warm-item
+            # signal and the content path (the cold-start model) trains less.
+            content, content_bias = self.model.item_vectors_and_bias(self.features.rows(candidates), use_identity=False)
+            content_logits = (states @ content.T + content_bias) / self.cfg.temperature
+            if log_q is not None:
+                content_logits = content_logits - log_q
+            content_loss = F.cross_entropy(content_logits, labels)
+            self.log("train/content_loss", content_loss, on_step=False, on_epoch=True, batch_size=int(labels.numel()))
+            loss = (1.0 - weight) * loss + weight * content_loss
         self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=int(flat_targets.numel()))
         return loss
 

@@ -34,7 +34,9 @@ class ItemTower(nn.Module):
     are present); "sum" adds the present ones. Missing modalities are masked out, never zero-filled in.
     """
 
-    def __init__(self, cfg: ModelConfig, text_dim: int | None, image_dim: int | None, n_categories: int):
+    def __init__(
+        self, cfg: ModelConfig, text_dim: int | None, image_dim: int | None, n_categories: int, n_id_items: int = 0
+    ):
         super().__init__()
         self.dim = cfg.dim
         self.fusion = cfg.fusion
@@ -58,6 +60,13 @@ class ItemTower(nn.Module):
         if self.bias is not None:
             nn.init.zeros_(self.bias.weight)
             nn.init.zeros_(self.bias.bias)
+        # Identity residual (row 0 = unknown item, always zero): lets warm items move away from what
+        # their content alone predicts, as an ID model would. Zero-initialised, and dropped at random
+        # while training, so a new item (residual 0) is scored by a content path trained to stand alone.
+        self.id_dropout = cfg.item_id_dropout
+        self.id_embedding = nn.Embedding(n_id_items + 1, cfg.dim, padding_idx=0) if cfg.item_id_embedding and n_id_items else None
+        if self.id_embedding is not None:
+            nn.init.zeros_(self.id_embedding.weight)
 
     @property
     def modalities(self) -> list[str]:
@@ -75,8 +84,9 @@ class ItemTower(nn.Module):
         image: torch.Tensor | None,
         image_mask: torch.Tensor | None,
         categories: torch.Tensor | None,
+        id_index: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(unit item vectors [..., dim], scalar biases [...])."""
+        """(unit item vectors [..., dim], scalar biases [...]). `id_index`: identity rows (0 = unknown)."""
         parts: list[torch.Tensor] = []
         masks: list[torch.Tensor] = []
         if self.text_head is not None:
@@ -99,6 +109,12 @@ class ItemTower(nn.Module):
         fused = (weights.unsqueeze(-1) * stacked).sum(dim=-2)
         has_any = present.sum(dim=-1, keepdim=True) > 0
         fused = torch.where(has_any, fused, self.missing.expand_as(fused))
+        if self.id_embedding is not None and id_index is not None:
+            residual = self.id_embedding(id_index)
+            if self.training and self.id_dropout > 0:
+                keep = torch.rand(residual.shape[:-1] + (1,), device=residual.device) >= self.id_dropout
+                residual = residual * keep
+            fused = fused + residual
         unit = F.normalize(fused, dim=-1)
         bias = self.bias(fused).squeeze(-1) if self.bias is not None else unit.new_zeros(unit.shape[:-1])
         return unit, bias

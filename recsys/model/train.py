@@ -17,7 +17,7 @@ from recsys.config import PipelineConfig
 from recsys.encoders.features import ItemFeatures
 from recsys.model.datamodule import SequenceDataModule, ValidationQueries
 from recsys.model.module import TwoTowerModule
-from recsys.model.two_tower import FeatureTensors, TwoTowerModel
+from recsys.model.two_tower import TwoTowerModel
 
 logger = logging.getLogger(__name__)
 
@@ -156,10 +156,13 @@ def fit_two_tower(
         "image": None if features.image is None else features.image.shape[1],
     }
     n_categories = 0 if features.categories is None else features.categories.shape[1]
-    model = TwoTowerModel(cfg.model, fdims["text"], fdims["image"], n_categories, n_users=len(user_ids))
+    seen_items = np.asarray(features.item_ids)[popularity > 0]  # identity rows (hybrid model only)
+    model = TwoTowerModel(
+        cfg.model, fdims["text"], fdims["image"], n_categories, n_users=len(user_ids), item_id_vocab=seen_items
+    )
     module = TwoTowerModule(
         model,
-        FeatureTensors.from_features(features),
+        model.feature_tensors(features),
         cfg.train,
         popularity,
         valid=valid_queries,

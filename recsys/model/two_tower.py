@@ -6,6 +6,7 @@ item and user vectors with exactly the same code.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,6 +27,7 @@ class FeatureTensors:
     image: torch.Tensor | None
     image_mask: torch.Tensor | None
     categories: torch.Tensor
+    id_index: torch.Tensor | None = None  # identity rows of a hybrid model (0 = unknown); see TwoTowerModel.feature_tensors
 
     @classmethod
     def from_features(cls, features: ItemFeatures) -> "FeatureTensors":
@@ -47,7 +49,8 @@ class FeatureTensors:
             return None if t is None else t[index]
 
         return FeatureTensors(
-            pick(self.text), pick(self.text_mask), pick(self.image), pick(self.image_mask), self.categories[index]
+            pick(self.text), pick(self.text_mask), pick(self.image), pick(self.image_mask), self.categories[index],
+            pick(self.id_index),
         )
 
     def to(self, device: torch.device | str) -> "FeatureTensors":
@@ -55,7 +58,8 @@ class FeatureTensors:
             return None if t is None else t.to(device)
 
         return FeatureTensors(
-            move(self.text), move(self.text_mask), move(self.image), move(self.image_mask), self.categories.to(device)
+            move(self.text), move(self.text_mask), move(self.image), move(self.image_mask), self.categories.to(device),
+            move(self.id_index),
         )
 
 
@@ -63,15 +67,25 @@ class TwoTowerModel(nn.Module):
     """Item tower over frozen content features + user tower over histories of item vectors."""
 
     def __init__(
-        self, cfg: ModelConfig, text_dim: int | None, image_dim: int | None, n_categories: int, n_users: int = 0
+        self,
+        cfg: ModelConfig,
+        text_dim: int | None,
+        image_dim: int | None,
+        n_categories: int,
+        n_users: int = 0,
+        item_id_vocab: Sequence | None = None,
     ):
+        """`item_id_vocab`: the item ids seen in training, which get an identity residual when
+        `cfg.item_id_embedding` is on (ignored otherwise)."""
         super().__init__()
         self.cfg = cfg
         self.text_dim = text_dim
         self.image_dim = image_dim
         self.n_categories = n_categories
         self.n_users = n_users
-        self.item_tower = ItemTower(cfg, text_dim, image_dim, n_categories)
+        self.item_id_vocab = [str(i) for i in item_id_vocab] if cfg.item_id_embedding and item_id_vocab is not None else []
+        self._id_row = {item: row + 1 for row, item in enumerate(self.item_id_vocab)}
+        self.item_tower = ItemTower(cfg, text_dim, image_dim, n_categories, n_id_items=len(self.item_id_vocab))
         self.user_tower = UserTower(cfg, n_users)
 
     @property
@@ -85,14 +99,28 @@ class TwoTowerModel(nn.Module):
             "image_dim": self.image_dim,
             "n_categories": self.n_categories,
             "n_users": self.n_users,
+            "n_id_items": len(self.item_id_vocab),
         }
+
+    def feature_tensors(self, features: ItemFeatures) -> FeatureTensors:
+        """Tensors of `features` for this model: adds the identity rows of a hybrid model, so an id
+        seen in training finds its residual and any other id (a new item) gets none."""
+        tensors = FeatureTensors.from_features(features)
+        if self._id_row:
+            rows = [self._id_row.get(str(item), 0) for item in np.asarray(features.item_ids).tolist()]
+            tensors.id_index = torch.as_tensor(rows, dtype=torch.long)
+        return tensors
 
     def item_vectors(self, features: FeatureTensors) -> torch.Tensor:
         return self.item_vectors_and_bias(features)[0]
 
-    def item_vectors_and_bias(self, features: FeatureTensors) -> tuple[torch.Tensor, torch.Tensor]:
+    def item_vectors_and_bias(
+        self, features: FeatureTensors, use_identity: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`use_identity=False` gives the content-only vectors, what a new item gets."""
         return self.item_tower.encode(
-            features.text, features.text_mask, features.image, features.image_mask, features.categories
+            features.text, features.text_mask, features.image, features.image_mask, features.categories,
+            features.id_index if use_identity else None,
         )
 
     @torch.inference_mode()

@@ -13,7 +13,7 @@ from recsys.paths import repo_root
 if str(repo_root()) not in sys.path:
     sys.path.insert(0, str(repo_root()))
 
-from bench.ablation import load_sweep, render, update_doc  # noqa: E402
+from bench.ablation import load_sweep, render, summarise_seeds, update_doc  # noqa: E402
 
 
 @pytest.mark.parametrize("sweep_file", sorted((repo_root() / "bench" / "configs").glob("ablation_*.yaml")))
@@ -74,3 +74,19 @@ def test_update_doc_replaces_only_its_section(tmp_path):
     assert text.count("<!-- ablation:x:begin -->") == 1 and "| base |" in text
     update_doc(doc, "y", "<!-- ablation:y:begin -->\nnew\n<!-- ablation:y:end -->")
     assert doc.read_text().rstrip().endswith("<!-- ablation:y:end -->")
+
+
+def test_several_seeds_give_mean_and_standard_error_and_render_them():
+    runs = [
+        {"seed": 42, "ndcg@10": 0.10, "best_valid": 0.20, "best_epoch": 3, "recall@10": 0.3},
+        {"seed": 43, "ndcg@10": 0.20, "best_valid": 0.22, "best_epoch": 5, "recall@10": 0.5},
+    ]
+    row = summarise_seeds(runs)
+    assert row["ndcg@10"] == pytest.approx(0.15) and row["recall@10"] == pytest.approx(0.4)
+    assert row["ndcg@10_se"] == pytest.approx(0.05)  # sample std 0.0707 / sqrt(2)
+    assert row["best_valid_se"] == pytest.approx(0.01)
+    assert row["seeds"] == 2 and [r["seed"] for r in row["per_seed"]] == [42, 43]
+    assert summarise_seeds(runs[:1]) == {k: v for k, v in runs[0].items() if k != "seed"}
+    results = {**_results(), "variants": {"base": {"change": "the config", "protocols": {"cold": row}}}}
+    line = next(x for x in render("x", results, ["base"]).splitlines() if x.startswith("| base"))
+    assert line == "| base | the config | 0.2100 ± 0.0100 | 0.1500 ± 0.0500 | 3/5 |"

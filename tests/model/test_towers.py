@@ -110,3 +110,60 @@ def test_long_histories_read_only_the_last_max_history_items():
     a = model.encode_histories(item_vectors, [long])
     b = model.encode_histories(item_vectors, [long[-6:]])
     np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def _hybrid(dropout: float = 0.5) -> TwoTowerModel:
+    # Head dropout off, so that in training mode only the identity dropout differs between two calls.
+    cfg = ModelConfig(
+        dim=8, head_hidden=0, head_dropout=0.0, max_history=6, item_id_embedding=True, item_id_dropout=dropout
+    )
+    return TwoTowerModel(cfg, text_dim=16, image_dim=8, n_categories=3, item_id_vocab=["a", "b", "c"])
+
+
+def test_identity_residual_moves_only_known_items():
+    model = _hybrid()
+    with torch.no_grad():
+        model.item_tower.id_embedding.weight[1:] = torch.randn(3, 8)
+    features = _features(4)
+    content_only = model.encode_items(features)  # no identity rows given: content path alone
+    features.id_index = torch.tensor([1, 2, 3, 0])  # three known items and one new one
+    hybrid = model.encode_items(features)
+    assert not np.allclose(hybrid[:3], content_only[:3], atol=1e-3)
+    np.testing.assert_allclose(hybrid[3], content_only[3], atol=1e-6)  # a new item is served by content
+    np.testing.assert_allclose(np.linalg.norm(hybrid, axis=1), 1.0, atol=1e-5)
+    # The unknown row is the padding row: it never learns.
+    assert torch.count_nonzero(model.item_tower.id_embedding.weight[0]) == 0
+
+
+def test_identity_residual_is_dropped_only_while_training():
+    model = _hybrid(dropout=0.5)
+    with torch.no_grad():
+        model.item_tower.id_embedding.weight[1:] = torch.randn(3, 8)
+    features = _features(600)
+    features.id_index = torch.ones(600, dtype=torch.long)
+    content = model.item_tower.train().encode(*_args(features, with_ids=False))[0]
+    torch.manual_seed(0)
+    trained = model.item_tower.train().encode(*_args(features, with_ids=True))[0]
+    dropped = torch.isclose(trained, content, atol=1e-6).all(dim=1).float().mean().item()
+    assert 0.4 < dropped < 0.6
+    model.eval()
+    with torch.no_grad():
+        evaluated = model.item_tower.encode(*_args(features, with_ids=True))[0]
+    assert not torch.isclose(evaluated, content, atol=1e-6).all(dim=1).any()
+
+
+def _args(features: FeatureTensors, with_ids: bool):
+    return (features.text, features.text_mask, features.image, features.image_mask, features.categories,
+            features.id_index if with_ids else None)
+
+
+def test_feature_tensors_map_ids_seen_in_training_and_nothing_else(tiny_features):
+    seen = list(tiny_features.item_ids[:5])
+    cfg = ModelConfig(dim=8, head_hidden=0, max_history=6, item_id_embedding=True)
+    model = TwoTowerModel(cfg, 384, None, len(tiny_features.category_vocab), item_id_vocab=seen)
+    rows = model.feature_tensors(tiny_features).id_index.tolist()
+    assert rows[:5] == [1, 2, 3, 4, 5]
+    assert set(rows[5:]) == {0}
+    # Off by default: a content-only model has no identity table and no identity rows.
+    plain = TwoTowerModel(ModelConfig(dim=8), 384, None, len(tiny_features.category_vocab), item_id_vocab=seen)
+    assert plain.item_tower.id_embedding is None and plain.feature_tensors(tiny_features).id_index is None
