@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 class _Section(BaseModel):
@@ -108,6 +108,12 @@ class TrainConfig(_Section):
         default=0.0, ge=0.0, lt=1.0,
         description="Validate and keep an exponential moving average of the weights (0 = off; e.g. 0.99).",
     )
+    objective: Literal["next_item", "all_but_one"] = Field(
+        default="next_item",
+        description="next_item: every position predicts the next item from the items before it (ordered "
+        "logs). all_but_one: every item is predicted from all the other items of its window, as a set "
+        "(unordered logs, e.g. ml-1m; needs model.user_pooling=mean).",
+    )
     content_loss_weight: float = Field(
         default=0.5, ge=0.0, le=1.0,
         description="Hybrid models (model.item_id_embedding): weight of a second loss that scores the same user "
@@ -169,6 +175,15 @@ class PipelineConfig(_Section):
     recommend: RecommendConfig = Field(default_factory=RecommendConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     output_dir: Path = Path("artifacts/run")
+
+    @model_validator(mode="after")
+    def _objective_fits_the_user_tower(self) -> "PipelineConfig":
+        if self.train.objective == "all_but_one" and self.model.user_pooling != "mean":
+            raise ValueError(
+                "train.objective=all_but_one reads the history as a set and needs model.user_pooling=mean "
+                f"(got model.user_pooling={self.model.user_pooling})"
+            )
+        return self
 
     def flat(self) -> dict[str, Any]:
         """Dotted key -> value, for MLflow params."""

@@ -103,9 +103,15 @@ class TwoTowerModule(pl.LightningModule):
 
     def training_step(self, batch, batch_idx):
         windows, users = batch
-        inputs, targets = windows[:, :-1], windows[:, 1:]
-        valid_in = inputs >= 0
-        use = valid_in & (targets >= 0)
+        if self.cfg.objective == "all_but_one":
+            # Every item of the window is a target, predicted from all the others (a set, no order).
+            inputs = targets = windows
+            valid_in = inputs >= 0
+            use = valid_in & (valid_in.sum(dim=1, keepdim=True) >= 2)
+        else:
+            inputs, targets = windows[:, :-1], windows[:, 1:]
+            valid_in = inputs >= 0
+            use = valid_in & (targets >= 0)
         flat_targets = targets[use]
         candidates, log_q = self._candidates(flat_targets)
         needed = torch.unique(torch.cat([inputs[valid_in], candidates]))
@@ -115,7 +121,9 @@ class TwoTowerModule(pl.LightningModule):
         lookup[needed] = torch.arange(len(needed), device=windows.device)
         seq_vectors = vectors[lookup[inputs.clamp(min=0)]]
         user_index = users if self.model.user_tower.user_embedding is not None else None
-        states = self.model.user_tower(seq_vectors, valid_in, user_index)[use]
+        tower = self.model.user_tower
+        encode = tower.leave_one_out if self.cfg.objective == "all_but_one" else tower
+        states = encode(seq_vectors, valid_in, user_index)[use]
         rows = lookup[candidates]
         logits = (states @ vectors[rows].T + biases[rows]) / self.cfg.temperature
         if log_q is not None:

@@ -185,6 +185,23 @@ class UserTower(nn.Module):
             out = out + self.user_embedding(user_index).unsqueeze(1)
         return F.normalize(out, dim=-1)
 
+    def leave_one_out(
+        self, history: torch.Tensor, valid: torch.Tensor, user_index: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """[B, L, dim] unit vectors: at each position, the state from every *other* valid item of the row,
+        read as a set. Trains the mean tower for unordered logs exactly as it is used: a user vector is
+        the mean of all the user's items, and the held-out item is any one of them. A mean of the
+        others is one subtraction per position, so every item of the row is a target at once."""
+        if self.pooling != "mean":
+            raise ValueError("leave_one_out needs model.user_pooling=mean")
+        x = history * valid.unsqueeze(-1)
+        counts = (valid.sum(dim=1, keepdim=True) - 1).clamp(min=1).unsqueeze(-1).to(x.dtype)
+        others = (x.sum(dim=1, keepdim=True) - x) / counts
+        out = self.output(others)
+        if self.user_embedding is not None and user_index is not None:
+            out = out + self.user_embedding(user_index).unsqueeze(1)
+        return F.normalize(out, dim=-1)
+
     def encode_last(self, history: torch.Tensor, valid: torch.Tensor, user_index: torch.Tensor | None = None) -> torch.Tensor:
         """The user vector after the whole (left-padded) history: [B, dim]."""
         return self.forward(history, valid, user_index)[:, -1]

@@ -167,3 +167,25 @@ def test_feature_tensors_map_ids_seen_in_training_and_nothing_else(tiny_features
     # Off by default: a content-only model has no identity table and no identity rows.
     plain = TwoTowerModel(ModelConfig(dim=8), 384, None, len(tiny_features.category_vocab), item_id_vocab=seen)
     assert plain.item_tower.id_embedding is None and plain.feature_tensors(tiny_features).id_index is None
+
+
+def test_leave_one_out_state_is_the_tower_over_every_other_item():
+    model = _model(user_pooling="mean")
+    model.eval()
+    history = torch.randn(2, 6, 8)
+    valid = torch.tensor([[False, False, True, True, True, True], [True] * 6])
+    with torch.no_grad():
+        states = model.user_tower.leave_one_out(history, valid)
+        for row in range(2):
+            for j in torch.nonzero(valid[row]).flatten().tolist():
+                others = valid[row].clone()
+                others[j] = False
+                expected = model.user_tower.output(history[row][others].mean(dim=0))
+                torch.testing.assert_close(states[row, j], torch.nn.functional.normalize(expected, dim=-1))
+    # Nothing else reads the history as a set: an ordered tower refuses.
+    try:
+        _model(user_pooling="attention").user_tower.leave_one_out(history, valid)
+    except ValueError as err:
+        assert "user_pooling=mean" in str(err)
+    else:
+        raise AssertionError("attention tower accepted a set objective")

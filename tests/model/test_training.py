@@ -106,3 +106,21 @@ def test_ema_validates_the_averaged_weights_and_trains_the_live_ones(tiny_featur
     plain.on_fit_start()
     plain.on_validation_start()
     assert torch.equal(model.state_dict()[name], live[name])
+
+
+def test_all_but_one_objective_trains_a_mean_tower(tiny_data, tiny_features, tmp_path, make_config):
+    _, interactions = tiny_data
+    split = loo_split(interactions, seed=0)
+    cfg = make_config(tmp_path, **{"train.epochs": 3, "model.user_pooling": "mean", "train.objective": "all_but_one"})
+    result = fit_two_tower(tiny_features, split.train, split.valid, cfg, show_progress=False)
+    losses = [h["train/loss"] for h in result.history if "train/loss" in h]
+    assert len(losses) == 3 and losses[-1] < losses[0]
+
+
+def test_all_but_one_objective_needs_a_mean_tower(tmp_path, make_config):
+    import pytest
+
+    from recsys.config import ConfigError
+
+    with pytest.raises(ConfigError, match="user_pooling=mean"):
+        make_config(tmp_path, **{"train.objective": "all_but_one"})
