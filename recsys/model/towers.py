@@ -1,7 +1,8 @@
 """The two towers. Only these modules hold trainable parameters; the frozen encoders never enter here.
 
-The item tower is a function of content features alone (frozen text / image embeddings and category
-flags), so an item nobody has interacted with, or one added after training, still gets a vector.
+The item tower is a function of content features (frozen text / image embeddings and category flags),
+so an item nobody has interacted with, or one added after training, still gets a vector. A hybrid
+model (`model.item_id_embedding`) adds a learned residual for the items seen in training only.
 The user tower reads a history of item-tower vectors, so an anonymous session history works too.
 """
 

@@ -70,9 +70,9 @@ class _KeepBest(Callback):
             trainer.should_stop = True
 
     def on_train_epoch_end(self, trainer, module) -> None:
-        loss = trainer.callback_metrics.get("train/loss")
-        if loss is not None:
-            self._entry(trainer.current_epoch)["train/loss"] = float(loss)
+        for key, value in trainer.callback_metrics.items():
+            if key.startswith("train/"):  # the loss, and its content-only part for a hybrid model
+                self._entry(trainer.current_epoch)[key] = float(value)
 
 
 def item_index_of(item_ids: np.ndarray) -> dict:

@@ -124,3 +124,21 @@ def test_all_but_one_objective_needs_a_mean_tower(tmp_path, make_config):
 
     with pytest.raises(ConfigError, match="user_pooling=mean"):
         make_config(tmp_path, **{"train.objective": "all_but_one"})
+
+
+def test_hybrid_model_can_also_train_its_content_path_alone(tiny_data, tiny_features, tmp_path, make_config):
+    _, interactions = tiny_data
+    split = loo_split(interactions, seed=0)
+    cfg = make_config(
+        tmp_path, **{"train.epochs": 3, "model.item_id_embedding": True, "train.content_loss_weight": 0.5}
+    )
+    result = fit_two_tower(tiny_features, split.train, split.valid, cfg, show_progress=False)
+    content_losses = [h["train/content_loss"] for h in result.history if "train/content_loss" in h]
+    assert len(content_losses) == 3 and content_losses[-1] < content_losses[0]
+    assert result.model.item_tower.id_embedding is not None
+    # Off by default: a hybrid model trains on the hybrid loss only.
+    plain = fit_two_tower(
+        tiny_features, split.train, split.valid,
+        make_config(tmp_path, **{"train.epochs": 1, "model.item_id_embedding": True}), show_progress=False,
+    )
+    assert not any("train/content_loss" in h for h in plain.history)
