@@ -181,7 +181,11 @@ class UserTower(nn.Module):
         else:
             counts = valid.cumsum(dim=1).clamp(min=1).unsqueeze(-1).to(x.dtype)
             x = x.cumsum(dim=1) / counts
-        out = self.output(x)
+        return self._state(x, user_index)
+
+    def _state(self, pooled: torch.Tensor, user_index: torch.Tensor | None) -> torch.Tensor:
+        """Pooled history [B, L, dim] -> unit user vectors (output layer, plus the user id if known)."""
+        out = self.output(pooled)
         if self.user_embedding is not None and user_index is not None:
             out = out + self.user_embedding(user_index).unsqueeze(1)
         return F.normalize(out, dim=-1)
@@ -198,10 +202,7 @@ class UserTower(nn.Module):
         x = history * valid.unsqueeze(-1)
         counts = (valid.sum(dim=1, keepdim=True) - 1).clamp(min=1).unsqueeze(-1).to(x.dtype)
         others = (x.sum(dim=1, keepdim=True) - x) / counts
-        out = self.output(others)
-        if self.user_embedding is not None and user_index is not None:
-            out = out + self.user_embedding(user_index).unsqueeze(1)
-        return F.normalize(out, dim=-1)
+        return self._state(others, user_index)
 
     def encode_last(self, history: torch.Tensor, valid: torch.Tensor, user_index: torch.Tensor | None = None) -> torch.Tensor:
         """The user vector after the whole (left-padded) history: [B, dim]."""
