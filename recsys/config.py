@@ -120,6 +120,12 @@ class TrainConfig(_Section):
         "states against content-only item vectors, which is how new items are served (0 = hybrid loss only; "
         "on ml-100k 0.5 helped new items a little and cost known ones more, see docs/results.md).",
     )
+    targets_per_window: int | None = Field(
+        default=None, ge=1,
+        description="Train on at most this many target positions per window, drawn at random each step (None = "
+        "every position). Cuts the softmax, the bulk of a step on long windows; with all_but_one the user "
+        "states of one window are near-identical, so most of their targets are redundant within a step.",
+    )
     seed: int = 42
     valid_metric: str = "ndcg@10"
     max_minutes: float | None = None

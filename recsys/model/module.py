@@ -21,6 +21,16 @@ from recsys.model.datamodule import ValidationQueries
 from recsys.model.two_tower import FeatureTensors, TwoTowerModel, left_pad
 
 
+def keep_random_positions(use: torch.Tensor, k: int) -> torch.Tensor:
+    """Of each row's True positions keep at most k, chosen uniformly at random (torch's global RNG)."""
+    if use.shape[1] <= k:
+        return use
+    draw = torch.rand(use.shape, device=use.device).masked_fill(~use, 2.0)  # unused positions sort last
+    chosen = torch.zeros_like(use)
+    chosen.scatter_(1, draw.topk(k, dim=1, largest=False).indices, True)
+    return chosen & use
+
+
 class TwoTowerModule(pl.LightningModule):
     def __init__(
         self,
@@ -112,6 +122,8 @@ class TwoTowerModule(pl.LightningModule):
             inputs, targets = windows[:, :-1], windows[:, 1:]
             valid_in = inputs >= 0
             use = valid_in & (targets >= 0)
+        if self.cfg.targets_per_window is not None:
+            use = keep_random_positions(use, self.cfg.targets_per_window)
         flat_targets = targets[use]
         candidates, log_q = self._candidates(flat_targets)
         needed = torch.unique(torch.cat([inputs[valid_in], candidates]))

@@ -10,7 +10,7 @@ import torch
 
 from recsys.data.splits import loo_split
 from recsys.model.datamodule import training_windows
-from recsys.model.module import TwoTowerModule
+from recsys.model.module import TwoTowerModule, keep_random_positions
 from recsys.model.train import fit_two_tower
 from recsys.model.two_tower import FeatureTensors
 
@@ -115,6 +115,44 @@ def test_all_but_one_objective_trains_a_mean_tower(tiny_data, tiny_features, tmp
     result = fit_two_tower(tiny_features, split.train, split.valid, cfg, show_progress=False)
     losses = [h["train/loss"] for h in result.history if "train/loss" in h]
     assert len(losses) == 3 and losses[-1] < losses[0]
+
+
+def test_keep_random_positions_keeps_k_of_the_used_positions_per_row():
+    torch.manual_seed(0)
+    use = torch.zeros(3, 10, dtype=torch.bool)
+    use[0, 2:] = True   # 8 used: keep 4
+    use[1, 7:] = True   # 3 used: keep all 3
+    # row 2: none used, none kept
+    kept = keep_random_positions(use, 4)
+    assert kept.sum(dim=1).tolist() == [4, 3, 0]
+    assert not (kept & ~use).any()
+    # Uniform over the used positions: every one of row 0's 8 is drawn about half the time.
+    counts = sum(keep_random_positions(use, 4)[0].long() for _ in range(2000))
+    assert counts[:2].sum() == 0
+    assert ((counts[2:] > 850) & (counts[2:] < 1150)).all(), counts
+    assert torch.equal(keep_random_positions(use, 10), use)
+
+
+def test_training_on_a_sample_of_targets_per_window(tiny_data, tiny_features, tmp_path, make_config, monkeypatch):
+    import recsys.model.module as module
+
+    kept_per_row: list[int] = []
+
+    def spy(use, k):
+        kept = keep_random_positions(use, k)
+        kept_per_row.extend(kept.sum(dim=1).tolist())
+        return kept
+
+    monkeypatch.setattr(module, "keep_random_positions", spy)
+    _, interactions = tiny_data
+    split = loo_split(interactions, seed=0)
+    cfg = make_config(tmp_path, **{
+        "train.epochs": 3, "model.user_pooling": "mean", "train.objective": "all_but_one", "train.targets_per_window": 4,
+    })
+    result = fit_two_tower(tiny_features, split.train, split.valid, cfg, show_progress=False)
+    losses = [h["train/loss"] for h in result.history if "train/loss" in h]
+    assert len(losses) == 3 and losses[-1] < losses[0]
+    assert kept_per_row and max(kept_per_row) == 4
 
 
 def test_all_but_one_objective_needs_a_mean_tower(tmp_path, make_config):
