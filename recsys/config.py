@@ -82,6 +82,11 @@ class ModelConfig(_Section):
     n_layers: int = 1
     n_heads: int = 2
     attn_dropout: float = 0.2
+    user_hidden: int = Field(
+        default=0, ge=0,
+        description="Hidden width of an MLP on the pooled history (0 = one linear layer). A mean of item "
+        "vectors read linearly weighs every item alike; an MLP can read interactions between them.",
+    )
     user_id_embedding: bool = False
     item_id_embedding: bool = Field(
         default=False,

@@ -93,13 +93,17 @@ def test_not_a_bundle(tmp_path):
 
 @pytest.fixture(scope="module")
 def hybrid_bundle(tiny_data, tiny_features, tmp_path_factory, make_config) -> Path:
-    """A bundle of a hybrid model (content + identity residuals for the items seen in training)."""
+    """A bundle of a hybrid model (content + identity residuals for the items seen in training), shaped
+    like the ml-1m config: a mean user tower with an MLP, trained all-but-one on sampled targets."""
     from pipelines.train import build_bundle, holdout_last
     from recsys.model.train import fit_two_tower
 
     catalog, interactions = tiny_data
     tmp = tmp_path_factory.mktemp("hybrid")
-    cfg = make_config(tmp, **{"model.item_id_embedding": True})
+    cfg = make_config(tmp, **{
+        "model.item_id_embedding": True, "model.user_pooling": "mean", "model.user_hidden": 16,
+        "train.objective": "all_but_one", "train.targets_per_window": 4,
+    })
     train, valid = holdout_last(interactions, cfg.train.seed)
     result = fit_two_tower(tiny_features, train, valid, cfg, show_progress=False)
     return build_bundle(cfg, tmp / "bundle", catalog, interactions, tiny_features, result)
@@ -109,6 +113,7 @@ def test_hybrid_bundle_round_trip_keeps_identity_residuals(hybrid_bundle, tiny_d
     from recsys.model.two_tower import FeatureTensors
 
     bundle = load_bundle(hybrid_bundle)
+    assert bundle.model.user_tower.output[1].out_features == 16  # the user MLP comes back from the config
     known = set(bundle.meta["item_id_vocab"])
     assert 0 < len(known) == bundle.meta["model_shape"]["n_id_items"]
     assert known <= {str(i) for i in tiny_data[1]["item_id"].unique().to_list()}  # only ids seen in training

@@ -152,7 +152,13 @@ class UserTower(nn.Module):
             self.encoder = nn.TransformerEncoder(layer, num_layers=cfg.n_layers, enable_nested_tensor=False)
         else:
             self.encoder = None
-        self.output = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim))
+        if cfg.user_hidden:
+            self.output = nn.Sequential(
+                nn.LayerNorm(dim), nn.Linear(dim, cfg.user_hidden), nn.GELU(), nn.Dropout(cfg.attn_dropout),
+                nn.Linear(cfg.user_hidden, dim),
+            )
+        else:
+            self.output = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim))
         self.user_embedding = nn.Embedding(n_users + 1, dim, padding_idx=0) if cfg.user_id_embedding and n_users else None
         self.n_heads = cfg.n_heads
         self.register_buffer("_eye", torch.eye(cfg.max_history, dtype=torch.bool), persistent=False)

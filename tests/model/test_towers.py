@@ -4,6 +4,7 @@ the user tower is causal and accepts anonymous histories."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from recsys.config import ModelConfig
@@ -169,8 +170,9 @@ def test_feature_tensors_map_ids_seen_in_training_and_nothing_else(tiny_features
     assert plain.item_tower.id_embedding is None and plain.feature_tensors(tiny_features).id_index is None
 
 
-def test_leave_one_out_state_is_the_tower_over_every_other_item():
-    model = _model(user_pooling="mean")
+@pytest.mark.parametrize("user_hidden", [0, 16])
+def test_leave_one_out_state_is_the_tower_over_every_other_item(user_hidden):
+    model = _model(user_pooling="mean", user_hidden=user_hidden)
     model.eval()
     history = torch.randn(2, 6, 8)
     valid = torch.tensor([[False, False, True, True, True, True], [True] * 6])
