@@ -15,17 +15,16 @@ from torch import nn
 from recsys.config import ModelConfig
 
 
+def _mlp_layers(in_dim: int, hidden: int, out_dim: int, dropout: float) -> list[nn.Module]:
+    """A linear map (`hidden=0`) or one GELU hidden layer with dropout."""
+    if hidden <= 0:
+        return [nn.Linear(in_dim, out_dim)]
+    return [nn.Linear(in_dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, out_dim)]
+
+
 def _head(in_dim: int, hidden: int, out_dim: int, dropout: float) -> nn.Module:
     """Projection head over one frozen modality. `hidden=0` gives a linear map (least memorisation)."""
-    if hidden <= 0:
-        return nn.Sequential(nn.Dropout(dropout), nn.Linear(in_dim, out_dim))
-    return nn.Sequential(
-        nn.Dropout(dropout),
-        nn.Linear(in_dim, hidden),
-        nn.GELU(),
-        nn.Dropout(dropout),
-        nn.Linear(hidden, out_dim),
-    )
+    return nn.Sequential(nn.Dropout(dropout), *_mlp_layers(in_dim, hidden, out_dim, dropout))
 
 
 class ItemTower(nn.Module):
@@ -152,13 +151,7 @@ class UserTower(nn.Module):
             self.encoder = nn.TransformerEncoder(layer, num_layers=cfg.n_layers, enable_nested_tensor=False)
         else:
             self.encoder = None
-        if cfg.user_hidden:
-            self.output = nn.Sequential(
-                nn.LayerNorm(dim), nn.Linear(dim, cfg.user_hidden), nn.GELU(), nn.Dropout(cfg.attn_dropout),
-                nn.Linear(cfg.user_hidden, dim),
-            )
-        else:
-            self.output = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim))
+        self.output = nn.Sequential(nn.LayerNorm(dim), *_mlp_layers(dim, cfg.user_hidden, dim, cfg.attn_dropout))
         self.user_embedding = nn.Embedding(n_users + 1, dim, padding_idx=0) if cfg.user_id_embedding and n_users else None
         self.n_heads = cfg.n_heads
         self.register_buffer("_eye", torch.eye(cfg.max_history, dtype=torch.bool), persistent=False)
