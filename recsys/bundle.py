@@ -7,7 +7,7 @@ never leaves a half-written bundle where a server could pick it up):
     config.yaml          the resolved pipeline config that produced it
     model.pt             two-tower weights (state dict)
     item_features.npz    frozen content features of the catalog (cold items get vectors from these)
-    item_vectors.npy     item-tower unit vectors for every catalog item
+    item_vectors.npy     item-tower vectors for every catalog item
     item_bias.npy        item-tower scalar bias for every catalog item
     index/               faiss index over [vector, bias] rows (row -> item id map inside)
     users.parquet        user_id, history (item ids, oldest first): known users and their seen items

@@ -214,6 +214,8 @@ class Recommender:
                 raise KeyError(f"unknown item_id {item_id!r}")
             vector = self._vectors[self._row_of[item_id]].copy()
         # Item-to-item and text search are pure similarity: the bias (popularity prior) is left out.
+        # With model.item_scale an item's length (how sharply it follows taste) still counts: the
+        # score is what a user whose taste points exactly at the query would give, less popularity.
         query = retrieval_queries(vector[None, :], with_bias=False)
         return self._search(query, k, [[item_id]], self._allowed(candidates, categories))[0]
 
@@ -230,7 +232,7 @@ class Recommender:
         return self._search(vector, k, None, self._allowed(candidates, categories))[0]
 
     def project_text(self, embedding: np.ndarray) -> np.ndarray:
-        """Frozen text embeddings [n, d_text] -> unit vectors in the trained space (text head only)."""
+        """Frozen text embeddings [n, d_text] -> vectors in the trained space (text head only)."""
         import torch
 
         n = len(embedding)
@@ -247,7 +249,7 @@ class Recommender:
 
     # ------------------------------------------------------------------ catalog changes
     def embed_items(self, catalog: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-        """Item-tower (unit vectors, biases) for new catalog rows (item_id, title, text, image, categories)."""
+        """Item-tower (vectors, biases) for new catalog rows (item_id, title, text, image, categories)."""
         from recsys.encoders.features import build_item_features
 
         features = build_item_features(

@@ -94,7 +94,8 @@ def test_not_a_bundle(tmp_path):
 @pytest.fixture(scope="module")
 def hybrid_bundle(tiny_data, tiny_features, tmp_path_factory, make_config) -> Path:
     """A bundle of a hybrid model (content + identity residuals for the items seen in training), shaped
-    like the ml-1m config: a mean user tower with an MLP, trained all-but-one on sampled targets."""
+    like the ml-1m config: a mean user tower with an MLP, learned vector lengths, trained all-but-one on
+    sampled targets."""
     from pipelines.train import build_bundle, holdout_last
     from recsys.model.train import fit_two_tower
 
@@ -102,6 +103,7 @@ def hybrid_bundle(tiny_data, tiny_features, tmp_path_factory, make_config) -> Pa
     tmp = tmp_path_factory.mktemp("hybrid")
     cfg = make_config(tmp, **{
         "model.item_id_embedding": True, "model.user_pooling": "mean", "model.user_hidden": 16,
+        "model.item_scale": True, "model.user_scale": True,
         "train.objective": "all_but_one", "train.targets_per_window": 4,
     })
     train, valid = holdout_last(interactions, cfg.train.seed)
@@ -121,6 +123,11 @@ def test_hybrid_bundle_round_trip_keeps_identity_residuals(hybrid_bundle, tiny_d
     vectors, bias = bundle.model.encode_items_with_bias(tensors)
     np.testing.assert_allclose(vectors, bundle.item_vectors, atol=1e-5)
     np.testing.assert_allclose(bias, bundle.item_bias, atol=1e-5)
+    # Learned lengths come back with the weights: each item its own, and the index holds them.
+    lengths = np.linalg.norm(bundle.item_vectors, axis=1)
+    assert lengths.std() > 1e-4 and not np.allclose(lengths, 1.0)
+    item = bundle.features.item_ids[1]
+    np.testing.assert_allclose(bundle.index.vector(item), np.append(vectors[1], bias[1]), atol=1e-6)
     # Trained residuals move the known items away from their content-only vectors (a rare item can
     # have had its residual dropped at each of its few occurrences in 2 epochs); unknown ones never move.
     content, _ = bundle.model.encode_items_with_bias(FeatureTensors.from_features(bundle.features))

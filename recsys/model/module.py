@@ -135,7 +135,10 @@ class TwoTowerModule(pl.LightningModule):
         user_index = users if self.model.user_tower.user_embedding is not None else None
         tower = self.model.user_tower
         encode = tower.leave_one_out if self.cfg.objective == "all_but_one" else tower
-        states = encode(seq_vectors, valid_in, user_index)[use]
+        seen = valid_in
+        if self.cfg.history_dropout > 0:
+            seen = valid_in & (torch.rand(valid_in.shape, device=valid_in.device) >= self.cfg.history_dropout)
+        states = encode(seq_vectors, seen, user_index)[use]
         rows = lookup[candidates]
         logits = (states @ vectors[rows].T + biases[rows]) / self.cfg.temperature
         if log_q is not None:

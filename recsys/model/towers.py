@@ -8,6 +8,8 @@ The user tower reads a history of item-tower vectors, so an anonymous session hi
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -27,8 +29,17 @@ def _head(in_dim: int, hidden: int, out_dim: int, dropout: float) -> nn.Module:
     return nn.Sequential(nn.Dropout(dropout), *_mlp_layers(in_dim, hidden, out_dim, dropout))
 
 
+def _unit_scale(dim: int) -> nn.Linear:
+    """A linear map to the pre-softplus length of a vector, initialised to length 1 everywhere."""
+    layer = nn.Linear(dim, 1)
+    nn.init.zeros_(layer.weight)
+    nn.init.constant_(layer.bias, math.log(math.e - 1.0))  # softplus(b) = 1
+    return layer
+
+
 class ItemTower(nn.Module):
-    """Projects each available modality into a shared space and fuses them into one unit vector.
+    """Projects each available modality into a shared space and fuses them into one unit vector
+    (of a content-predicted length with `model.item_scale`).
 
     Fusion "gate" learns, per item, how much to trust each modality (softmax over the modalities that
     are present); "sum" adds the present ones. Missing modalities are masked out, never zero-filled in.
@@ -55,7 +66,9 @@ class ItemTower(nn.Module):
         self.missing = nn.Parameter(torch.randn(cfg.dim) * 0.02)
         # Score = (user . item + bias) / temperature. The vectors are unit length, so without a bias
         # the model has no room to say "most users like this"; predicting it from content lets a
-        # cold item carry a popularity prior too.
+        # cold item carry a popularity prior too. A length (item_scale) says how sharply the item's
+        # score follows the user's taste, as item norms do in a factor model; also from content.
+        self.scale = _unit_scale(cfg.dim) if cfg.item_scale else None
         self.bias = nn.Linear(cfg.dim, 1) if cfg.item_bias else None
         if self.bias is not None:
             nn.init.zeros_(self.bias.weight)
@@ -74,7 +87,7 @@ class ItemTower(nn.Module):
         return [name for name, head in names if head is not None]
 
     def forward(self, *features: torch.Tensor | None) -> torch.Tensor:
-        """Unit item vectors; arguments as for `encode`."""
+        """Item vectors; arguments as for `encode`."""
         return self.encode(*features)[0]
 
     def encode(
@@ -86,7 +99,8 @@ class ItemTower(nn.Module):
         categories: torch.Tensor | None,
         id_index: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(unit item vectors [..., dim], scalar biases [...]). `id_index`: identity rows (0 = unknown)."""
+        """(item vectors [..., dim], scalar biases [...]). `id_index`: identity rows (0 = unknown).
+        The vectors are unit length unless `model.item_scale` gives each its own."""
         parts: list[torch.Tensor] = []
         masks: list[torch.Tensor] = []
         if self.text_head is not None:
@@ -115,9 +129,11 @@ class ItemTower(nn.Module):
                 keep = torch.rand(residual.shape[:-1] + (1,), device=residual.device) >= self.id_dropout
                 residual = residual * keep
             fused = fused + residual
-        unit = F.normalize(fused, dim=-1)
-        bias = self.bias(fused).squeeze(-1) if self.bias is not None else unit.new_zeros(unit.shape[:-1])
-        return unit, bias
+        vector = F.normalize(fused, dim=-1)
+        bias = self.bias(fused).squeeze(-1) if self.bias is not None else vector.new_zeros(vector.shape[:-1])
+        if self.scale is not None:
+            vector = vector * F.softplus(self.scale(fused))
+        return vector, bias
 
 
 class UserTower(nn.Module):
@@ -152,6 +168,7 @@ class UserTower(nn.Module):
         else:
             self.encoder = None
         self.output = nn.Sequential(nn.LayerNorm(dim), *_mlp_layers(dim, cfg.user_hidden, dim, cfg.attn_dropout))
+        self.scale = _unit_scale(dim) if cfg.user_scale else None
         self.user_embedding = nn.Embedding(n_users + 1, dim, padding_idx=0) if cfg.user_id_embedding and n_users else None
         self.n_heads = cfg.n_heads
         self.register_buffer("_eye", torch.eye(cfg.max_history, dtype=torch.bool), persistent=False)
@@ -162,8 +179,9 @@ class UserTower(nn.Module):
     def forward(
         self, history: torch.Tensor, valid: torch.Tensor, user_index: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """history: [B, L, dim] item vectors; valid: [B, L] bool. Returns [B, L, dim] unit vectors,
-        the user's state after each position (rows at padded positions are meaningless)."""
+        """history: [B, L, dim] item vectors; valid: [B, L] bool. Returns [B, L, dim] user vectors (unit,
+        or of a learned length with model.user_scale), the user's state after each position (rows at
+        padded positions are meaningless)."""
         length = history.shape[1]
         if length > self.max_history:
             raise ValueError(f"history length {length} exceeds model.max_history={self.max_history}")
@@ -187,19 +205,22 @@ class UserTower(nn.Module):
         out = self.output(pooled)
         if self.user_embedding is not None and user_index is not None:
             out = out + self.user_embedding(user_index).unsqueeze(1)
+        if self.scale is not None:
+            return F.normalize(out, dim=-1) * F.softplus(self.scale(pooled))
         return F.normalize(out, dim=-1)
 
     def leave_one_out(
         self, history: torch.Tensor, valid: torch.Tensor, user_index: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """[B, L, dim] unit vectors: at each position, the state from every *other* valid item of the row,
+        """[B, L, dim] user vectors: at each position, the state from every *other* valid item of the row,
         read as a set. Trains the mean tower for unordered logs exactly as it is used: a user vector is
         the mean of all the user's items, and the held-out item is any one of them. A mean of the
         others is one subtraction per position, so every item of the row is a target at once."""
         if self.pooling != "mean":
             raise ValueError("leave_one_out needs model.user_pooling=mean")
         x = history * valid.unsqueeze(-1)
-        counts = (valid.sum(dim=1, keepdim=True) - 1).clamp(min=1).unsqueeze(-1).to(x.dtype)
+        # A position outside `valid` (padding, or an item hidden while training) is in no one's mean, its own included.
+        counts = (valid.sum(dim=1, keepdim=True) - valid.long()).clamp(min=1).unsqueeze(-1).to(x.dtype)
         others = (x.sum(dim=1, keepdim=True) - x) / counts
         return self._state(others, user_index)
 

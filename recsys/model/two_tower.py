@@ -125,7 +125,7 @@ class TwoTowerModel(nn.Module):
 
     @torch.inference_mode()
     def encode_items_with_bias(self, features: FeatureTensors, batch_size: int = 8192) -> tuple[np.ndarray, np.ndarray]:
-        """(unit item vectors [n, dim], biases [n]) for every row of `features` (eval mode, no grad)."""
+        """(item vectors [n, dim], biases [n]) for every row of `features` (eval mode, no grad)."""
         if self.training:
             self.eval()
         n = features.categories.shape[0]
@@ -139,7 +139,7 @@ class TwoTowerModel(nn.Module):
         return np.concatenate(vectors).astype(np.float32), np.concatenate(biases).astype(np.float32)
 
     def encode_items(self, features: FeatureTensors, batch_size: int = 8192) -> np.ndarray:
-        """Unit item vectors for every row of `features` (eval mode, no grad)."""
+        """Item vectors for every row of `features` (eval mode, no grad)."""
         return self.encode_items_with_bias(features, batch_size)[0]
 
     @torch.inference_mode()

@@ -191,3 +191,43 @@ def test_leave_one_out_state_is_the_tower_over_every_other_item(user_hidden):
         assert "user_pooling=mean" in str(err)
     else:
         raise AssertionError("attention tower accepted a set objective")
+
+
+def test_learned_vector_lengths_start_at_one_and_train():
+    """item_scale / user_scale: the model starts as the unit-vector one, and the lengths get gradients
+    (an item's length is predicted from its content, so a new item has one too)."""
+    model = _model(user_pooling="mean", item_scale=True, user_scale=True)
+    model.eval()  # no dropout: the same vectors twice
+    features = _features(10)
+    vectors, _ = model.item_vectors_and_bias(features)
+    torch.testing.assert_close(vectors.norm(dim=-1), torch.ones(10))
+    users = model.user_tower(vectors[None, :6], torch.ones(1, 6, dtype=torch.bool))
+    torch.testing.assert_close(users.norm(dim=-1), torch.ones(1, 6))
+    (users[0, -1] @ vectors.T).logsumexp(dim=0).backward()
+    for scale in (model.item_tower.scale, model.user_tower.scale):
+        assert scale.weight.grad.abs().sum() > 0
+    # Moved lengths: vectors keep their directions, each item its own length.
+    with torch.no_grad():
+        model.item_tower.scale.weight.normal_()
+        scaled = model.encode_items(features)
+    lengths = np.linalg.norm(scaled, axis=1)
+    assert lengths.std() > 0.01 and (lengths > 0).all()
+    np.testing.assert_allclose(scaled / lengths[:, None], vectors.detach().numpy(), atol=1e-5)
+
+
+def test_leave_one_out_with_hidden_items_reads_only_the_visible_others():
+    """train.history_dropout hides items from the tower by leaving them out of `valid`: no state reads
+    a hidden item, and a hidden item's own state (it stays a target) is the tower over every visible one."""
+    model = _model(user_pooling="mean")
+    model.eval()
+    history = torch.randn(1, 6, 8)
+    visible = torch.tensor([[True, False, True, True, False, True]])
+    with torch.no_grad():
+        states = model.user_tower.leave_one_out(history, visible)
+        changed = history.clone()
+        changed[0, [1, 4]] = 50.0  # hidden items' vectors must not matter
+        torch.testing.assert_close(model.user_tower.leave_one_out(changed, visible), states)
+        over_visible = model.user_tower.output(history[0, visible[0]].mean(dim=0))
+        torch.testing.assert_close(states[0, 1], torch.nn.functional.normalize(over_visible, dim=-1))
+        over_others = model.user_tower.output(history[0, [2, 3, 5]].mean(dim=0))
+        torch.testing.assert_close(states[0, 0], torch.nn.functional.normalize(over_others, dim=-1))

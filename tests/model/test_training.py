@@ -180,3 +180,28 @@ def test_hybrid_model_can_also_train_its_content_path_alone(tiny_data, tiny_feat
         make_config(tmp_path, **{"train.epochs": 1, "model.item_id_embedding": True}), show_progress=False,
     )
     assert not any("train/content_loss" in h for h in plain.history)
+
+
+def test_history_dropout_hides_about_that_share_of_the_items_from_the_tower(
+    tiny_data, tiny_features, tmp_path, make_config, monkeypatch
+):
+    import recsys.model.module as module
+    from recsys.model.towers import UserTower
+
+    targets, seen = [], []
+    monkeypatch.setattr(module, "keep_random_positions", lambda use, k: targets.append(use) or use)
+    real = UserTower.leave_one_out
+    monkeypatch.setattr(UserTower, "leave_one_out", lambda self, h, valid, u=None: seen.append(valid) or real(self, h, valid, u))
+    _, interactions = tiny_data
+    split = loo_split(interactions, seed=0)
+    cfg = make_config(tmp_path, **{
+        "train.epochs": 3, "model.user_pooling": "mean", "train.objective": "all_but_one",
+        "train.targets_per_window": 1000, "train.history_dropout": 0.5,
+    })
+    result = fit_two_tower(tiny_features, split.train, split.valid, cfg, show_progress=False)
+    losses = [h["train/loss"] for h in result.history if "train/loss" in h]
+    assert len(losses) == 3 and losses[-1] < losses[0]
+    assert len(seen) == len(targets) > 0
+    # Every item is still a target; about half of them are visible to the tower in a given step.
+    visible = sum(int((v & t).sum()) for v, t in zip(seen, targets)) / sum(int(t.sum()) for t in targets)
+    assert 0.4 < visible < 0.6, visible
