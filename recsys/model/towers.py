@@ -29,12 +29,16 @@ def _head(in_dim: int, hidden: int, out_dim: int, dropout: float) -> nn.Module:
     return nn.Sequential(nn.Dropout(dropout), *_mlp_layers(in_dim, hidden, out_dim, dropout))
 
 
-def _unit_scale(dim: int) -> nn.Linear:
-    """A linear map to the pre-softplus length of a vector, initialised to length 1 everywhere."""
-    layer = nn.Linear(dim, 1)
-    nn.init.zeros_(layer.weight)
-    nn.init.constant_(layer.bias, math.log(math.e - 1.0))  # softplus(b) = 1
-    return layer
+class _Length(nn.Linear):
+    """A positive length [..., 1] for a vector, read from features [..., dim]; 1 everywhere at init."""
+
+    def __init__(self, dim: int):
+        super().__init__(dim, 1)
+        nn.init.zeros_(self.weight)
+        nn.init.constant_(self.bias, math.log(math.e - 1.0))  # softplus(b) = 1
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return F.softplus(super().forward(features))
 
 
 class ItemTower(nn.Module):
@@ -68,7 +72,7 @@ class ItemTower(nn.Module):
         # the model has no room to say "most users like this"; predicting it from content lets a
         # cold item carry a popularity prior too. A length (item_scale) says how sharply the item's
         # score follows the user's taste, as item norms do in a factor model; also from content.
-        self.scale = _unit_scale(cfg.dim) if cfg.item_scale else None
+        self.scale = _Length(cfg.dim) if cfg.item_scale else None
         self.bias = nn.Linear(cfg.dim, 1) if cfg.item_bias else None
         if self.bias is not None:
             nn.init.zeros_(self.bias.weight)
@@ -132,7 +136,7 @@ class ItemTower(nn.Module):
         vector = F.normalize(fused, dim=-1)
         bias = self.bias(fused).squeeze(-1) if self.bias is not None else vector.new_zeros(vector.shape[:-1])
         if self.scale is not None:
-            vector = vector * F.softplus(self.scale(fused))
+            vector = vector * self.scale(fused)
         return vector, bias
 
 
@@ -168,7 +172,7 @@ class UserTower(nn.Module):
         else:
             self.encoder = None
         self.output = nn.Sequential(nn.LayerNorm(dim), *_mlp_layers(dim, cfg.user_hidden, dim, cfg.attn_dropout))
-        self.scale = _unit_scale(dim) if cfg.user_scale else None
+        self.scale = _Length(dim) if cfg.user_scale else None
         self.user_embedding = nn.Embedding(n_users + 1, dim, padding_idx=0) if cfg.user_id_embedding and n_users else None
         self.n_heads = cfg.n_heads
         self.register_buffer("_eye", torch.eye(cfg.max_history, dtype=torch.bool), persistent=False)
@@ -205,9 +209,8 @@ class UserTower(nn.Module):
         out = self.output(pooled)
         if self.user_embedding is not None and user_index is not None:
             out = out + self.user_embedding(user_index).unsqueeze(1)
-        if self.scale is not None:
-            return F.normalize(out, dim=-1) * F.softplus(self.scale(pooled))
-        return F.normalize(out, dim=-1)
+        unit = F.normalize(out, dim=-1)
+        return unit if self.scale is None else unit * self.scale(pooled)
 
     def leave_one_out(
         self, history: torch.Tensor, valid: torch.Tensor, user_index: torch.Tensor | None = None
