@@ -147,6 +147,23 @@ class TrainConfig(_Section):
         description="Training-time probability of hiding each history item from the user tower (denoising, as in "
         "Mult-DAE); every item stays a target. Measured on ml-1m and ml-100k, where it cost loo (docs/results.md).",
     )
+    teacher: Literal["none", "ease"] = Field(
+        default="none",
+        description="ease: also train the towers to match an EASE item-item model's ranking of each step's "
+        "candidates (distillation; the teacher is fit on the training interactions, used only while training "
+        "and never served).",
+    )
+    teacher_weight: float = Field(
+        default=0.5, ge=0.0, le=1.0,
+        description="Loss = (1 - w) * softmax on the held-out item + w * KL(teacher || student).",
+    )
+    teacher_l2: float = Field(default=300.0, gt=0.0, description="EASE ridge penalty.")
+    teacher_temperature: float = Field(
+        default=0.02, gt=0.0, description="EASE scores are divided by this before the teacher's softmax."
+    )
+    teacher_max_items: int = Field(
+        default=20_000, ge=1, description="Refuse the EASE teacher above this catalog size (it inverts n x n)."
+    )
     seed: int = 42
     valid_metric: str = "ndcg@10"
     max_minutes: float | None = None

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from recsys.config import TrainConfig
 from recsys.model.datamodule import ValidationQueries
+from recsys.model.teacher import distillation_loss
 from recsys.model.two_tower import FeatureTensors, TwoTowerModel, left_pad
 
 
@@ -41,6 +42,7 @@ class TwoTowerModule(pl.LightningModule):
         valid: ValidationQueries | None = None,
         exclude_in_valid: list[np.ndarray] | None = None,
         valid_ks: tuple[int, ...] = (10, 20),
+        teacher_weights: torch.Tensor | None = None,
     ):
         super().__init__()
         self.model = model
@@ -49,6 +51,10 @@ class TwoTowerModule(pl.LightningModule):
         self.n_items = int(features.categories.shape[0])
         popularity = np.asarray(item_popularity, dtype=np.float64) + 1e-9
         self.register_buffer("item_prob", torch.as_tensor(popularity / popularity.sum(), dtype=torch.float32), persistent=False)
+        # Item-item teacher (train.teacher), used only for the loss; it knows nothing of items without
+        # training interactions (new items), so those are never in its part of the loss.
+        self.register_buffer("teacher_weights", teacher_weights, persistent=False)
+        self.register_buffer("teacher_knows", torch.as_tensor(np.asarray(item_popularity) > 0), persistent=False)
         self.valid = valid
         self.exclude_in_valid = exclude_in_valid
         self.valid_ks = valid_ks
@@ -140,13 +146,16 @@ class TwoTowerModule(pl.LightningModule):
             seen = valid_in & (torch.rand(valid_in.shape, device=valid_in.device) >= self.cfg.history_dropout)
         states = encode(seq_vectors, seen, user_index)[use]
         rows = lookup[candidates]
-        logits = (states @ vectors[rows].T + biases[rows]) / self.cfg.temperature
-        if log_q is not None:
-            logits = logits - log_q
+        student_logits = (states @ vectors[rows].T + biases[rows]) / self.cfg.temperature
+        logits = student_logits if log_q is None else student_logits - log_q
         cand_pos = torch.full((self.n_items,), -1, dtype=torch.long, device=windows.device)
         cand_pos[candidates] = torch.arange(len(candidates), device=windows.device)
         labels = cand_pos[flat_targets]
         loss = F.cross_entropy(logits, labels)
+        if self.teacher_weights is not None:
+            distill = self._distillation(windows, inputs, seen, use, candidates, labels, student_logits)
+            self.log("train/distill_loss", distill, on_step=False, on_epoch=True, batch_size=int(labels.numel()))
+            loss = (1.0 - self.cfg.teacher_weight) * loss + self.cfg.teacher_weight * distill
         weight = self.cfg.content_loss_weight
         if weight > 0 and self.features.id_index is not None and self.model.item_tower.id_embedding is not None:
             # Hybrid model: the same user states must also rank content-only candidates, because that
@@ -161,6 +170,39 @@ class TwoTowerModule(pl.LightningModule):
             loss = (1.0 - weight) * loss + weight * content_loss
         self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=int(flat_targets.numel()))
         return loss
+
+    def _distillation(
+        self,
+        windows: torch.Tensor,
+        inputs: torch.Tensor,
+        seen: torch.Tensor,
+        use: torch.Tensor,
+        candidates: torch.Tensor,
+        labels: torch.Tensor,
+        student_logits: torch.Tensor,
+    ) -> torch.Tensor:
+        """KL(teacher || student) over the step's candidates, for the same user states as the softmax:
+        the teacher scores what the tower read for that target (all_but_one: the rest of the window;
+        next_item: the items up to it), counting only items the tower saw. The window's other items
+        and items the teacher never saw are left out of both distributions; the target stays in."""
+        n_windows = windows.shape[0]
+        weights = self.teacher_weights[:, candidates]  # [n_items, C]
+        targets = windows[:, -inputs.shape[1] :][use]
+        if self.cfg.objective == "all_but_one":
+            # Sum over the window, minus the target's own row: one [windows, n_items] x [n_items, C] product.
+            seen_rows = torch.zeros(n_windows, self.n_items, device=windows.device)
+            seen_rows.scatter_add_(1, inputs.clamp(min=0), seen.float())
+            own = weights[targets] * seen[use].float().unsqueeze(1)
+            teacher = (seen_rows @ weights)[torch.nonzero(use)[:, 0]] - own  # row-major, as `states`
+        else:
+            # Prefix sums along the window: [windows, L, C], fine for the short windows of ordered logs.
+            rows = weights[inputs.clamp(min=0)] * seen.unsqueeze(-1)
+            teacher = rows.cumsum(dim=1)[use]
+        members = torch.zeros(n_windows, self.n_items, device=windows.device)
+        members.scatter_add_(1, windows.clamp(min=0), (windows >= 0).float())
+        excluded = (members[:, candidates] > 0)[torch.nonzero(use)[:, 0]] | ~self.teacher_knows[candidates].unsqueeze(0)
+        excluded[torch.arange(len(labels), device=labels.device), labels] = False
+        return distillation_loss(student_logits, teacher / self.cfg.teacher_temperature, excluded)
 
     # ----- validation: full ranking of the held-out next item -----
     def on_validation_epoch_start(self) -> None:

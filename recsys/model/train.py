@@ -17,6 +17,7 @@ from recsys.config import PipelineConfig
 from recsys.encoders.features import ItemFeatures
 from recsys.model.datamodule import SequenceDataModule, ValidationQueries
 from recsys.model.module import TwoTowerModule
+from recsys.model.teacher import ease_weights
 from recsys.model.two_tower import TwoTowerModel
 
 logger = logging.getLogger(__name__)
@@ -160,6 +161,9 @@ def fit_two_tower(
     model = TwoTowerModel(
         cfg.model, fdims["text"], fdims["image"], n_categories, n_users=len(user_ids), item_id_vocab=seen_items
     )
+    teacher = None
+    if cfg.train.teacher == "ease":
+        teacher = ease_weights(sequences, len(index), cfg.train.teacher_l2, cfg.train.teacher_max_items)
     module = TwoTowerModule(
         model,
         model.feature_tensors(features),
@@ -168,6 +172,7 @@ def fit_two_tower(
         valid=valid_queries,
         exclude_in_valid=exclude,
         valid_ks=tuple(sorted({10, int(cfg.train.valid_metric.split("@")[-1])})),
+        teacher_weights=teacher,
     )
     data = SequenceDataModule(
         sequences, np.arange(1, len(user_ids) + 1), valid_queries, cfg.model.max_history, cfg.train.batch_size, cfg.train.seed
