@@ -4,7 +4,8 @@ Candidates of a step are the unique targets of the batch (in-batch negatives, dr
 to popularity) plus `num_uniform_negatives` items drawn uniformly from the whole catalog. Because the
 candidate set is a de-duplicated sample, each logit is corrected by log P(item in the set), which
 undoes the popularity bias of in-batch sampling (Yi et al. 2019; Yang et al. 2020). When the set
-covers the catalog the correction vanishes, as it should.
+covers the catalog the correction vanishes, as it should. With `train.teacher`, the loss also asks
+the towers to rank those candidates as an item-item teacher does (recsys.model.teacher).
 """
 
 from __future__ import annotations
@@ -188,19 +189,20 @@ class TwoTowerModule(pl.LightningModule):
         n_windows = windows.shape[0]
         weights = self.teacher_weights[:, candidates]  # [n_items, C]
         targets = windows[:, -inputs.shape[1] :][use]
+        window_of = torch.nonzero(use)[:, 0]  # each state's window, in the row-major order of `states`
         if self.cfg.objective == "all_but_one":
             # Sum over the window, minus the target's own row: one [windows, n_items] x [n_items, C] product.
             seen_rows = torch.zeros(n_windows, self.n_items, device=windows.device)
             seen_rows.scatter_add_(1, inputs.clamp(min=0), seen.float())
             own = weights[targets] * seen[use].float().unsqueeze(1)
-            teacher = (seen_rows @ weights)[torch.nonzero(use)[:, 0]] - own  # row-major, as `states`
+            teacher = (seen_rows @ weights)[window_of] - own
         else:
             # Prefix sums along the window: [windows, L, C], fine for the short windows of ordered logs.
             rows = weights[inputs.clamp(min=0)] * seen.unsqueeze(-1)
             teacher = rows.cumsum(dim=1)[use]
         members = torch.zeros(n_windows, self.n_items, device=windows.device)
         members.scatter_add_(1, windows.clamp(min=0), (windows >= 0).float())
-        excluded = (members[:, candidates] > 0)[torch.nonzero(use)[:, 0]] | ~self.teacher_knows[candidates].unsqueeze(0)
+        excluded = (members[:, candidates] > 0)[window_of] | ~self.teacher_knows[candidates].unsqueeze(0)
         excluded[torch.arange(len(labels), device=labels.device), labels] = False
         return distillation_loss(student_logits, teacher / self.cfg.teacher_temperature, excluded)
 
