@@ -120,6 +120,12 @@ class TrainConfig(_Section):
     num_uniform_negatives: int = 512
     logq_correction: bool = True
     patience: int = 10
+    lr_decay_factor: float = Field(
+        default=1.0, gt=0.0, le=1.0,
+        description="Multiply the learning rate by this when the validation metric has not improved for "
+        "lr_decay_patience epochs (1 = constant rate). Needs validation queries; ignored without them.",
+    )
+    lr_decay_patience: int = Field(default=3, ge=0)
     ema_decay: float = Field(
         default=0.0, ge=0.0, lt=1.0,
         description="Validate and keep an exponential moving average of the weights (0 = off; e.g. 0.99).",

@@ -100,7 +100,16 @@ class TwoTowerModule(pl.LightningModule):
 
     # ----- training -----
     def configure_optimizers(self):
-        return torch.optim.AdamW(self.model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        if self.cfg.lr_decay_factor >= 1.0 or self.valid is None:
+            return optimizer
+        # Smaller steps once validation stalls: the plateau a constant rate reaches is noise around a
+        # better point. Early stopping still reads the same metric; its patience should exceed this one.
+        plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="max", factor=self.cfg.lr_decay_factor, patience=self.cfg.lr_decay_patience
+        )
+        monitor = f"valid/{self.cfg.valid_metric.replace('@', '_at_')}"
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": plateau, "monitor": monitor, "interval": "epoch"}}
 
     def _candidates(self, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(candidate item indices, log inclusion probability or None for a full softmax)."""
@@ -170,6 +179,7 @@ class TwoTowerModule(pl.LightningModule):
             self.log("train/content_loss", content_loss, on_step=False, on_epoch=True, batch_size=int(labels.numel()))
             loss = (1.0 - weight) * loss + weight * content_loss
         self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=int(flat_targets.numel()))
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=False, on_epoch=True)
         return loss
 
     def _distillation(

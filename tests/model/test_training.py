@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from recsys.data.splits import loo_split
@@ -49,6 +50,27 @@ def test_training_leaves_the_frozen_encoder_unchanged(tiny_data, tiny_features, 
     np.testing.assert_array_equal(before, after)
     for p0, p1 in zip(params_before, text_encoder.model.parameters()):
         assert torch.equal(p0, p1)
+
+
+def test_learning_rate_decays_only_after_a_stalled_epoch(tiny_data, tiny_features, tmp_path, make_config):
+    _, interactions = tiny_data
+    split = loo_split(interactions, seed=0)
+    # A rate so small that validation barely moves: the plateau rule must fire, and only where it should.
+    cfg = make_config(tmp_path, **{"train.epochs": 5, "train.patience": 10, "train.lr": 1e-6,
+                                   "train.lr_decay_factor": 0.5, "train.lr_decay_patience": 0})
+    result = fit_two_tower(tiny_features, split.train, split.valid, cfg, show_progress=False)
+    rates = [h["train/lr"] for h in result.history]
+    metrics = [h[result.valid_metric_name] for h in result.history]
+    assert rates[0] == pytest.approx(1e-6) and len(rates) == 5  # logged as float32
+    best = -math.inf
+    for epoch in range(4):
+        improved = metrics[epoch] > best * (1 + 1e-4)  # ReduceLROnPlateau's default relative threshold
+        best = max(best, metrics[epoch])
+        assert rates[epoch + 1] == pytest.approx(rates[epoch] * (1.0 if improved else 0.5), rel=1e-5), epoch
+    assert rates[-1] < rates[0]
+    # Off by default: a constant rate.
+    plain = fit_two_tower(tiny_features, split.train, split.valid, make_config(tmp_path, **{"train.epochs": 3}), show_progress=False)
+    assert [h["train/lr"] for h in plain.history] == pytest.approx([make_config(tmp_path).train.lr] * 3)
 
 
 def test_logq_correction_is_inclusion_probability(tiny_features):
