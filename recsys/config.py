@@ -122,10 +122,12 @@ class TrainConfig(_Section):
     patience: int = 10
     lr_decay_factor: float = Field(
         default=1.0, gt=0.0, le=1.0,
-        description="Multiply the learning rate by this when the validation metric has not improved for "
-        "lr_decay_patience epochs (1 = constant rate). Needs validation queries; ignored without them.",
+        description="Multiply the learning rate by this when the validation metric has not improved for more "
+        "than lr_decay_patience epochs (1 = constant rate). Needs validation queries; ignored without them.",
     )
-    lr_decay_patience: int = Field(default=3, ge=0)
+    lr_decay_patience: int = Field(
+        default=3, ge=0, description="Stalled epochs tolerated before each cut (2: the rate is cut after the 3rd)."
+    )
     ema_decay: float = Field(
         default=0.0, ge=0.0, lt=1.0,
         description="Validate and keep an exponential moving average of the weights (0 = off; e.g. 0.99).",
