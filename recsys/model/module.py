@@ -33,6 +33,11 @@ def keep_random_positions(use: torch.Tensor, k: int) -> torch.Tensor:
     return chosen & use
 
 
+def valid_monitor(metric: str) -> str:
+    """The logged key of a validation metric ("ndcg@10" -> "valid/ndcg_at_10")."""
+    return f"valid/{metric.replace('@', '_at_')}"
+
+
 class TwoTowerModule(pl.LightningModule):
     def __init__(
         self,
@@ -108,8 +113,12 @@ class TwoTowerModule(pl.LightningModule):
         plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, mode="max", factor=self.cfg.lr_decay_factor, patience=self.cfg.lr_decay_patience
         )
-        monitor = f"valid/{self.cfg.valid_metric.replace('@', '_at_')}"
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": plateau, "monitor": monitor, "interval": "epoch"}}
+        schedule = {"scheduler": plateau, "monitor": valid_monitor(self.cfg.valid_metric), "interval": "epoch"}
+        return {"optimizer": optimizer, "lr_scheduler": schedule}
+
+    def on_train_epoch_start(self) -> None:
+        # The rate is stepped only between epochs, so one value per epoch says it all.
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=False, on_epoch=True)
 
     def _candidates(self, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(candidate item indices, log inclusion probability or None for a full softmax)."""
@@ -179,7 +188,6 @@ class TwoTowerModule(pl.LightningModule):
             self.log("train/content_loss", content_loss, on_step=False, on_epoch=True, batch_size=int(labels.numel()))
             loss = (1.0 - weight) * loss + weight * content_loss
         self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=int(flat_targets.numel()))
-        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=False, on_epoch=True)
         return loss
 
     def _distillation(

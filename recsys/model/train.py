@@ -16,7 +16,7 @@ from pytorch_lightning.callbacks import Callback
 from recsys.config import PipelineConfig
 from recsys.encoders.features import ItemFeatures
 from recsys.model.datamodule import SequenceDataModule, ValidationQueries
-from recsys.model.module import TwoTowerModule
+from recsys.model.module import TwoTowerModule, valid_monitor
 from recsys.model.teacher import ease_weights
 from recsys.model.two_tower import TwoTowerModel
 
@@ -177,7 +177,7 @@ def fit_two_tower(
     data = SequenceDataModule(
         sequences, np.arange(1, len(user_ids) + 1), valid_queries, cfg.model.max_history, cfg.train.batch_size, cfg.train.seed
     )
-    monitor = f"valid/{cfg.train.valid_metric.replace('@', '_at_')}"
+    monitor = valid_monitor(cfg.train.valid_metric)
     keeper = _KeepBest(monitor, cfg.train.patience)
     trainer = pl_lightning.Trainer(
         max_epochs=cfg.train.epochs,
