@@ -2,7 +2,7 @@
 
 A sweep file names a base config and a list of variants, each a list of `section.key=value` overrides
 on top of the base. Every variant is trained and scored by the pipeline's own `evaluate_split` on the
-same split (split seed = eval.seed of the base config), with `--seeds N` model seeds (train.seed, +1, ...;
+same split (split seed = eval.seed of the base config), with `--seeds N` model seeds (train.seed, +1, ...; +K for an ensemble of K;
 the row shows their mean ± standard error). What counts for a choice is `valid` (the best validation
 NDCG@10, what early stopping looked at); `test` is reported beside it.
 
@@ -39,6 +39,7 @@ from recsys.data.splits import make_split  # noqa: E402
 from recsys.encoders.features import build_item_features  # noqa: E402
 from recsys.encoders.store import FeatureStore, atomic_write_bytes  # noqa: E402
 from recsys.paths import shared_data_dir  # noqa: E402
+from recsys.model.train import repeat_seeds  # noqa: E402
 from recsys.tracking import Tracker  # noqa: E402
 
 log = logging.getLogger("bench.ablation")
@@ -172,9 +173,9 @@ def main(argv: list[str] | None = None) -> dict:
             for protocol in protocols:
                 split = make_split(protocol, interactions, features.item_ids, cfg.eval)
                 runs = []
-                for i in range(args.seeds):
+                for seed in repeat_seeds(cfg, args.seeds):
                     seeded = cfg.model_copy(update={
-                        "train": cfg.train.model_copy(update={"seed": cfg.train.seed + i}),
+                        "train": cfg.train.model_copy(update={"seed": seed}),
                         "eval": cfg.eval.model_copy(update={"baselines": []}),
                     })
                     suffix = f"/seed{seeded.train.seed}" if args.seeds > 1 else ""

@@ -7,7 +7,8 @@ the recsys config), and every model is scored on it with the library's `evaluate
   (history = train, target = valid item; whole catalog on loo, the held-out validation
   items among themselves on cold, exactly what recsys' early stopping ranks) by NDCG@10 from a small grid - never on test;
 * recsys is trained with `pipelines.evaluate.evaluate_split` (fit on split.train, early stopping on
-  split.valid) once per model seed (train.seed = base seed + i); the split never changes;
+  split.valid) once per model seed (train.seed = base seed + i, or + i x K for an ensemble of K models, so
+  repeats share no member); the split never changes;
 * test: history = train + valid (build_queries "test"), seen items excluded; on the cold protocol
   the candidates are the held-out cold items. No model is refit on train + valid: every model,
   recsys included, scores the test with its train-only fit (models that read the history at scoring
@@ -57,7 +58,7 @@ from recsys.data.splits import make_split  # noqa: E402
 from recsys.encoders.features import build_item_features  # noqa: E402
 from recsys.encoders.store import FeatureStore, atomic_write_bytes  # noqa: E402
 from recsys.eval.protocol import build_queries, evaluate  # noqa: E402
-from recsys.model.train import item_index_of, item_rows  # noqa: E402
+from recsys.model.train import item_index_of, item_rows, repeat_seeds  # noqa: E402
 from recsys.paths import shared_data_dir  # noqa: E402
 from recsys.tracking import Tracker  # noqa: E402
 
@@ -294,7 +295,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     config_path = args.recsys_config or DEFAULT_CONFIGS[args.dataset]
     cfg = load_config(config_path, [f"data.movielens={shared_data_dir() / args.dataset}", *args.overrides])
-    seeds = [cfg.train.seed + i for i in range(max(1, args.seeds))]
+    seeds = repeat_seeds(cfg, max(1, args.seeds))
     ks = tuple(cfg.eval.k)
 
     catalog, interactions = load_dataset(cfg.data)

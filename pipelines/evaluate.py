@@ -52,7 +52,7 @@ def evaluate_split(
         split.train,
         split.valid,
         cfg,
-        lightning_logger=tracker.lightning_logger(),
+        make_logger=tracker.lightning_logger,
         show_progress=show_progress,
         valid_candidates=valid_candidates,
     )

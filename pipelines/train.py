@@ -90,7 +90,7 @@ def run_train(
         train, valid = holdout_last(interactions, cfg.train.seed)
         tracker.log_params({"train.rows": train.height, "valid.users": valid.height})
         result = fit_two_tower(
-            features, train, valid, cfg, lightning_logger=tracker.lightning_logger(), show_progress=show_progress
+            features, train, valid, cfg, make_logger=tracker.lightning_logger, show_progress=show_progress
         )
         tracker.log_metrics(
             {"best_valid": result.best_metric, "best_epoch": result.best_epoch, "train_seconds": result.train_seconds}

@@ -34,7 +34,7 @@ from recsys import __version__
 from recsys.config import PipelineConfig, load_config
 from recsys.encoders.features import ItemFeatures
 from recsys.index import ItemIndex
-from recsys.model.two_tower import TwoTowerModel
+from recsys.model.two_tower import RetrievalModel, build_model
 
 SCHEMA_VERSION = 2
 REQUIRED_FILES = (
@@ -60,7 +60,7 @@ class Bundle:
     path: Path
     meta: dict
     config: PipelineConfig
-    model: TwoTowerModel
+    model: RetrievalModel
     features: ItemFeatures
     item_vectors: np.ndarray
     item_bias: np.ndarray
@@ -86,7 +86,7 @@ def save_bundle(
     out_dir: str | Path,
     *,
     config: PipelineConfig,
-    model: TwoTowerModel,
+    model: RetrievalModel,
     features: ItemFeatures,
     index: ItemIndex,
     item_vectors: np.ndarray,
@@ -196,7 +196,12 @@ def load_bundle(path: str | Path, expected_fingerprints: dict[str, str] | None =
         path,
         f"item_id_vocab has {len(id_vocab)} ids != model_shape n_id_items {shape.get('n_id_items', 0)}",
     )
-    model = TwoTowerModel(
+    _check(
+        shape.get("members", 1) == config.model.ensemble_size,
+        path,
+        f"model_shape members {shape.get('members', 1)} != config model.ensemble_size {config.model.ensemble_size}",
+    )
+    model = build_model(
         config.model, shape["text_dim"], shape["image_dim"], shape["n_categories"], shape["n_users"], item_id_vocab=id_vocab
     )
     state = torch.load(path / "model.pt", map_location="cpu", weights_only=True)

@@ -89,6 +89,13 @@ class ModelConfig(_Section):
         "popularity bias.",
     )
     user_pooling: Literal["attention", "mean"] = "attention"
+    ensemble_size: int = Field(
+        default=1, ge=1, le=16,
+        description="Train this many two-tower models (seeds train.seed, train.seed + 1, ...) and score with the "
+        "mean of their scores. That mean is one inner product over the members' concatenated vectors, so the "
+        "ensemble serves through the same index; vectors are ensemble_size x dim wide and training costs "
+        "ensemble_size times as much.",
+    )
     max_history: int = 50
     n_layers: int = 1
     n_heads: int = 2

@@ -225,7 +225,7 @@ class Recommender:
         if not query:
             raise ValueError("query must not be empty")
         encoder = self.encoders().get("text")
-        if encoder is None or self.model.item_tower.text_head is None:
+        if encoder is None or not self.model.has_text_head:
             raise RuntimeError("this bundle has no text encoder/head; text search is unavailable")
         embedding, mask = encoder.encode([query])
         vector = retrieval_queries(self.project_text(embedding), with_bias=False)

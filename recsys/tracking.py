@@ -257,15 +257,16 @@ class Tracker:
                 self.client.set_tag(run_id, safe_key(key), str(value))
 
     # -- Lightning
-    def lightning_logger(self) -> MLFlowLogger | None:
-        """An MLFlowLogger writing to the innermost active run, so `self.log` lands on the step run."""
+    def lightning_logger(self, prefix: str = "") -> MLFlowLogger | None:
+        """An MLFlowLogger writing to the innermost active run, so `self.log` lands on the step run;
+        `prefix` keeps the curves of several fits in one run apart ("member1-valid/ndcg_at_10")."""
         if not self.enabled:
             return None
         run_id = self.active_run_id
         if run_id is None:
             log.warning("MLflow: lightning_logger() called outside a run; Lightning metrics not tracked")
             return None
-        return _borrowed_run_logger(self.tracking_uri, self.cfg.experiment, run_id)
+        return _borrowed_run_logger(self.tracking_uri, self.cfg.experiment, run_id, prefix)
 
     # -- registry
     def register_bundle(
@@ -338,7 +339,7 @@ def _pip_requirements() -> list[str]:
     return reqs
 
 
-def _borrowed_run_logger(tracking_uri: str, experiment: str, run_id: str) -> MLFlowLogger:
+def _borrowed_run_logger(tracking_uri: str, experiment: str, run_id: str, prefix: str = "") -> MLFlowLogger:
     """MLFlowLogger on an existing run that does not terminate it: the Tracker owns the run's status."""
     from pytorch_lightning.loggers import MLFlowLogger
 
@@ -347,7 +348,7 @@ def _borrowed_run_logger(tracking_uri: str, experiment: str, run_id: str) -> MLF
             if self._initialized and self._checkpoint_callback:
                 self._scan_and_log_checkpoints(self._checkpoint_callback)
 
-    return _BorrowedRunLogger(experiment_name=experiment, tracking_uri=tracking_uri, run_id=run_id)
+    return _BorrowedRunLogger(experiment_name=experiment, tracking_uri=tracking_uri, run_id=run_id, prefix=prefix)
 
 
 # --------------------------------------------------------------------------- resolving

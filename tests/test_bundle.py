@@ -153,3 +153,42 @@ def test_identity_vocabulary_must_match_the_weights(hybrid_bundle, tmp_path):
     _edit_meta(copy, item_id_vocab=meta["item_id_vocab"][:-1])
     with pytest.raises(BundleError, match="item_id_vocab"):
         load_bundle(copy)
+
+
+def test_ensemble_bundle_serves_the_mean_score_through_one_index(tiny_data, tiny_features, tmp_path, make_config):
+    """An ensemble (model.ensemble_size) is stored, reloaded and served like one model with wider vectors."""
+    from pipelines.train import build_bundle, holdout_last
+    from recsys.model.train import fit_two_tower
+    from recsys.model.two_tower import TwoTowerEnsemble
+
+    catalog, interactions = tiny_data
+    cfg = make_config(tmp_path, **{"model.ensemble_size": 2, "model.item_id_embedding": True, "train.epochs": 1})
+    train, valid = holdout_last(interactions, cfg.train.seed)
+    result = fit_two_tower(tiny_features, train, valid, cfg, show_progress=False)
+    bundle_dir = build_bundle(cfg, tmp_path / "bundle", catalog, interactions, tiny_features, result)
+    bundle = load_bundle(bundle_dir)
+    assert isinstance(bundle.model, TwoTowerEnsemble)
+    assert bundle.meta["model_shape"]["members"] == 2 and bundle.item_vectors.shape[1] == 2 * cfg.model.dim
+    vectors, bias = bundle.model.encode_items_with_bias(bundle.model.feature_tensors(bundle.features))
+    np.testing.assert_allclose(vectors, bundle.item_vectors, atol=1e-5)
+    np.testing.assert_allclose(bias, bundle.item_bias, atol=1e-5)
+    # What the index returns for a history is the mean of the two members' scores.
+    rec = Recommender(bundle)
+    history = list(interactions["item_id"].head(5))
+    top = rec.recommend_history(history, 5)
+    rows = np.asarray([rec._row_of[i] for i in history if i in rec._row_of])
+    mean = np.zeros(len(vectors))
+    for member in bundle.model.members:
+        v, b = member.encode_items_with_bias(bundle.model.feature_tensors(bundle.features))
+        mean += (member.encode_histories(v, [rows])[0] @ v.T + b) / 2
+    for item, score in zip(top.item_ids, top.scores):
+        assert score == pytest.approx(mean[rec._row_of[item]], abs=1e-4)
+    # A new item is embedded by every member from its content; search goes through both text heads.
+    rec.add_item(50_000, "Galactic Heist (2024)", text="A crew of thieves robs a space station.")
+    hits = rec.search("Galactic Heist (2024). A crew of thieves robs a space station.", 3)
+    assert hits.item_ids[0] == 50_000 and hits.scores[0] == pytest.approx(1.0, abs=1e-4)
+    # A bundle whose config disagrees with its weights is refused.
+    copy = Path(shutil.copytree(bundle_dir, tmp_path / "copy"))
+    _edit_meta(copy, model_shape={**bundle.meta["model_shape"], "members": 3})
+    with pytest.raises(BundleError, match="members 3"):
+        load_bundle(copy)

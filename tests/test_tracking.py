@@ -161,9 +161,17 @@ def test_lightning_logger_logs_epochs_on_step_run(tracker: Tracker, uri: str, tm
             enable_model_summary=False, default_root_dir=tmp_path, accelerator="cpu",
         )
         trainer.fit(Toy(), data)
+        # A second fit in the same run (an ensemble member) keeps its curves apart by a prefix.
+        member = tracker.lightning_logger(prefix="member1")
+        assert member is not None and member.run_id == child
+        pl.Trainer(
+            max_epochs=1, logger=member, enable_checkpointing=False, enable_progress_bar=False,
+            enable_model_summary=False, default_root_dir=tmp_path, accelerator="cpu",
+        ).fit(Toy(), data)
         tracker.log_metrics({"after_fit": 1.0})
     client = _client(uri)
     assert len(client.get_metric_history(child, "train_loss")) == 2
+    assert len(client.get_metric_history(child, "member1-train_loss")) == 1
     assert client.get_run(child).data.metrics["after_fit"] == 1.0
     assert client.get_run(child).info.status == "FINISHED"
 

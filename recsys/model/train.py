@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -12,20 +13,25 @@ import polars as pl
 import pytorch_lightning as pl_lightning
 import torch
 from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.loggers import Logger
 
 from recsys.config import PipelineConfig
 from recsys.encoders.features import ItemFeatures
 from recsys.model.datamodule import SequenceDataModule, ValidationQueries
 from recsys.model.module import TwoTowerModule, valid_monitor
 from recsys.model.teacher import ease_weights
-from recsys.model.two_tower import TwoTowerModel
+from recsys.model.two_tower import RetrievalModel, TwoTowerEnsemble, TwoTowerModel
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
 class TrainResult:
-    model: TwoTowerModel
+    """For an ensemble (model.ensemble_size > 1): best_metric is the ensemble's own validation score,
+    best_epoch the members' mean, epochs_run and train_seconds their sums, and history holds every
+    member's epochs (with a "member" key)."""
+
+    model: RetrievalModel
     user_ids: np.ndarray  # user_ids[i] has user-embedding index i + 1 (0 = unknown)
     best_metric: float
     best_epoch: int
@@ -33,6 +39,7 @@ class TrainResult:
     train_seconds: float
     valid_metric_name: str
     history: list[dict] = field(default_factory=list)
+    member_best_epochs: list[int] = field(default_factory=list)
 
 
 class _KeepBest(Callback):
@@ -102,23 +109,110 @@ def sequences_by_user(frame: pl.DataFrame, item_index: dict) -> tuple[np.ndarray
     return users, seqs
 
 
+def repeat_seeds(cfg: PipelineConfig, n: int) -> list[int]:
+    """train.seed of n independent repeats of a fit (benchmarks' model seeds). An ensemble's members
+    take train.seed .. train.seed + K - 1, so repeats step by K and never share a member."""
+    return [cfg.train.seed + i * cfg.model.ensemble_size for i in range(n)]
+
+
+@dataclass
+class _Prepared:
+    """Everything a fit needs that does not depend on the model seed (shared by ensemble members)."""
+
+    index: dict
+    user_ids: np.ndarray
+    sequences: list[np.ndarray]
+    popularity: np.ndarray
+    valid_queries: ValidationQueries | None
+    exclude: list[np.ndarray] | None
+    teacher: torch.Tensor | None
+
+
 def fit_two_tower(
     features: ItemFeatures,
     train: pl.DataFrame,
     valid: pl.DataFrame,
     cfg: PipelineConfig,
     *,
-    lightning_logger=None,
+    make_logger: Callable[[str], Logger | None] | None = None,
     show_progress: bool = True,
     valid_candidates: np.ndarray | None = None,
 ) -> TrainResult:
     """Train on `train` (user_id, item_id, pos), early-stop on `valid` (one next item per user).
 
     `valid_candidates` (item indices) restricts validation ranking to a subset, e.g. held-out cold
-    items, so early stopping watches the quality that matters for that protocol.
+    items, so early stopping watches the quality that matters for that protocol. `make_logger(prefix)`
+    gives the Lightning logger of a fit ("" for a single model, "member<k>" for ensemble members).
+    With `model.ensemble_size` K > 1, K models are fit one after another with seeds train.seed + k,
+    each early-stopped on its own validation score, and combined (TwoTowerEnsemble).
     """
-    pl_lightning.seed_everything(cfg.train.seed, workers=True, verbose=False)
     torch.set_num_threads(max(1, torch.get_num_threads()))
+    prepared = _prepare(features, train, valid, cfg, valid_candidates)
+    n_members = cfg.model.ensemble_size
+    if n_members == 1:
+        return _fit_one(features, cfg, prepared, make_logger("") if make_logger else None, show_progress)
+    members = []
+    for k in range(n_members):
+        member_cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"seed": cfg.train.seed + k})})
+        logger.info("ensemble member %d/%d (seed %d)", k + 1, n_members, member_cfg.train.seed)
+        member_logger = make_logger(f"member{k}") if make_logger else None
+        members.append(_fit_one(features, member_cfg, prepared, member_logger, show_progress))
+    model = TwoTowerEnsemble([m.model for m in members])
+    model.eval()
+    monitor = valid_monitor(cfg.train.valid_metric)
+    best = float("nan")
+    if prepared.valid_queries is not None:
+        best = validation_score(model, features, prepared.valid_queries, prepared.exclude, cfg.train.valid_metric)
+        logger.info(
+            "ensemble of %d: %s=%.4f (members %s)", n_members, monitor, best,
+            ", ".join(f"{m.best_metric:.4f}" for m in members),
+        )
+    best_epochs = [m.best_epoch for m in members]
+    return TrainResult(
+        model=model,
+        user_ids=prepared.user_ids,
+        best_metric=best,
+        best_epoch=int(round(float(np.mean(best_epochs)))),
+        epochs_run=sum(m.epochs_run for m in members),
+        train_seconds=sum(m.train_seconds for m in members),
+        valid_metric_name=monitor,
+        history=[{"member": k, **entry} for k, m in enumerate(members) for entry in m.history],
+        member_best_epochs=best_epochs,
+    )
+
+
+def validation_score(
+    model: RetrievalModel,
+    features: ItemFeatures,
+    queries: ValidationQueries,
+    exclude: list[np.ndarray] | None,
+    metric: str,
+    batch_size: int = 1024,
+) -> float:
+    """`metric` ("ndcg@10" or "recall@10") of the validation targets, full ranking, each query's
+    `exclude` rows (default: its history) left out: what early stopping reads, for any model."""
+    name, k = metric.split("@")
+    vectors, bias = model.encode_items_with_bias(model.feature_tensors(features))
+    excluded = exclude if exclude is not None else queries.histories
+    targets = np.asarray(queries.targets)
+    ranks = []
+    for start in range(0, len(targets), batch_size):
+        rows = slice(start, start + batch_size)
+        users = model.encode_histories(vectors, list(queries.histories[rows]), np.asarray(queries.user_index[rows]))
+        scores = users @ vectors.T + bias
+        for row, items in enumerate(excluded[rows]):
+            scores[row, np.asarray(items, dtype=np.int64)] = -np.inf
+        target_scores = scores[np.arange(len(scores)), targets[rows]]
+        ranks.append((scores > target_scores[:, None]).sum(axis=1))  # 0-based, as in validation_step
+    rank = np.concatenate(ranks)
+    hit = rank < int(k)
+    values = hit / np.log2(rank + 2) if name == "ndcg" else hit.astype(np.float64)
+    return float(np.mean(values))
+
+
+def _prepare(
+    features: ItemFeatures, train: pl.DataFrame, valid: pl.DataFrame, cfg: PipelineConfig, valid_candidates
+) -> _Prepared:
     index = item_index_of(np.asarray(features.item_ids))
     user_ids, sequences = sequences_by_user(train, index)
     user_position = {u: i + 1 for i, u in enumerate(user_ids.tolist())}
@@ -152,6 +246,19 @@ def fit_two_tower(
                 outside = np.setdiff1d(np.arange(len(index)), valid_candidates)
                 exclude = [np.union1d(h, outside) for h in histories]
 
+    teacher = None
+    if cfg.train.teacher == "ease":
+        teacher = ease_weights(sequences, len(index), cfg.train.teacher_l2, cfg.train.teacher_max_items)
+    return _Prepared(index, user_ids, sequences, popularity, valid_queries, exclude, teacher)
+
+
+def _fit_one(
+    features: ItemFeatures, cfg: PipelineConfig, prepared: _Prepared, lightning_logger: Logger | None, show_progress: bool
+) -> TrainResult:
+    """One two-tower model, seeded with cfg.train.seed."""
+    pl_lightning.seed_everything(cfg.train.seed, workers=True, verbose=False)
+    index, user_ids, sequences = prepared.index, prepared.user_ids, prepared.sequences
+    popularity, valid_queries = prepared.popularity, prepared.valid_queries
     fdims = {
         "text": None if features.text is None else features.text.shape[1],
         "image": None if features.image is None else features.image.shape[1],
@@ -161,18 +268,15 @@ def fit_two_tower(
     model = TwoTowerModel(
         cfg.model, fdims["text"], fdims["image"], n_categories, n_users=len(user_ids), item_id_vocab=seen_items
     )
-    teacher = None
-    if cfg.train.teacher == "ease":
-        teacher = ease_weights(sequences, len(index), cfg.train.teacher_l2, cfg.train.teacher_max_items)
     module = TwoTowerModule(
         model,
         model.feature_tensors(features),
         cfg.train,
         popularity,
         valid=valid_queries,
-        exclude_in_valid=exclude,
+        exclude_in_valid=prepared.exclude,
         valid_ks=tuple(sorted({10, int(cfg.train.valid_metric.split("@")[-1])})),
-        teacher_weights=teacher,
+        teacher_weights=prepared.teacher,
     )
     data = SequenceDataModule(
         sequences, np.arange(1, len(user_ids) + 1), valid_queries, cfg.model.max_history, cfg.train.batch_size, cfg.train.seed

@@ -6,6 +6,7 @@ item and user vectors with exactly the same code.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -63,7 +64,42 @@ class FeatureTensors:
         )
 
 
-class TwoTowerModel(nn.Module):
+class RetrievalModel(nn.Module):
+    """What training, evaluation, bundles and serving need from a model: item vectors and biases from
+    content features, user vectors from histories of item vectors; score = user . item + bias."""
+
+    dim: int
+    item_id_vocab: list[str]
+
+    def item_vectors_and_bias(
+        self, features: FeatureTensors, use_identity: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def item_vectors(self, features: FeatureTensors) -> torch.Tensor:
+        return self.item_vectors_and_bias(features)[0]
+
+    @torch.inference_mode()
+    def encode_items_with_bias(self, features: FeatureTensors, batch_size: int = 8192) -> tuple[np.ndarray, np.ndarray]:
+        """(item vectors [n, dim], biases [n]) for every row of `features` (eval mode, no grad)."""
+        if self.training:
+            self.eval()
+        n = features.categories.shape[0]
+        vectors, biases = [], []
+        for start in range(0, n, batch_size):
+            v, b = self.item_vectors_and_bias(features.rows(torch.arange(start, min(start + batch_size, n))))
+            vectors.append(v.numpy())
+            biases.append(b.numpy())
+        if not vectors:
+            return np.zeros((0, self.dim), np.float32), np.zeros(0, np.float32)
+        return np.concatenate(vectors).astype(np.float32), np.concatenate(biases).astype(np.float32)
+
+    def encode_items(self, features: FeatureTensors, batch_size: int = 8192) -> np.ndarray:
+        """Item vectors for every row of `features` (eval mode, no grad)."""
+        return self.encode_items_with_bias(features, batch_size)[0]
+
+
+class TwoTowerModel(RetrievalModel):
     """Item tower over frozen content features + user tower over histories of item vectors."""
 
     def __init__(
@@ -111,8 +147,9 @@ class TwoTowerModel(nn.Module):
             tensors.id_index = torch.as_tensor(rows, dtype=torch.long)
         return tensors
 
-    def item_vectors(self, features: FeatureTensors) -> torch.Tensor:
-        return self.item_vectors_and_bias(features)[0]
+    @property
+    def has_text_head(self) -> bool:
+        return self.item_tower.text_head is not None
 
     def item_vectors_and_bias(
         self, features: FeatureTensors, use_identity: bool = True
@@ -122,25 +159,6 @@ class TwoTowerModel(nn.Module):
             features.text, features.text_mask, features.image, features.image_mask, features.categories,
             features.id_index if use_identity else None,
         )
-
-    @torch.inference_mode()
-    def encode_items_with_bias(self, features: FeatureTensors, batch_size: int = 8192) -> tuple[np.ndarray, np.ndarray]:
-        """(item vectors [n, dim], biases [n]) for every row of `features` (eval mode, no grad)."""
-        if self.training:
-            self.eval()
-        n = features.categories.shape[0]
-        vectors, biases = [], []
-        for start in range(0, n, batch_size):
-            v, b = self.item_vectors_and_bias(features.rows(torch.arange(start, min(start + batch_size, n))))
-            vectors.append(v.numpy())
-            biases.append(b.numpy())
-        if not vectors:
-            return np.zeros((0, self.dim), np.float32), np.zeros(0, np.float32)
-        return np.concatenate(vectors).astype(np.float32), np.concatenate(biases).astype(np.float32)
-
-    def encode_items(self, features: FeatureTensors, batch_size: int = 8192) -> np.ndarray:
-        """Item vectors for every row of `features` (eval mode, no grad)."""
-        return self.encode_items_with_bias(features, batch_size)[0]
 
     @torch.inference_mode()
     def encode_histories(
@@ -166,6 +184,83 @@ class TwoTowerModel(nn.Module):
                 users = torch.as_tensor(user_index[start : start + batch_size], dtype=torch.long)
             results.append(self.user_tower.encode_last(seq, torch.as_tensor(valid), users).numpy())
         return np.concatenate(results).astype(np.float32) if results else np.zeros((0, self.dim), np.float32)
+
+
+class TwoTowerEnsemble(RetrievalModel):
+    """Two-tower models trained with different seeds, scored by the mean of their scores.
+
+    mean_k(u_k . v_k + b_k) = [u_1 .. u_K]/sqrt(K) . [v_1 .. v_K]/sqrt(K) + mean_k b_k, so the ensemble
+    has the contract of one model with K x dim wide vectors: batch jobs, the faiss index and the API
+    serve it unchanged, and new items are still embedded from content alone by every member.
+    """
+
+    def __init__(self, members: Sequence[TwoTowerModel]):
+        super().__init__()
+        if len(members) < 2:
+            raise ValueError(f"an ensemble needs at least 2 members, got {len(members)}")
+        first = members[0]
+        for k, member in enumerate(members[1:], start=1):
+            if member.shape_info() != first.shape_info() or member.item_id_vocab != first.item_id_vocab:
+                raise ValueError(f"ensemble member {k} differs in shape or identity vocabulary from member 0")
+        self.members = nn.ModuleList(members)
+        self.cfg = first.cfg
+        self.text_dim, self.image_dim = first.text_dim, first.image_dim
+        self.n_categories, self.n_users = first.n_categories, first.n_users
+        self.item_id_vocab = first.item_id_vocab
+        self._scale = 1.0 / math.sqrt(len(members))
+
+    @property
+    def dim(self) -> int:
+        return len(self.members) * self.cfg.dim
+
+    @property
+    def has_text_head(self) -> bool:
+        return self.members[0].has_text_head
+
+    def shape_info(self) -> dict:
+        return {**self.members[0].shape_info(), "dim": self.dim, "members": len(self.members)}
+
+    def feature_tensors(self, features: ItemFeatures) -> FeatureTensors:
+        return self.members[0].feature_tensors(features)  # members share the identity vocabulary
+
+    def item_vectors_and_bias(
+        self, features: FeatureTensors, use_identity: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        parts = [member.item_vectors_and_bias(features, use_identity) for member in self.members]
+        vectors = torch.cat([v for v, _ in parts], dim=1) * self._scale
+        return vectors, torch.stack([b for _, b in parts]).mean(dim=0)
+
+    @torch.inference_mode()
+    def encode_histories(
+        self,
+        item_vectors: np.ndarray | torch.Tensor,
+        histories: list[np.ndarray],
+        user_index: np.ndarray | None = None,
+        batch_size: int = 1024,
+    ) -> np.ndarray:
+        """Each member reads its own slice of the ensemble's item vectors (unscaled back)."""
+        vectors = torch.as_tensor(item_vectors) / self._scale
+        d = self.cfg.dim
+        users = [
+            member.encode_histories(vectors[:, k * d : (k + 1) * d].contiguous(), histories, user_index, batch_size)
+            for k, member in enumerate(self.members)
+        ]
+        return (np.concatenate(users, axis=1) * self._scale).astype(np.float32)
+
+
+def build_model(
+    cfg: ModelConfig,
+    text_dim: int | None,
+    image_dim: int | None,
+    n_categories: int,
+    n_users: int = 0,
+    item_id_vocab: Sequence | None = None,
+) -> RetrievalModel:
+    """One two-tower model, or `cfg.ensemble_size` of the same shape (weights from the torch RNG state)."""
+    members = [
+        TwoTowerModel(cfg, text_dim, image_dim, n_categories, n_users, item_id_vocab) for _ in range(cfg.ensemble_size)
+    ]
+    return members[0] if len(members) == 1 else TwoTowerEnsemble(members)
 
 
 def left_pad(sequences: list[np.ndarray], length: int, pad: int = -1) -> tuple[np.ndarray, np.ndarray]:

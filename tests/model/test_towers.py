@@ -231,3 +231,30 @@ def test_leave_one_out_with_hidden_items_reads_only_the_visible_others():
         torch.testing.assert_close(states[0, 1], torch.nn.functional.normalize(over_visible, dim=-1))
         over_others = model.user_tower.output(history[0, [2, 3, 5]].mean(dim=0))
         torch.testing.assert_close(states[0, 0], torch.nn.functional.normalize(over_others, dim=-1))
+
+
+def test_ensemble_score_is_the_mean_of_its_members_scores():
+    from recsys.model.two_tower import TwoTowerEnsemble, build_model
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(dim=8, head_hidden=16, max_history=6, item_scale=True, user_scale=True, ensemble_size=3)
+    ensemble = build_model(cfg, text_dim=16, image_dim=8, n_categories=3)
+    assert isinstance(ensemble, TwoTowerEnsemble) and ensemble.dim == 24
+    with torch.no_grad():  # non-zero biases, so that their mean is checked too
+        for member in ensemble.members:
+            for p in member.item_tower.bias.parameters():
+                p.normal_()
+    features = _features(10)
+    vectors, bias = ensemble.encode_items_with_bias(features)
+    histories = [np.array([1, 2, 3]), np.array([], dtype=np.int64), np.arange(10)]
+    users = ensemble.encode_histories(vectors, histories)
+    assert vectors.shape == (10, 24) and users.shape == (3, 24)
+    expected = np.zeros((3, 10))
+    for member in ensemble.members:
+        member_vectors, member_bias = member.encode_items_with_bias(features)
+        expected += member.encode_histories(member_vectors, histories) @ member_vectors.T + member_bias
+    np.testing.assert_allclose(users @ vectors.T + bias, expected / 3, atol=1e-5)
+    # Members with different shapes cannot be averaged this way.
+    other = TwoTowerModel(ModelConfig(dim=4, max_history=6), text_dim=16, image_dim=8, n_categories=3)
+    with pytest.raises(ValueError, match="member 1 differs"):
+        TwoTowerEnsemble([ensemble.members[0], other])

@@ -12,8 +12,8 @@ import torch
 from recsys.data.splits import loo_split
 from recsys.model.datamodule import training_windows
 from recsys.model.module import TwoTowerModule, keep_random_positions
-from recsys.model.train import fit_two_tower
-from recsys.model.two_tower import FeatureTensors
+from recsys.model.train import fit_two_tower, validation_score
+from recsys.model.two_tower import FeatureTensors, TwoTowerEnsemble
 
 
 def test_training_windows_cover_every_position():
@@ -227,3 +227,30 @@ def test_history_dropout_hides_about_that_share_of_the_items_from_the_tower(
     # Every item is still a target; about half of them are visible to the tower in a given step.
     visible = sum(int((v & t).sum()) for v, t in zip(seen, targets)) / sum(int(t.sum()) for t in targets)
     assert 0.4 < visible < 0.6, visible
+
+
+def test_ensemble_members_train_with_their_own_seeds_and_are_scored_together(
+    tiny_data, tiny_features, tmp_path, make_config
+):
+    _, interactions = tiny_data
+    split = loo_split(interactions, seed=0)
+    single = fit_two_tower(tiny_features, split.train, split.valid, make_config(tmp_path, **{"train.epochs": 3}), show_progress=False)
+    cfg = make_config(tmp_path, **{"train.epochs": 3, "model.ensemble_size": 2})
+    result = fit_two_tower(tiny_features, split.train, split.valid, cfg, show_progress=False)
+    assert isinstance(result.model, TwoTowerEnsemble) and result.model.dim == 2 * cfg.model.dim
+    first, second = (dict(m.named_parameters()) for m in result.model.members)
+    assert any(not torch.equal(first[name], second[name]) for name in first)  # seeds 42 and 43
+    assert [h["member"] for h in result.history] == [0, 0, 0, 1, 1, 1]
+    assert len(result.member_best_epochs) == 2 and result.epochs_run == 6
+    # The ensemble's validation score is computed the way early stopping computes a single model's.
+    assert validation_score(single.model, tiny_features, *_valid_queries(tiny_features, split, cfg), "ndcg@10") == (
+        pytest.approx(single.best_metric, abs=1e-6)
+    )
+    assert 0.0 < result.best_metric <= 1.0
+
+
+def _valid_queries(features, split, cfg):
+    from recsys.model.train import _prepare
+
+    prepared = _prepare(features, split.train, split.valid, cfg, None)
+    return prepared.valid_queries, prepared.exclude
