@@ -69,11 +69,37 @@ class RetrievalModel(nn.Module):
     content features, user vectors from histories of item vectors; score = user . item + bias."""
 
     dim: int
-    item_id_vocab: list[str]
+    item_id_vocab: list[str]  # items with an identity residual (hybrid model), else []
+    text_dim: int | None
+    image_dim: int | None
+    n_categories: int
+
+    @property
+    def has_text_head(self) -> bool:
+        """Whether free text can be projected into the item space (text search)."""
+        raise NotImplementedError
+
+    def shape_info(self) -> dict:
+        """What a bundle records to rebuild the model before loading its weights."""
+        raise NotImplementedError
+
+    def feature_tensors(self, features: ItemFeatures) -> FeatureTensors:
+        raise NotImplementedError
 
     def item_vectors_and_bias(
         self, features: FeatureTensors, use_identity: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`use_identity=False` gives the content-only vectors, what a new item gets."""
+        raise NotImplementedError
+
+    def encode_histories(
+        self,
+        item_vectors: np.ndarray | torch.Tensor,
+        histories: list[np.ndarray],
+        user_index: np.ndarray | None = None,
+        batch_size: int = 1024,
+    ) -> np.ndarray:
+        """User vectors from histories of item indices (oldest first), for these item vectors."""
         raise NotImplementedError
 
     def item_vectors(self, features: FeatureTensors) -> torch.Tensor:
