@@ -264,11 +264,15 @@ class TwoTowerEnsemble(RetrievalModel):
         user_index: np.ndarray | None = None,
         batch_size: int = 1024,
     ) -> np.ndarray:
-        """Each member reads its own slice of the ensemble's item vectors (unscaled back)."""
-        vectors = torch.as_tensor(item_vectors) / self._scale
+        """Each member reads its own slice of the ensemble's item vectors (unscaled back). Only the
+        rows the histories use are unscaled: a single request must not copy the whole catalog."""
+        recent = [np.asarray(h, dtype=np.int64)[-self.cfg.max_history :] for h in histories]
+        used, local = np.unique(np.concatenate(recent) if recent else np.zeros(0, np.int64), return_inverse=True)
+        local_histories = np.split(local, np.cumsum([len(h) for h in recent])[:-1]) if recent else []
+        vectors = torch.as_tensor(item_vectors)[torch.as_tensor(used)] / self._scale
         d = self.cfg.dim
         users = [
-            member.encode_histories(vectors[:, k * d : (k + 1) * d].contiguous(), histories, user_index, batch_size)
+            member.encode_histories(vectors[:, k * d : (k + 1) * d].contiguous(), local_histories, user_index, batch_size)
             for k, member in enumerate(self.members)
         ]
         return (np.concatenate(users, axis=1) * self._scale).astype(np.float32)
