@@ -33,6 +33,27 @@ def keep_random_positions(use: torch.Tensor, k: int) -> torch.Tensor:
     return chosen & use
 
 
+def target_ranks(scores: torch.Tensor, targets: torch.Tensor, excluded) -> torch.Tensor:
+    """0-based rank of each row's target (how many items score strictly higher), each row's `excluded`
+    items left out. Early stopping and `recsys.model.train.validation_score` both rank with it, so an
+    ensemble is validated exactly as a single model is. Masks `scores` in place."""
+    for row, items in enumerate(excluded):
+        scores[row, torch.as_tensor(np.asarray(items, dtype=np.int64))] = float("-inf")
+    target_scores = scores[torch.arange(len(scores)), targets]
+    return (scores > target_scores.unsqueeze(1)).sum(dim=1)
+
+
+def ranking_metrics(rank: torch.Tensor, ks: tuple[int, ...]) -> dict[str, float]:
+    """Recall@k and NDCG@k ("recall@10", "ndcg@10", ...) of one held-out target per query, from its 0-based rank."""
+    rank = rank.double()
+    metrics = {}
+    for k in ks:
+        hit = (rank < k).double()
+        metrics[f"recall@{k}"] = float(hit.mean())
+        metrics[f"ndcg@{k}"] = float((hit / torch.log2(rank + 2)).mean())
+    return metrics
+
+
 def valid_monitor(metric: str) -> str:
     """The logged key of a validation metric ("ndcg@10" -> "valid/ndcg_at_10")."""
     return f"valid/{metric.replace('@', '_at_')}"
@@ -242,20 +263,14 @@ class TwoTowerModule(pl.LightningModule):
             user_index = torch.as_tensor(self.valid.user_index[rows], dtype=torch.long)
         users = self.model.user_tower.encode_last(seq, torch.as_tensor(valid), user_index)
         scores = users @ vectors.T + self._valid_item_bias
-        excluded = self.exclude_in_valid if self.exclude_in_valid is not None else histories
-        for row, r in enumerate(rows):
-            scores[row, torch.as_tensor(excluded[r])] = float("-inf")
-        targets = torch.as_tensor(self.valid.targets[rows])
-        target_scores = scores[torch.arange(len(rows)), targets]
-        rank = (scores > target_scores.unsqueeze(1)).sum(dim=1)  # 0-based
-        self._valid_hits.append(rank)
+        excluded = [self.exclude_in_valid[r] for r in rows] if self.exclude_in_valid is not None else histories
+        self._valid_hits.append(target_ranks(scores, torch.as_tensor(self.valid.targets[rows]), excluded))
 
     def on_validation_epoch_end(self) -> None:
         if not self._valid_hits:
             return
-        rank = torch.cat(self._valid_hits).double()
+        metrics = ranking_metrics(torch.cat(self._valid_hits), self.valid_ks)
         for k in self.valid_ks:
-            hit = (rank < k).double()
-            self.log(f"valid/recall_at_{k}", hit.mean(), prog_bar=k == self.valid_ks[0])
-            self.log(f"valid/ndcg_at_{k}", (hit / torch.log2(rank + 2)).mean(), prog_bar=k == self.valid_ks[0])
+            for name in ("recall", "ndcg"):
+                self.log(valid_monitor(f"{name}@{k}"), metrics[f"{name}@{k}"], prog_bar=k == self.valid_ks[0])
         self._valid_item_vectors = None

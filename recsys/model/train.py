@@ -18,7 +18,7 @@ from pytorch_lightning.loggers import Logger
 from recsys.config import PipelineConfig
 from recsys.encoders.features import ItemFeatures
 from recsys.model.datamodule import SequenceDataModule, ValidationQueries
-from recsys.model.module import TwoTowerModule, valid_monitor
+from recsys.model.module import TwoTowerModule, ranking_metrics, target_ranks, valid_monitor
 from recsys.model.teacher import ease_weights
 from recsys.model.two_tower import RetrievalModel, TwoTowerEnsemble, TwoTowerModel
 
@@ -191,23 +191,17 @@ def validation_score(
 ) -> float:
     """`metric` ("ndcg@10" or "recall@10") of the validation targets, full ranking, each query's
     `exclude` rows (default: its history) left out: what early stopping reads, for any model."""
-    name, k = metric.split("@")
+    k = int(metric.split("@")[1])
     vectors, bias = model.encode_items_with_bias(model.feature_tensors(features))
     excluded = exclude if exclude is not None else queries.histories
-    targets = np.asarray(queries.targets)
+    targets = torch.as_tensor(np.asarray(queries.targets))
     ranks = []
     for start in range(0, len(targets), batch_size):
         rows = slice(start, start + batch_size)
         users = model.encode_histories(vectors, list(queries.histories[rows]), np.asarray(queries.user_index[rows]))
-        scores = users @ vectors.T + bias
-        for row, items in enumerate(excluded[rows]):
-            scores[row, np.asarray(items, dtype=np.int64)] = -np.inf
-        target_scores = scores[np.arange(len(scores)), targets[rows]]
-        ranks.append((scores > target_scores[:, None]).sum(axis=1))  # 0-based, as in validation_step
-    rank = np.concatenate(ranks)
-    hit = rank < int(k)
-    values = hit / np.log2(rank + 2) if name == "ndcg" else hit.astype(np.float64)
-    return float(np.mean(values))
+        scores = torch.from_numpy(np.ascontiguousarray(users @ vectors.T + bias))
+        ranks.append(target_ranks(scores, targets[rows], excluded[rows]))
+    return ranking_metrics(torch.cat(ranks), (k,))[metric]
 
 
 def _prepare(

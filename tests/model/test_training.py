@@ -11,9 +11,21 @@ import torch
 
 from recsys.data.splits import loo_split
 from recsys.model.datamodule import training_windows
-from recsys.model.module import TwoTowerModule, keep_random_positions
+from recsys.model.module import TwoTowerModule, keep_random_positions, ranking_metrics, target_ranks
 from recsys.model.train import fit_two_tower, validation_score
 from recsys.model.two_tower import FeatureTensors, TwoTowerEnsemble
+
+
+def test_validation_ranks_leave_out_excluded_items_and_count_only_strictly_higher_scores():
+    scores = torch.tensor([[0.9, 0.5, 0.7, 0.5], [0.1, 0.8, 0.3, 0.2]])
+    # Row 0: target 1 (0.5); item 0 is excluded, item 2 outranks it, item 3 ties (a tie does not count).
+    # Row 1: target 2 (0.3); nothing excluded, item 1 outranks it.
+    rank = target_ranks(scores, torch.tensor([1, 2]), [np.array([0]), np.array([], dtype=np.int64)])
+    assert rank.tolist() == [1, 1]
+    metrics = ranking_metrics(torch.tensor([0, 1, 10]), (1, 10))
+    assert metrics["recall@1"] == pytest.approx(1 / 3)
+    assert metrics["recall@10"] == pytest.approx(2 / 3)
+    assert metrics["ndcg@10"] == pytest.approx((1 + 1 / math.log2(3)) / 3)
 
 
 def test_training_windows_cover_every_position():
