@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 class TrainResult:
     """For an ensemble (model.ensemble_size > 1): best_metric is the ensemble's own validation score,
     best_epoch the members' mean, epochs_run and train_seconds their sums, and history holds every
-    member's epochs (with a "member" key)."""
+    member's epochs (with a "member" key, 1..K as in the logs and the MLflow keys)."""
 
     model: RetrievalModel
     user_ids: np.ndarray  # user_ids[i] has user-embedding index i + 1 (0 = unknown)
@@ -142,7 +142,7 @@ def fit_two_tower(
 
     `valid_candidates` (item indices) restricts validation ranking to a subset, e.g. held-out cold
     items, so early stopping watches the quality that matters for that protocol. `make_logger(prefix)`
-    gives the Lightning logger of a fit ("" for a single model, "member<k>" for ensemble members).
+    gives the Lightning logger of a fit ("" for a single model, "member1" .. "memberK" for ensemble members).
     With `model.ensemble_size` K > 1, K models are fit one after another with seeds train.seed + k,
     each early-stopped on its own validation score, and combined (TwoTowerEnsemble).
     """
@@ -155,7 +155,7 @@ def fit_two_tower(
     for k in range(n_members):
         member_cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"seed": cfg.train.seed + k})})
         logger.info("ensemble member %d/%d (seed %d)", k + 1, n_members, member_cfg.train.seed)
-        member_logger = make_logger(f"member{k}") if make_logger else None
+        member_logger = make_logger(f"member{k + 1}") if make_logger else None
         members.append(_fit_one(features, member_cfg, prepared, member_logger, show_progress))
     model = TwoTowerEnsemble([m.model for m in members])
     model.eval()
@@ -176,7 +176,7 @@ def fit_two_tower(
         epochs_run=sum(m.epochs_run for m in members),
         train_seconds=sum(m.train_seconds for m in members),
         valid_metric_name=monitor,
-        history=[{"member": k, **entry} for k, m in enumerate(members) for entry in m.history],
+        history=[{"member": k, **entry} for k, m in enumerate(members, start=1) for entry in m.history],
         member_best_epochs=best_epochs,
     )
 

@@ -248,11 +248,15 @@ def test_ensemble_members_train_with_their_own_seeds_and_are_scored_together(
     split = loo_split(interactions, seed=0)
     single = fit_two_tower(tiny_features, split.train, split.valid, make_config(tmp_path, **{"train.epochs": 3}), show_progress=False)
     cfg = make_config(tmp_path, **{"train.epochs": 3, "model.ensemble_size": 2})
-    result = fit_two_tower(tiny_features, split.train, split.valid, cfg, show_progress=False)
+    prefixes = []  # each member's curves get their own MLflow keys, numbered as in the logs
+    result = fit_two_tower(
+        tiny_features, split.train, split.valid, cfg, show_progress=False, make_logger=lambda p: prefixes.append(p)
+    )
+    assert prefixes == ["member1", "member2"]
     assert isinstance(result.model, TwoTowerEnsemble) and result.model.dim == 2 * cfg.model.dim
     first, second = (dict(m.named_parameters()) for m in result.model.members)
     assert any(not torch.equal(first[name], second[name]) for name in first)  # seeds 42 and 43
-    assert [h["member"] for h in result.history] == [0, 0, 0, 1, 1, 1]
+    assert [h["member"] for h in result.history] == [1, 1, 1, 2, 2, 2]
     assert len(result.member_best_epochs) == 2 and result.epochs_run == 6
     # The ensemble's validation score is computed the way early stopping computes a single model's.
     assert validation_score(single.model, tiny_features, *_valid_queries(tiny_features, split, cfg), "ndcg@10") == (
