@@ -217,8 +217,18 @@ def render_section(dataset: str, protocol: str, block: dict, recsys_config: str 
             valids = [r["best_valid"] for r in seeds if "best_valid" in r]
             epochs = ", ".join(str(r["best_epoch"]) for r in seeds if "best_epoch" in r)
             valid = f"{sum(valids) / len(valids):.4f}" if valids else "–"
-            lines.append(f"| recsys | config `{recsys_config or 'see above'}`, best epochs {epochs or '–'} | {valid} | "
-                         "one config per dataset, picked in the Ablation section |")
+            picked, grid = f"config `{recsys_config or 'see above'}`, best epochs {epochs or '–'}", (
+                "one config per dataset, picked in the Ablation section")
+            blocks = [r for r in seeds if "item_item_kept" in r]
+            if blocks:  # model.item_item: picked per seed on validation after the towers were trained
+                towers = sum(r["item_item_towers_valid"] for r in blocks) / len(blocks)
+                per_seed = "; ".join(
+                    f"l2 {r['item_item_l2']:g}, decay {r['item_item_decay']:g}, weight {r['item_item_weight_relative']:g}"
+                    if r["item_item_kept"] else "not kept" for r in blocks
+                )
+                picked += f"; item-item block per seed: {per_seed} (towers alone: valid {towers:.4f})"
+                grid += "; the block's ridge, decay and weight on validation, after the towers are trained"
+            lines.append(f"| recsys | {picked} | {valid} | {grid} |")
             continue
         grid = "; ".join(
             f"{json.dumps(t['params'], sort_keys=True)} → {t['valid'][SELECT_BY]:.4f}" for t in row.get("tuning", [])

@@ -66,6 +66,7 @@ def build_bundle(
         popularity=popularity,
         extra_meta={
             "valid": {result.valid_metric_name: result.best_metric},
+            **({"item_item": result.item_item} if result.item_item else {}),
             "best_epoch": result.best_epoch,
             "train_seconds": round(result.train_seconds, 2),
             "n_train_users": int(len(result.user_ids)),
@@ -93,7 +94,8 @@ def run_train(
             features, train, valid, cfg, make_logger=tracker.lightning_logger, show_progress=show_progress
         )
         tracker.log_metrics(
-            {"best_valid": result.best_metric, "best_epoch": result.best_epoch, "train_seconds": result.train_seconds}
+            {"best_valid": result.best_metric, "best_epoch": result.best_epoch, "train_seconds": result.train_seconds,
+             **{f"item_item_{key}": float(value) for key, value in result.item_item.items()}}
         )
         bundle_dir = build_bundle(cfg, out_dir, catalog, interactions, features, result)
         logger.info("bundle written to %s", bundle_dir)

@@ -116,6 +116,16 @@ class ModelConfig(_Section):
         description="Training-time probability of dropping an item's identity residual, so the content path "
         "alone stays a good item vector (what new items get).",
     )
+    item_item: Literal["none", "ease"] = Field(
+        default="none",
+        description="ease: add a closed-form item-item block (a rank item_item_rank EASE model fit on the training "
+        "interactions after the towers) for the items seen in training, served in the same index as extra "
+        "vector dimensions; its ridge, history decay and weight are picked on validation (train.item_item_*). "
+        "New items have no block and are scored by the towers alone, exactly as without it.",
+    )
+    item_item_rank: int = Field(
+        default=256, ge=1, description="Dimensions of the item-item block (top eigen-pairs kept)."
+    )
 
 
 class TrainConfig(_Section):
@@ -179,6 +189,23 @@ class TrainConfig(_Section):
     teacher_max_items: int = Field(
         default=20_000, ge=1, description="Refuse the EASE teacher above this catalog size (it inverts n x n)."
     )
+    item_item_l2: list[float] = Field(
+        default_factory=lambda: [300.0, 1000.0],
+        description="model.item_item: EASE ridge values tried on validation.",
+    )
+    item_item_decays: list[float] = Field(
+        default_factory=lambda: [1.0, 0.9, 0.8, 0.7],
+        description="model.item_item: history weights decay^age tried on validation (1 = the history as a set; "
+        "below 1 the latest items count most, for ordered logs).",
+    )
+    item_item_weights: list[float] = Field(
+        default_factory=lambda: [0.25, 0.5, 1.0, 2.0, 4.0],
+        description="model.item_item: block weights tried on validation, in units of the towers' score spread "
+        "over the block's (1 = equal spread).",
+    )
+    item_item_max_items: int = Field(
+        default=20_000, ge=1, description="Refuse model.item_item above this catalog size (an n x n eigen-decomposition)."
+    )
     seed: int = 42
     valid_metric: str = "ndcg@10"
     max_minutes: float | None = None
@@ -235,6 +262,18 @@ class PipelineConfig(_Section):
     recommend: RecommendConfig = Field(default_factory=RecommendConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     output_dir: Path = Path("artifacts/run")
+
+    @model_validator(mode="after")
+    def _item_item_grids_are_usable(self) -> "PipelineConfig":
+        t = self.train
+        for name, values, ok, rule in (
+            ("train.item_item_l2", t.item_item_l2, lambda v: v > 0, "> 0"),
+            ("train.item_item_decays", t.item_item_decays, lambda v: 0 < v <= 1, "in (0, 1]"),
+            ("train.item_item_weights", t.item_item_weights, lambda v: v > 0, "> 0"),
+        ):
+            if not values or not all(ok(v) for v in values):
+                raise ValueError(f"{name} must be a non-empty list of values {rule}, got {values}")
+        return self
 
     @model_validator(mode="after")
     def _objective_fits_the_user_tower(self) -> "PipelineConfig":

@@ -216,7 +216,9 @@ class Recommender:
         # Item-to-item and text search are pure similarity: the bias (popularity prior) is left out.
         # With model.item_scale an item's length (how sharply it follows taste) still counts: the
         # score is what a user whose taste points exactly at the query would give, less popularity.
-        query = retrieval_queries(vector[None, :], with_bias=False)
+        # With an item-item block (model.item_item) the query also carries what the block expects
+        # to follow this item (the model's similarity_queries).
+        query = retrieval_queries(self.model.similarity_queries(vector[None, :]), with_bias=False)
         return self._search(query, k, [[item_id]], self._allowed(candidates, categories))[0]
 
     def search(self, query: str, k: int, *, candidates=None, categories=None) -> Recommendations:

@@ -192,3 +192,36 @@ def test_ensemble_bundle_serves_the_mean_score_through_one_index(tiny_data, tiny
     _edit_meta(copy, model_shape={**bundle.meta["model_shape"], "members": 3})
     with pytest.raises(BundleError, match="members 3"):
         load_bundle(copy)
+
+
+def test_item_item_bundle_serves_the_block_and_embeds_new_items_from_content(tiny_data, tiny_features, tmp_path, make_config):
+    """model.item_item: the block is saved with the weights, reloaded, and served through the same index."""
+    from pipelines.train import build_bundle, holdout_last
+    from recsys.model.train import fit_two_tower
+    from recsys.model.two_tower import ItemItemBlend
+
+    catalog, interactions = tiny_data
+    cfg = make_config(tmp_path, **{"model.item_item": "ease", "model.item_item_rank": 8, "train.epochs": 1})
+    train, valid = holdout_last(interactions, cfg.train.seed)
+    result = fit_two_tower(tiny_features, train, valid, cfg, show_progress=False)
+    assert result.item_item["kept"]
+    bundle = load_bundle(build_bundle(cfg, tmp_path / "bundle", catalog, interactions, tiny_features, result))
+    assert isinstance(bundle.model, ItemItemBlend) and bundle.item_vectors.shape[1] == cfg.model.dim + 8 + 1
+    assert float(bundle.model.block_weight) == pytest.approx(result.item_item["weight"])
+    assert bundle.meta["model_shape"]["item_item_rank"] == 8 and len(bundle.meta["item_id_vocab"]) > 0
+    rec = Recommender(bundle)
+    history = list(interactions["item_id"].head(5))
+    rows = np.asarray([rec._row_of[i] for i in history if i in rec._row_of])
+    vectors, bias = bundle.model.encode_items_with_bias(bundle.model.feature_tensors(bundle.features))
+    np.testing.assert_allclose(vectors, bundle.item_vectors, atol=1e-5)
+    expected = bundle.model.encode_histories(vectors, [rows])[0] @ vectors.T + bias
+    top = rec.recommend_history(history, 5)
+    for item, score in zip(top.item_ids, top.scores):
+        assert score == pytest.approx(expected[rec._row_of[item]], abs=1e-4)
+    # A new item gets content only (zero block), and text search still finds it by its text.
+    rec.add_item(50_000, "Galactic Heist (2024)", text="A crew of thieves robs a space station.")
+    assert not rec._vectors[rec._row_of[50_000], cfg.model.dim :].any()
+    hits = rec.search("Galactic Heist (2024). A crew of thieves robs a space station.", 3)
+    assert hits.item_ids[0] == 50_000
+    similar = rec.similar_items(history[0], 3)
+    assert history[0] not in similar.item_ids and len(similar.item_ids) == 3

@@ -19,8 +19,9 @@ from recsys.config import PipelineConfig
 from recsys.encoders.features import ItemFeatures
 from recsys.model.datamodule import SequenceDataModule, ValidationQueries
 from recsys.model.module import TwoTowerModule, ranking_metrics, target_ranks, valid_monitor
+from recsys.model.item_item import GramSpectrum, block_user_vectors
 from recsys.model.teacher import ease_weights
-from recsys.model.two_tower import RetrievalModel, TwoTowerEnsemble, TwoTowerModel
+from recsys.model.two_tower import ItemItemBlend, RetrievalModel, TwoTowerEnsemble, TwoTowerModel
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +41,8 @@ class TrainResult:
     valid_metric_name: str
     history: list[dict] = field(default_factory=list)
     member_best_epochs: list[int] = field(default_factory=list)
+    # model.item_item: what was picked on validation (ridge, decay, weight) and the towers' own score.
+    item_item: dict = field(default_factory=dict)
 
 
 class _KeepBest(Callback):
@@ -148,6 +151,20 @@ def fit_two_tower(
     """
     torch.set_num_threads(max(1, torch.get_num_threads()))
     prepared = _prepare(features, train, valid, cfg, valid_candidates)
+    result = _fit_towers(features, cfg, prepared, make_logger, show_progress)
+    if cfg.model.item_item == "ease":
+        result = _add_item_item_block(result, features, cfg, prepared)
+    return result
+
+
+def _fit_towers(
+    features: ItemFeatures,
+    cfg: PipelineConfig,
+    prepared: "_Prepared",
+    make_logger: Callable[[str], Logger | None] | None,
+    show_progress: bool,
+) -> TrainResult:
+    """The two-tower model, or an ensemble of `model.ensemble_size` of them."""
     n_members = cfg.model.ensemble_size
     if n_members == 1:
         return _fit_one(features, cfg, prepared, make_logger("") if make_logger else None, show_progress)
@@ -178,6 +195,88 @@ def fit_two_tower(
         valid_metric_name=monitor,
         history=[{"member": k, **entry} for k, m in enumerate(members, start=1) for entry in m.history],
         member_best_epochs=best_epochs,
+    )
+
+
+def _add_item_item_block(
+    result: TrainResult, features: ItemFeatures, cfg: PipelineConfig, prepared: "_Prepared"
+) -> TrainResult:
+    """Wrap the trained towers with the closed-form item-item block (model.item_item) and pick its
+    ridge, history decay and weight on the validation queries; the towers are not changed. The block
+    is kept only if it raises validation (on cold validation items it has no rows, so it never does)."""
+    started = time.perf_counter()
+    seen_rows = np.flatnonzero(prepared.popularity > 0)
+    model = ItemItemBlend(result.model, np.asarray(features.item_ids)[seen_rows], cfg.model.item_item_rank)
+    model.eval()
+    spectrum = GramSpectrum.of_sequences(prepared.sequences, len(prepared.index), cfg.train.item_item_max_items)
+    queries = prepared.valid_queries
+    tcfg = cfg.train
+    grid = [(l2, decay, w) for l2 in tcfg.item_item_l2 for decay in tcfg.item_item_decays for w in tcfg.item_item_weights]
+    chosen = {"l2": tcfg.item_item_l2[0], "decay": tcfg.item_item_decays[0], "weight_relative": tcfg.item_item_weights[0]}
+    towers_valid = float("nan")
+    if queries is None:  # no validation: the first value of each grid, spreads measured on training histories
+        histories = prepared.sequences[:2000]
+        user_index = np.arange(1, len(histories) + 1)
+    else:
+        histories, user_index = list(queries.histories), np.asarray(queries.user_index)
+    vectors, bias = result.model.encode_items_with_bias(result.model.feature_tensors(features))
+    tower_scores = result.model.encode_histories(vectors, histories, user_index) @ vectors.T + bias
+    k = int(tcfg.valid_metric.split("@")[1])
+
+    def score_of(scores: np.ndarray) -> float:
+        """Validation metric of a score matrix over the validation queries (as validation_score ranks)."""
+        excluded = prepared.exclude if prepared.exclude is not None else queries.histories
+        targets = torch.as_tensor(np.asarray(queries.targets))
+        ranks = target_ranks(torch.from_numpy(np.array(scores, dtype=np.float32)), targets, excluded)
+        return ranking_metrics(ranks, (k,))[tcfg.valid_metric]
+
+    factors: dict[float, tuple[np.ndarray, np.ndarray]] = {}
+    best = (-float("inf"), None)
+    spread_of: dict[tuple[float, float], float] = {}
+    for l2 in tcfg.item_item_l2:
+        q, s = spectrum.factors(l2, cfg.model.item_item_rank)
+        unseen = np.ones(len(s), dtype=bool)
+        unseen[seen_rows] = False
+        q[unseen], s[unseen] = 0.0, 0.0  # only items seen in training carry a block
+        factors[l2] = (q, s)
+        for decay in tcfg.item_item_decays:
+            block_scores = block_user_vectors(histories, q * s[:, None], decay) @ q.T
+            spread_of[(l2, decay)] = float(tower_scores.std() / max(float(block_scores.std()), 1e-12))
+            if queries is None:
+                continue
+            for w in tcfg.item_item_weights:
+                value = score_of(tower_scores + w * spread_of[(l2, decay)] * block_scores)
+                if value > best[0]:
+                    best = (value, (l2, decay, w))
+    if queries is not None:
+        towers_valid = score_of(tower_scores)
+        chosen = dict(zip(("l2", "decay", "weight_relative"), best[1]))
+    weight = chosen["weight_relative"] * spread_of[(chosen["l2"], chosen["decay"])]
+    keep = queries is None or best[0] > towers_valid
+    q, s = factors[chosen["l2"]]
+    model.set_block(q[seen_rows], s[seen_rows], weight if keep else 0.0, chosen["decay"])
+    blended = (
+        validation_score(model, features, queries, prepared.exclude, tcfg.valid_metric) if queries is not None else float("nan")
+    )
+    monitor = valid_monitor(tcfg.valid_metric)
+    logger.info(
+        "item-item block (rank %d, %d combinations in %.1fs): %s=%.4f with the block (l2 %g, decay %g, weight %g x "
+        "spread) vs %.4f for the towers alone%s",
+        cfg.model.item_item_rank, len(grid), time.perf_counter() - started, monitor, blended, chosen["l2"],
+        chosen["decay"], chosen["weight_relative"], towers_valid, "" if keep else ": not kept (weight 0)",
+    )
+    picked = {**chosen, "weight": weight if keep else 0.0, "kept": keep, "towers_valid": towers_valid}
+    return TrainResult(
+        model=model,
+        user_ids=result.user_ids,
+        best_metric=blended if queries is not None else result.best_metric,
+        best_epoch=result.best_epoch,
+        epochs_run=result.epochs_run,
+        train_seconds=result.train_seconds + (time.perf_counter() - started),
+        valid_metric_name=result.valid_metric_name,
+        history=result.history,
+        member_best_epochs=result.member_best_epochs,
+        item_item=picked,
     )
 
 

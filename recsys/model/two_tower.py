@@ -102,6 +102,11 @@ class RetrievalModel(nn.Module):
         """User vectors from histories of item indices (oldest first), for these item vectors."""
         raise NotImplementedError
 
+    def similarity_queries(self, item_vectors: np.ndarray) -> np.ndarray:
+        """Query vectors for item-to-item similarity from item vectors [n, dim] (an inner product
+        with the index rows ranks the catalog by similarity). For the towers it is the item vector."""
+        return np.asarray(item_vectors, dtype=np.float32)
+
     def item_vectors(self, features: FeatureTensors) -> torch.Tensor:
         return self.item_vectors_and_bias(features)[0]
 
@@ -278,6 +283,118 @@ class TwoTowerEnsemble(RetrievalModel):
         return (np.concatenate(users, axis=1) * self._scale).astype(np.float32)
 
 
+class ItemItemBlend(RetrievalModel):
+    """A two-tower model (or ensemble) plus a closed-form item-item block for the items seen in training
+    (`model.item_item`; the math is in recsys.model.item_item).
+
+    score_i = base score_i + weight * (sum_j decay^age_j P_j) . Q_i, with P_j = s_j Q_j. It is served as
+    one inner product: item vectors [v_i, Q_i, s_i], user vectors [u, weight * sum_j decay^age_j s_j Q_j, 0].
+    User vectors therefore still come from histories of item vectors alone (the index, bundles and the
+    API are unchanged), and an item without a block row (a new item: Q = 0, s = 0) is scored by the
+    towers exactly as without the block, and adds nothing to a history.
+    """
+
+    def __init__(self, base: RetrievalModel, item_id_vocab: Sequence, rank: int):
+        super().__init__()
+        vocab = [str(i) for i in item_id_vocab]
+        if base.item_id_vocab and base.item_id_vocab != vocab:
+            raise ValueError("the item-item block and the hybrid towers must share one identity vocabulary")
+        if rank < 1:
+            raise ValueError(f"model.item_item_rank must be >= 1, got {rank}")
+        self.base = base
+        self.cfg = base.cfg
+        self.text_dim, self.image_dim = base.text_dim, base.image_dim
+        self.n_categories, self.n_users = base.n_categories, getattr(base, "n_users", 0)
+        self.item_id_vocab = vocab
+        self._row = {item: row + 1 for row, item in enumerate(vocab)}
+        self.rank = rank
+        # Row 0 (unknown item) stays zero. Buffers, not parameters: fit in closed form, saved with the weights.
+        self.register_buffer("block_vectors", torch.zeros(len(vocab) + 1, rank))
+        self.register_buffer("block_scale", torch.zeros(len(vocab) + 1))
+        self.register_buffer("block_weight", torch.zeros(()))
+        self.register_buffer("block_decay", torch.ones(()))
+
+    def set_block(self, vectors: np.ndarray, scale: np.ndarray, weight: float, decay: float) -> None:
+        """Install the block: `vectors` [len(vocab), rank] (Q) and `scale` [len(vocab)] (s), vocabulary order."""
+        n = len(self.item_id_vocab)
+        if vectors.shape != (n, self.rank) or scale.shape != (n,):
+            raise ValueError(f"block shapes {vectors.shape}, {scale.shape} != ({n}, {self.rank}), ({n},)")
+        self.block_vectors[1:] = torch.as_tensor(vectors, dtype=torch.float32)
+        self.block_scale[1:] = torch.as_tensor(scale, dtype=torch.float32)
+        self.block_weight.fill_(float(weight))
+        self.block_decay.fill_(float(decay))
+
+    @property
+    def dim(self) -> int:
+        return self.base.dim + self.rank + 1
+
+    @property
+    def has_text_head(self) -> bool:
+        return self.base.has_text_head
+
+    def shape_info(self) -> dict:
+        return {**self.base.shape_info(), "dim": self.dim, "n_id_items": len(self.item_id_vocab), "item_item_rank": self.rank}
+
+    def feature_tensors(self, features: ItemFeatures) -> FeatureTensors:
+        tensors = self.base.feature_tensors(features)
+        if tensors.id_index is None and self._row:
+            rows = [self._row.get(str(item), 0) for item in np.asarray(features.item_ids).tolist()]
+            tensors.id_index = torch.as_tensor(rows, dtype=torch.long)
+        return tensors
+
+    def item_vectors_and_bias(
+        self, features: FeatureTensors, use_identity: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`use_identity=False`: the content-only vectors (no block), what a new item gets."""
+        vectors, bias = self.base.item_vectors_and_bias(features, use_identity)
+        rows = features.id_index if use_identity and features.id_index is not None else None
+        if rows is None:
+            rows = torch.zeros(vectors.shape[0], dtype=torch.long, device=vectors.device)
+        block = torch.cat([self.block_vectors[rows], self.block_scale[rows].unsqueeze(-1)], dim=-1)
+        return torch.cat([vectors, block.to(vectors.dtype)], dim=-1), bias
+
+    @torch.inference_mode()
+    def encode_histories(
+        self,
+        item_vectors: np.ndarray | torch.Tensor,
+        histories: list[np.ndarray],
+        user_index: np.ndarray | None = None,
+        batch_size: int = 1024,
+    ) -> np.ndarray:
+        """The towers read their slice of the item vectors; the block sums s_j Q_j over the whole
+        history with recency weights decay^age."""
+        from recsys.model.item_item import block_user_vectors
+
+        vectors = item_vectors.numpy() if isinstance(item_vectors, torch.Tensor) else np.asarray(item_vectors)
+        d = self.base.dim
+        users = self.base.encode_histories(vectors[:, :d], histories, user_index, batch_size)
+        inputs = _RowProduct(vectors, d, self.rank)
+        block = block_user_vectors(histories, inputs, float(self.block_decay), batch_size) * float(self.block_weight)
+        return np.concatenate([users, block, np.zeros((len(histories), 1), np.float32)], axis=1).astype(np.float32)
+
+    def similarity_queries(self, item_vectors: np.ndarray) -> np.ndarray:
+        """The towers' part as the base model has it, and the block's user side for a history of this
+        one item (weight * s_i Q_i, the block's score of what follows item i); the s column gets 0."""
+        vectors = np.asarray(item_vectors, dtype=np.float32)
+        d = self.base.dim
+        towers = self.base.similarity_queries(vectors[:, :d])
+        block = _RowProduct(vectors, d, self.rank)[np.arange(len(vectors))] * float(self.block_weight)
+        return np.concatenate([towers, block, np.zeros((len(vectors), 1), np.float32)], axis=1).astype(np.float32)
+
+
+class _RowProduct:
+    """Rows of s_j Q_j computed on demand from item vectors [.., Q_j, s_j], so a request touches only
+    the rows of its history, not the whole catalog."""
+
+    def __init__(self, vectors: np.ndarray, start: int, rank: int):
+        self.vectors, self.start, self.rank = vectors, start, rank
+        self.shape = (vectors.shape[0], rank)
+
+    def __getitem__(self, rows: np.ndarray) -> np.ndarray:
+        picked = self.vectors[rows]
+        return picked[:, self.start : self.start + self.rank] * picked[:, self.start + self.rank : self.start + self.rank + 1]
+
+
 def build_model(
     cfg: ModelConfig,
     text_dim: int | None,
@@ -286,11 +403,15 @@ def build_model(
     n_users: int = 0,
     item_id_vocab: Sequence | None = None,
 ) -> RetrievalModel:
-    """One two-tower model, or `cfg.ensemble_size` of the same shape (weights from the torch RNG state)."""
+    """One two-tower model, or `cfg.ensemble_size` of the same shape (weights from the torch RNG state),
+    wrapped with an item-item block over `item_id_vocab` when `cfg.item_item` is set."""
     members = [
         TwoTowerModel(cfg, text_dim, image_dim, n_categories, n_users, item_id_vocab) for _ in range(cfg.ensemble_size)
     ]
-    return members[0] if len(members) == 1 else TwoTowerEnsemble(members)
+    model = members[0] if len(members) == 1 else TwoTowerEnsemble(members)
+    if cfg.item_item == "none":
+        return model
+    return ItemItemBlend(model, item_id_vocab if item_id_vocab is not None else [], cfg.item_item_rank)
 
 
 def left_pad(sequences: list[np.ndarray], length: int, pad: int = -1) -> tuple[np.ndarray, np.ndarray]:

@@ -258,3 +258,38 @@ def test_ensemble_score_is_the_mean_of_its_members_scores():
     other = TwoTowerModel(ModelConfig(dim=4, max_history=6), text_dim=16, image_dim=8, n_categories=3)
     with pytest.raises(ValueError, match="member 1 differs"):
         TwoTowerEnsemble([ensemble.members[0], other])
+
+
+def test_item_item_blend_adds_the_block_score_and_leaves_new_items_to_the_towers():
+    from recsys.model.two_tower import ItemItemBlend, build_model
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(dim=8, head_hidden=16, max_history=6, item_item="ease", item_item_rank=4)
+    model = build_model(cfg, text_dim=16, image_dim=8, n_categories=3, item_id_vocab=["a", "b", "c", "d"])
+    assert isinstance(model, ItemItemBlend) and model.dim == 8 + 4 + 1
+    rng = np.random.default_rng(0)
+    q = rng.normal(size=(4, 4)).astype(np.float32)
+    s = rng.uniform(0.5, 1.0, size=4).astype(np.float32)
+    model.set_block(q, s, weight=2.0, decay=0.5)
+    features = _features(6)
+    features.id_index = torch.tensor([1, 2, 3, 4, 0, 0])  # rows 4 and 5 are new items
+    vectors, bias = model.encode_items_with_bias(features)
+    tower_vectors, tower_bias = model.base.encode_items_with_bias(features)
+    histories = [np.array([0, 1, 4]), np.array([5])]
+    users = model.encode_histories(vectors, histories)
+    towers = model.base.encode_histories(tower_vectors, histories) @ tower_vectors.T + tower_bias
+    block = np.zeros((2, 6), dtype=np.float32)
+    # User 0: item 0 two steps back (0.25), item 1 one step back (0.5), the new item 4 adds nothing.
+    block[0, :4] = 2.0 * (0.25 * s[0] * q[0] + 0.5 * s[1] * q[1]) @ q.T
+    np.testing.assert_allclose(users @ vectors.T + bias, towers + block, atol=1e-5)
+    # New items score exactly as the towers score them; content-only vectors carry no block.
+    np.testing.assert_allclose((users @ vectors.T + bias)[:, 4:], towers[:, 4:], atol=1e-6)
+    content, _ = model.item_vectors_and_bias(features, use_identity=False)
+    assert not content[:, 8:].any()
+    # Item-to-item: the towers' vector, then the block's view of what follows the item.
+    query = model.similarity_queries(vectors[:1])
+    np.testing.assert_allclose(query[0, :8], tower_vectors[0], atol=1e-6)
+    np.testing.assert_allclose(query[0, 8:12], 2.0 * s[0] * q[0], rtol=1e-5)
+    assert query[0, 12] == 0.0
+    with pytest.raises(ValueError, match="block shapes"):
+        model.set_block(q[:3], s[:3], 1.0, 1.0)

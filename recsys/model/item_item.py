@@ -1,0 +1,86 @@
+"""A closed-form item-item block for the items seen in training (`model.item_item: ease`).
+
+The towers score a known item through its content (plus an optional identity residual). On warm
+users an item-item model fit in closed form is a stronger collaborative ranker than anything the
+towers learn by gradient descent (docs/results.md). EASE (Steck 2019) scores an unseen item i for a
+user with history weights x as (x M)_i / (l2 * d_i), where G = X^T X is the interaction Gram matrix,
+M = G (G + l2 I)^-1 and d = diag((G + l2 I)^-1) (the zero-diagonal EASE solution, rewritten). M is
+symmetric PSD with the eigenvectors of G, so its top `rank` eigen-pairs give factors V_r with
+M ~ V_r V_r^T, and the score becomes an inner product: (sum_j x_j P_j) . Q_i with P_j = V_r[j] and
+Q_i = V_r[i] / (l2 d_i). That is what lets the block ride in the same faiss index as the towers
+(`recsys.model.two_tower.ItemItemBlend`).
+
+History weights x_j = decay^age_j (age 0 = the latest item) let the block follow the recent items of
+ordered logs; decay 1 reads the history as a set. All choices (ridge, decay, blend weight) are picked
+on the validation split after the towers are trained (`recsys.model.train`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from recsys.model.teacher import interaction_gram
+
+
+@dataclass
+class GramSpectrum:
+    """Eigen-decomposition of the training Gram matrix, shared by every ridge value tried."""
+
+    eigenvalues: np.ndarray  # [n], ascending, clipped at 0
+    eigenvectors: np.ndarray  # [n, n], columns
+
+    @classmethod
+    def of_sequences(cls, sequences: list[np.ndarray], n_items: int, max_items: int) -> "GramSpectrum":
+        """The spectrum of X^T X for these training sequences (item indices). It needs an n x n
+        eigen-decomposition, so catalogs above `max_items` are refused rather than left to run for hours."""
+        if n_items > max_items:
+            raise ValueError(
+                f"model.item_item=ease needs an {n_items} x {n_items} eigen-decomposition, above "
+                f"train.item_item_max_items={max_items}; raise the limit or set model.item_item=none"
+            )
+        values, vectors = np.linalg.eigh(interaction_gram(sequences, n_items))
+        return cls(np.clip(values, 0.0, None), vectors)
+
+    def factors(self, l2: float, rank: int) -> tuple[np.ndarray, np.ndarray]:
+        """(Q [n, rank] float32, s [n] float32) of the rank-`rank` EASE model with ridge `l2`:
+        score_i = (sum_j x_j s_j Q_j) . Q_i for an item i outside the history. Columns beyond the
+        catalog size are zero."""
+        if l2 <= 0:
+            raise ValueError(f"train.item_item_l2: ridge values must be > 0, got {l2}")
+        n = self.eigenvalues.shape[0]
+        keep = min(rank, n)
+        top = np.argsort(-self.eigenvalues, kind="stable")[:keep]
+        shrink = self.eigenvalues[top] / (self.eigenvalues[top] + l2)  # eigenvalues of M = G (G + l2 I)^-1
+        basis = self.eigenvectors[:, top] * np.sqrt(shrink)  # M ~ basis basis^T
+        # d = diag((G + l2 I)^-1) from the full spectrum (exact, not truncated).
+        diag_inverse = (self.eigenvectors**2) @ (1.0 / (self.eigenvalues + l2))
+        item_scale = l2 * diag_inverse  # s_i = l2 d_i, in (0, 1]
+        vectors = np.zeros((n, rank), dtype=np.float32)
+        vectors[:, :keep] = basis / item_scale[:, None]
+        return vectors, item_scale.astype(np.float32)
+
+
+def history_weights(lengths: list[int], decay: float) -> list[np.ndarray]:
+    """decay^age for each position of each history (oldest first; the latest item has weight 1)."""
+    return [decay ** np.arange(length - 1, -1, -1, dtype=np.float64) for length in lengths]
+
+
+def block_user_vectors(
+    histories: list[np.ndarray], inputs: np.ndarray, decay: float, chunk_size: int = 1024
+) -> np.ndarray:
+    """[n_users, rank]: sum_j decay^age_j inputs[h_j] per history (`inputs` = s_j Q_j rows of the
+    items, indexed by the histories). Dense per chunk of users over the rows the chunk uses."""
+    rank = inputs.shape[1]
+    out = np.zeros((len(histories), rank), dtype=np.float32)
+    for start in range(0, len(histories), chunk_size):
+        chunk = [np.asarray(h, dtype=np.int64) for h in histories[start : start + chunk_size]]
+        if not chunk or not sum(len(h) for h in chunk):
+            continue
+        used, local = np.unique(np.concatenate(chunk), return_inverse=True)
+        weights = np.zeros((len(chunk), len(used)), dtype=np.float64)
+        rows = np.repeat(np.arange(len(chunk)), [len(h) for h in chunk])
+        np.add.at(weights, (rows, local), np.concatenate(history_weights([len(h) for h in chunk], decay)))
+        out[start : start + len(chunk)] = (weights @ inputs[used].astype(np.float64)).astype(np.float32)
+    return out

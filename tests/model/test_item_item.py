@@ -1,0 +1,73 @@
+"""The closed-form item-item block (model.item_item): its factors are EASE, exactly at full rank, and
+training picks it on validation only where it helps."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from recsys.data.splits import cold_item_split, loo_split
+from recsys.model.item_item import GramSpectrum, block_user_vectors, history_weights
+from recsys.model.teacher import ease_weights
+from recsys.model.train import _prepare, fit_two_tower, validation_score
+from recsys.model.two_tower import ItemItemBlend
+
+
+def _ease_scores(sequences, n, l2, history_weights_by_item):
+    x = np.zeros(n)
+    for item, weight in history_weights_by_item.items():
+        x[item] += weight
+    return x @ ease_weights(sequences, n, l2, max_items=1000).numpy().astype(np.float64)
+
+
+def test_full_rank_block_scores_every_item_outside_the_history_as_ease_does():
+    rng = np.random.default_rng(0)
+    n = 12  # items 10 and 11 are never seen in training
+    sequences = [rng.choice(10, size=int(rng.integers(2, 7)), replace=False) for _ in range(40)]
+    spectrum = GramSpectrum.of_sequences(sequences, n, max_items=100)
+    vectors, scale = spectrum.factors(l2=5.0, rank=n)
+    inputs = vectors * scale[:, None]
+    history = np.array([0, 3, 4])
+    outside = np.setdiff1d(np.arange(n), history)
+    as_set = block_user_vectors([history], inputs, decay=1.0) @ vectors.T
+    np.testing.assert_allclose(as_set[0, outside], _ease_scores(sequences, n, 5.0, {0: 1, 3: 1, 4: 1})[outside], atol=1e-5)
+    # Recency: the latest item weighs 1, each step back `decay` times less.
+    assert history_weights([3], 0.5)[0].tolist() == [0.25, 0.5, 1.0]
+    recent = block_user_vectors([history], inputs, decay=0.5) @ vectors.T
+    expected = _ease_scores(sequences, n, 5.0, {0: 0.25, 3: 0.5, 4: 1.0})
+    np.testing.assert_allclose(recent[0, outside], expected[outside], atol=1e-5)
+    assert not np.abs(vectors[10:]).max() > 1e-6  # unseen items: no collaborative vector
+    # Truncation keeps the configured width (unused columns are zero), and the ranking mostly survives.
+    wide, _ = spectrum.factors(l2=5.0, rank=20)
+    assert wide.shape == (n, 20) and not wide[:, n:].any()
+    low, low_scale = spectrum.factors(l2=5.0, rank=6)
+    truncated = block_user_vectors([history], low * low_scale[:, None], 1.0) @ low.T
+    assert np.corrcoef(truncated[0, outside[:7]], as_set[0, outside[:7]])[0, 1] > 0.8
+    with pytest.raises(ValueError, match="item_item_max_items=5"):
+        GramSpectrum.of_sequences(sequences, n, max_items=5)
+
+
+def test_training_keeps_the_block_where_validation_rises_and_drops_it_on_cold_items(
+    tiny_data, tiny_features, tmp_path, make_config
+):
+    _, interactions = tiny_data
+    cfg = make_config(tmp_path, **{"model.item_item": "ease", "model.item_item_rank": 16, "train.item_item_l2": [10.0, 50.0]})
+    split = loo_split(interactions, seed=0)
+    result = fit_two_tower(tiny_features, split.train, split.valid, cfg, show_progress=False)
+    assert isinstance(result.model, ItemItemBlend) and result.model.dim == cfg.model.dim + 16 + 1
+    picked = result.item_item
+    assert picked["l2"] in (10.0, 50.0) and picked["decay"] in cfg.train.item_item_decays
+    # On these warm users the block lifts validation well above the towers alone (2 epochs of training).
+    assert picked["kept"] and picked["weight"] > 0 and result.best_metric > picked["towers_valid"] + 0.02
+    # The reported score is the blended model's, ranked exactly as early stopping ranks.
+    prepared = _prepare(tiny_features, split.train, split.valid, cfg, None)
+    score = validation_score(result.model, tiny_features, prepared.valid_queries, prepared.exclude, "ndcg@10")
+    assert score == pytest.approx(result.best_metric, abs=1e-6)
+
+    # Cold validation items were held out of training: no block rows, no gain, so the weight is 0.
+    cold = cold_item_split(interactions, tiny_features.item_ids, fraction=0.2, seed=0, valid_fraction=0.2)
+    index = {item: row for row, item in enumerate(np.asarray(tiny_features.item_ids).tolist())}
+    valid_candidates = np.asarray([index[i] for i in cold.meta["valid_candidate_items"]])
+    result = fit_two_tower(tiny_features, cold.train, cold.valid, cfg, show_progress=False, valid_candidates=valid_candidates)
+    assert not result.item_item["kept"] and float(result.model.block_weight) == 0.0
+    assert result.best_metric == pytest.approx(result.item_item["towers_valid"], abs=1e-6)
