@@ -199,7 +199,7 @@ class TrainConfig(_Section):
         "below 1 the latest items count most, for ordered logs).",
     )
     item_item_weights: list[float] = Field(
-        default_factory=lambda: [0.25, 0.5, 1.0, 2.0, 4.0],
+        default_factory=lambda: [0.25, 0.5, 1.0, 2.0, 4.0, 8.0],
         description="model.item_item: block weights tried on validation, in units of the towers' score spread "
         "over the block's (1 = equal spread).",
     )
