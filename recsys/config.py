@@ -193,6 +193,12 @@ class TrainConfig(_Section):
         default_factory=lambda: [300.0, 1000.0],
         description="model.item_item: EASE ridge values tried on validation.",
     )
+    item_item_pair_windows: list[float] = Field(
+        default_factory=lambda: [0.0],
+        description="model.item_item: co-occurrence windows tried on validation, in positions: two items of a "
+        "history k positions apart count exp(-k / window) in the Gram matrix (0 = every pair counts 1, the "
+        "history as a set; use 0 for logs without a meaningful order).",
+    )
     item_item_decays: list[float] = Field(
         default_factory=lambda: [1.0, 0.9, 0.8, 0.7],
         description="model.item_item: history weights decay^age tried on validation (1 = the history as a set; "
@@ -268,6 +274,7 @@ class PipelineConfig(_Section):
         t = self.train
         for name, values, ok, rule in (
             ("train.item_item_l2", t.item_item_l2, lambda v: v > 0, "> 0"),
+            ("train.item_item_pair_windows", t.item_item_pair_windows, lambda v: v >= 0, ">= 0"),
             ("train.item_item_decays", t.item_item_decays, lambda v: 0 < v <= 1, "in (0, 1]"),
             ("train.item_item_weights", t.item_item_weights, lambda v: v > 0, "> 0"),
         ):

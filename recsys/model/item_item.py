@@ -11,8 +11,11 @@ Q_i = V_r[i] / (l2 d_i). That is what lets the block ride in the same faiss inde
 (`recsys.model.two_tower.ItemItemBlend`).
 
 History weights x_j = decay^age_j (age 0 = the latest item) let the block follow the recent items of
-ordered logs; decay 1 reads the history as a set. All choices (ridge, decay, blend weight) are picked
-on the validation split after the towers are trained (`recsys.model.train`).
+ordered logs; decay 1 reads the history as a set. On ordered logs the Gram matrix can count a pair of
+items by how close together they were consumed (`pair_window`): G = sum_u X_u^T K_u X_u with
+K_ab = exp(-|a - b| / window) over positions a, b. K is positive semi-definite, so G is too and the
+rewriting above still holds. All choices (pair window, ridge, decay, blend weight) are picked on the
+validation split after the towers are trained (`recsys.model.train`).
 """
 
 from __future__ import annotations
@@ -32,15 +35,19 @@ class GramSpectrum:
     eigenvectors: np.ndarray  # [n, n], columns
 
     @classmethod
-    def of_sequences(cls, sequences: list[np.ndarray], n_items: int, max_items: int) -> "GramSpectrum":
-        """The spectrum of X^T X for these training sequences (item indices). It needs an n x n
-        eigen-decomposition, so catalogs above `max_items` are refused rather than left to run for hours."""
+    def of_sequences(
+        cls, sequences: list[np.ndarray], n_items: int, max_items: int, pair_window: float = 0.0
+    ) -> "GramSpectrum":
+        """The spectrum of the Gram matrix of these training sequences (item indices, oldest first):
+        X^T X, or `windowed_gram` with `pair_window` > 0. It needs an n x n eigen-decomposition, so
+        catalogs above `max_items` are refused rather than left to run for hours."""
         if n_items > max_items:
             raise ValueError(
                 f"model.item_item=ease needs an {n_items} x {n_items} eigen-decomposition, above "
                 f"train.item_item_max_items={max_items}; raise the limit or set model.item_item=none"
             )
-        values, vectors = np.linalg.eigh(interaction_gram(sequences, n_items))
+        gram = windowed_gram(sequences, n_items, pair_window) if pair_window > 0 else interaction_gram(sequences, n_items)
+        values, vectors = np.linalg.eigh(gram)
         return cls(np.clip(values, 0.0, None), vectors)
 
     def factors(self, l2: float, rank: int) -> tuple[np.ndarray, np.ndarray]:
@@ -60,6 +67,19 @@ class GramSpectrum:
         vectors = np.zeros((n, rank), dtype=np.float32)
         vectors[:, :keep] = basis / item_scale[:, None]
         return vectors, item_scale.astype(np.float32)
+
+
+def windowed_gram(sequences: list[np.ndarray], n_items: int, window: float) -> np.ndarray:
+    """sum_u X_u^T K_u X_u (float64 [n_items, n_items]), K_ab = exp(-|a - b| / window) over the positions
+    of a user's items: items consumed close together count more. An item repeated in a history counts
+    once, at its first position (as in `interaction_gram`)."""
+    if window <= 0:
+        raise ValueError(f"train.item_item_pair_windows: a window must be > 0 (0 = no window), got {window}")
+    gram = np.zeros((n_items, n_items), dtype=np.float64)
+    for sequence in sequences:
+        items, first = np.unique(np.asarray(sequence, dtype=np.int64), return_index=True)
+        gram[np.ix_(items, items)] += np.exp(-np.abs(first[:, None] - first[None, :]) / window)
+    return gram
 
 
 def history_weights(lengths: list[int], decay: float) -> list[np.ndarray]:

@@ -201,20 +201,15 @@ def _fit_towers(
 def _add_item_item_block(
     result: TrainResult, features: ItemFeatures, cfg: PipelineConfig, prepared: "_Prepared"
 ) -> TrainResult:
-    """Wrap the trained towers with the closed-form item-item block (model.item_item) and pick its
-    ridge, history decay and weight on the validation queries; the towers are not changed. The block
-    is kept only if it raises validation (on cold validation items it has no rows, so it never does)."""
+    """Wrap the trained towers with the closed-form item-item block (model.item_item) and pick its pair
+    window, ridge, history decay and weight on the validation queries; the towers are not changed. The
+    block is kept only if it raises validation (on cold validation items it has no rows, so it never does).
+    Without validation the first value of each grid is used."""
     started = time.perf_counter()
+    tcfg, rank = cfg.train, cfg.model.item_item_rank
     seen_rows = np.flatnonzero(prepared.popularity > 0)
-    model = ItemItemBlend(result.model, np.asarray(features.item_ids)[seen_rows], cfg.model.item_item_rank)
-    model.eval()
-    spectrum = GramSpectrum.of_sequences(prepared.sequences, len(prepared.index), cfg.train.item_item_max_items)
     queries = prepared.valid_queries
-    tcfg = cfg.train
-    grid = [(l2, decay, w) for l2 in tcfg.item_item_l2 for decay in tcfg.item_item_decays for w in tcfg.item_item_weights]
-    chosen = {"l2": tcfg.item_item_l2[0], "decay": tcfg.item_item_decays[0], "weight_relative": tcfg.item_item_weights[0]}
-    towers_valid = float("nan")
-    if queries is None:  # no validation: the first value of each grid, spreads measured on training histories
+    if queries is None:  # the weight is still scaled by the score spreads, measured on training histories
         histories = prepared.sequences[:2000]
         user_index = np.arange(1, len(histories) + 1)
     else:
@@ -223,49 +218,48 @@ def _add_item_item_block(
     tower_scores = result.model.encode_histories(vectors, histories, user_index) @ vectors.T + bias
     k = int(tcfg.valid_metric.split("@")[1])
 
-    def score_of(scores: np.ndarray) -> float:
-        """Validation metric of a score matrix over the validation queries (as validation_score ranks)."""
+    def validation_of(scores: np.ndarray) -> float:
+        """The validation metric of a score matrix over the validation queries, ranked as validation_score ranks."""
         excluded = prepared.exclude if prepared.exclude is not None else queries.histories
         targets = torch.as_tensor(np.asarray(queries.targets))
         ranks = target_ranks(torch.from_numpy(np.array(scores, dtype=np.float32)), targets, excluded)
         return ranking_metrics(ranks, (k,))[tcfg.valid_metric]
 
-    factors: dict[float, tuple[np.ndarray, np.ndarray]] = {}
-    best = (-float("inf"), None)
-    spread_of: dict[tuple[float, float], float] = {}
-    for l2 in tcfg.item_item_l2:
-        q, s = spectrum.factors(l2, cfg.model.item_item_rank)
-        unseen = np.ones(len(s), dtype=bool)
-        unseen[seen_rows] = False
-        q[unseen], s[unseen] = 0.0, 0.0  # only items seen in training carry a block
-        factors[l2] = (q, s)
-        for decay in tcfg.item_item_decays:
-            block_scores = block_user_vectors(histories, q * s[:, None], decay) @ q.T
-            spread_of[(l2, decay)] = float(tower_scores.std() / max(float(block_scores.std()), 1e-12))
-            if queries is None:
-                continue
-            for w in tcfg.item_item_weights:
-                value = score_of(tower_scores + w * spread_of[(l2, decay)] * block_scores)
-                if value > best[0]:
-                    best = (value, (l2, decay, w))
-    if queries is not None:
-        towers_valid = score_of(tower_scores)
-        chosen = dict(zip(("l2", "decay", "weight_relative"), best[1]))
-    weight = chosen["weight_relative"] * spread_of[(chosen["l2"], chosen["decay"])]
+    grids = (tcfg.item_item_pair_windows, tcfg.item_item_l2, tcfg.item_item_decays, tcfg.item_item_weights)
+    if queries is None:
+        grids = tuple(grid[:1] for grid in grids)
+    windows, l2s, decays, weights = grids
+    best: tuple[float, dict] = (-float("inf"), {})
+    n_tried = 0
+    for window in windows:
+        spectrum = GramSpectrum.of_sequences(prepared.sequences, len(prepared.index), tcfg.item_item_max_items, window)
+        for l2 in l2s:
+            q, s = spectrum.factors(l2, rank)
+            q, s = q[seen_rows], s[seen_rows]  # only items seen in training carry a block
+            for decay in decays:
+                block_scores = np.zeros_like(tower_scores)
+                block_scores[:, seen_rows] = _block_scores(histories, q, s, seen_rows, len(prepared.index), decay)
+                spread = float(tower_scores.std() / max(float(block_scores.std()), 1e-12))
+                for w in weights:
+                    n_tried += 1
+                    value = validation_of(tower_scores + w * spread * block_scores) if queries is not None else 0.0
+                    if value > best[0]:
+                        best = (value, {"pair_window": window, "l2": l2, "decay": decay, "weight_relative": w,
+                                        "weight": w * spread, "factors": (q, s)})
+    chosen = best[1]
+    towers_valid = validation_of(tower_scores) if queries is not None else float("nan")
     keep = queries is None or best[0] > towers_valid
-    q, s = factors[chosen["l2"]]
-    model.set_block(q[seen_rows], s[seen_rows], weight if keep else 0.0, chosen["decay"])
-    blended = (
-        validation_score(model, features, queries, prepared.exclude, tcfg.valid_metric) if queries is not None else float("nan")
-    )
-    monitor = valid_monitor(tcfg.valid_metric)
+    model = ItemItemBlend(result.model, np.asarray(features.item_ids)[seen_rows], rank)
+    model.eval()
+    model.set_block(*chosen.pop("factors"), chosen["weight"] if keep else 0.0, chosen["decay"])
+    blended = validation_score(model, features, queries, prepared.exclude, tcfg.valid_metric) if queries is not None else float("nan")
     logger.info(
-        "item-item block (rank %d, %d combinations in %.1fs): %s=%.4f with the block (l2 %g, decay %g, weight %g x "
-        "spread) vs %.4f for the towers alone%s",
-        cfg.model.item_item_rank, len(grid), time.perf_counter() - started, monitor, blended, chosen["l2"],
-        chosen["decay"], chosen["weight_relative"], towers_valid, "" if keep else ": not kept (weight 0)",
+        "item-item block (rank %d, %d combinations in %.1fs): %s=%.4f with the block (pair window %g, l2 %g, decay %g, "
+        "weight %g x spread) vs %.4f for the towers alone%s",
+        rank, n_tried, time.perf_counter() - started, valid_monitor(tcfg.valid_metric), blended, chosen["pair_window"],
+        chosen["l2"], chosen["decay"], chosen["weight_relative"], towers_valid, "" if keep else ": not kept (weight 0)",
     )
-    picked = {**chosen, "weight": weight if keep else 0.0, "kept": keep, "towers_valid": towers_valid}
+    picked = {**chosen, "weight": chosen["weight"] if keep else 0.0, "kept": keep, "towers_valid": towers_valid}
     return TrainResult(
         model=model,
         user_ids=result.user_ids,
@@ -278,6 +272,15 @@ def _add_item_item_block(
         member_best_epochs=result.member_best_epochs,
         item_item=picked,
     )
+
+
+def _block_scores(
+    histories: list[np.ndarray], q: np.ndarray, s: np.ndarray, seen_rows: np.ndarray, n_items: int, decay: float
+) -> np.ndarray:
+    """[n_users, len(seen_rows)] block scores of the seen items for histories of catalog item indices."""
+    inputs = np.zeros((n_items, q.shape[1]), dtype=np.float32)
+    inputs[seen_rows] = q * s[:, None]
+    return block_user_vectors(histories, inputs, decay) @ q.T
 
 
 def validation_score(

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from recsys.data.splits import cold_item_split, loo_split
-from recsys.model.item_item import GramSpectrum, block_user_vectors, history_weights
+from recsys.model.item_item import GramSpectrum, block_user_vectors, history_weights, windowed_gram
 from recsys.model.teacher import ease_weights
 from recsys.model.train import _prepare, fit_two_tower, validation_score
 from recsys.model.two_tower import ItemItemBlend
@@ -47,16 +47,40 @@ def test_full_rank_block_scores_every_item_outside_the_history_as_ease_does():
         GramSpectrum.of_sequences(sequences, n, max_items=5)
 
 
+def test_pair_window_counts_items_consumed_close_together_more_and_keeps_the_ease_identity():
+    gram = windowed_gram([np.array([2, 0, 1, 2])], n_items=4, window=2.0)  # item 2 repeated: counts once, first
+    near, far = np.exp(-1 / 2.0), np.exp(-2 / 2.0)  # first positions: item 2 at 0, item 0 at 1, item 1 at 2
+    expected = np.array([[1, near, near, 0], [near, 1, far, 0], [near, far, 1, 0], [0, 0, 0, 0]])
+    np.testing.assert_allclose(gram, expected)
+    rng = np.random.default_rng(1)
+    n = 10
+    sequences = [rng.choice(n, size=int(rng.integers(2, 9)), replace=False) for _ in range(30)]
+    windowed = windowed_gram(sequences, n, window=3.0)
+    assert np.linalg.eigvalsh(windowed).min() > -1e-9  # a sum of X^T K X with K positive semi-definite
+    # The block of a windowed Gram is still exactly that Gram's EASE model outside the history.
+    spectrum = GramSpectrum.of_sequences(sequences, n, max_items=100, pair_window=3.0)
+    vectors, scale = spectrum.factors(l2=4.0, rank=n)
+    precision = np.linalg.inv(windowed + 4.0 * np.eye(n))
+    ease = precision / -np.diag(precision)
+    history = np.array([1, 5])
+    outside = np.setdiff1d(np.arange(n), history)
+    block = block_user_vectors([history], vectors * scale[:, None], decay=1.0) @ vectors.T
+    np.testing.assert_allclose(block[0, outside], ease[history].sum(axis=0)[outside], atol=1e-5)
+    with pytest.raises(ValueError, match="window must be > 0"):
+        windowed_gram(sequences, n, window=0.0)
+
+
 def test_training_keeps_the_block_where_validation_rises_and_drops_it_on_cold_items(
     tiny_data, tiny_features, tmp_path, make_config
 ):
     _, interactions = tiny_data
-    cfg = make_config(tmp_path, **{"model.item_item": "ease", "model.item_item_rank": 16, "train.item_item_l2": [10.0, 50.0]})
+    cfg = make_config(tmp_path, **{"model.item_item": "ease", "model.item_item_rank": 16, "train.item_item_l2": [10.0, 50.0],
+                                   "train.item_item_pair_windows": [0.0, 5.0]})
     split = loo_split(interactions, seed=0)
     result = fit_two_tower(tiny_features, split.train, split.valid, cfg, show_progress=False)
     assert isinstance(result.model, ItemItemBlend) and result.model.dim == cfg.model.dim + 16 + 1
     picked = result.item_item
-    assert picked["l2"] in (10.0, 50.0) and picked["decay"] in cfg.train.item_item_decays
+    assert picked["l2"] in (10.0, 50.0) and picked["decay"] in cfg.train.item_item_decays and picked["pair_window"] in (0.0, 5.0)
     # On these warm users the block lifts validation well above the towers alone (2 epochs of training).
     assert picked["kept"] and picked["weight"] > 0 and result.best_metric > picked["towers_valid"] + 0.02
     # The reported score is the blended model's, ranked exactly as early stopping ranks.
@@ -71,3 +95,14 @@ def test_training_keeps_the_block_where_validation_rises_and_drops_it_on_cold_it
     result = fit_two_tower(tiny_features, cold.train, cold.valid, cfg, show_progress=False, valid_candidates=valid_candidates)
     assert not result.item_item["kept"] and float(result.model.block_weight) == 0.0
     assert result.best_metric == pytest.approx(result.item_item["towers_valid"], abs=1e-6)
+
+
+def test_without_validation_the_block_takes_the_first_value_of_each_grid(tiny_data, tiny_features, tmp_path, make_config):
+    _, interactions = tiny_data
+    cfg = make_config(tmp_path, **{"model.item_item": "ease", "model.item_item_rank": 8, "train.epochs": 1,
+                                   "train.item_item_l2": [20.0, 50.0], "train.item_item_decays": [0.9, 1.0]})
+    split = loo_split(interactions, seed=0)
+    result = fit_two_tower(tiny_features, split.train, split.valid.head(0), cfg, show_progress=False)
+    picked = result.item_item
+    assert picked["kept"] and (picked["l2"], picked["decay"], picked["weight_relative"]) == (20.0, 0.9, 0.25)
+    assert float(result.model.block_decay) == pytest.approx(0.9) and picked["weight"] > 0
