@@ -16,6 +16,7 @@ from torch import nn
 
 from recsys.config import ModelConfig
 from recsys.encoders.features import ItemFeatures
+from recsys.model.item_item import block_user_vectors
 from recsys.model.towers import ItemTower, UserTower
 
 
@@ -363,8 +364,6 @@ class ItemItemBlend(RetrievalModel):
     ) -> np.ndarray:
         """The towers read their slice of the item vectors; the block sums s_j Q_j over the whole
         history with recency weights decay^age."""
-        from recsys.model.item_item import block_user_vectors
-
         vectors = item_vectors.numpy() if isinstance(item_vectors, torch.Tensor) else np.asarray(item_vectors)
         d = self.base.dim
         users = self.base.encode_histories(vectors[:, :d], histories, user_index, batch_size)
