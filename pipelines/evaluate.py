@@ -72,7 +72,7 @@ def evaluate_split(
     metrics["recsys"]["epochs_run"] = result.epochs_run
     metrics["recsys"]["best_valid"] = result.best_metric  # what early stopping (and tuning) looked at
     if result.item_item:  # model.item_item: what was picked on validation, and the towers' own score
-        picked = {f"item_item_{key}": float(value) for key, value in result.item_item.items()}
+        picked = result.item_item_metrics()
         metrics["recsys"].update(picked)
         tracker.log_metrics({f"recsys.{key}": value for key, value in picked.items()})
     logger.info("%s: %s", split.protocol, {name: round(m.get("ndcg@10", float("nan")), 4) for name, m in metrics.items()})

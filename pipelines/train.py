@@ -95,7 +95,7 @@ def run_train(
         )
         tracker.log_metrics(
             {"best_valid": result.best_metric, "best_epoch": result.best_epoch, "train_seconds": result.train_seconds,
-             **{f"item_item_{key}": float(value) for key, value in result.item_item.items()}}
+             **result.item_item_metrics()}
         )
         bundle_dir = build_bundle(cfg, out_dir, catalog, interactions, features, result)
         logger.info("bundle written to %s", bundle_dir)

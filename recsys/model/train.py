@@ -44,6 +44,10 @@ class TrainResult:
     # model.item_item: what was picked on validation (ridge, decay, weight) and the towers' own score.
     item_item: dict = field(default_factory=dict)
 
+    def item_item_metrics(self) -> dict[str, float]:
+        """The item-item picks as numbers, for MLflow and the benchmark tables ("item_item_l2", ...)."""
+        return {f"item_item_{key}": float(value) for key, value in self.item_item.items()}
+
 
 class _KeepBest(Callback):
     """Keeps the best weights in memory and stops after `patience` epochs without improvement."""
@@ -208,6 +212,7 @@ def _add_item_item_block(
     started = time.perf_counter()
     tcfg, rank = cfg.train, cfg.model.item_item_rank
     seen_rows = np.flatnonzero(prepared.popularity > 0)
+    unseen = prepared.popularity == 0
     queries = prepared.valid_queries
     if queries is None:  # the weight is still scaled by the score spreads, measured on training histories
         histories = prepared.sequences[:2000]
@@ -235,10 +240,9 @@ def _add_item_item_block(
         spectrum = GramSpectrum.of_sequences(prepared.sequences, len(prepared.index), tcfg.item_item_max_items, window)
         for l2 in l2s:
             q, s = spectrum.factors(l2, rank)
-            q, s = q[seen_rows], s[seen_rows]  # only items seen in training carry a block
+            q[unseen], s[unseen] = 0.0, 0.0  # only items seen in training carry a block
             for decay in decays:
-                block_scores = np.zeros_like(tower_scores)
-                block_scores[:, seen_rows] = _block_scores(histories, q, s, seen_rows, len(prepared.index), decay)
+                block_scores = block_user_vectors(histories, q * s[:, None], decay) @ q.T
                 spread = float(tower_scores.std() / max(float(block_scores.std()), 1e-12))
                 for w in weights:
                     n_tried += 1
@@ -251,7 +255,8 @@ def _add_item_item_block(
     keep = queries is None or best[0] > towers_valid
     model = ItemItemBlend(result.model, np.asarray(features.item_ids)[seen_rows], rank)
     model.eval()
-    model.set_block(*chosen.pop("factors"), chosen["weight"] if keep else 0.0, chosen["decay"])
+    q, s = chosen.pop("factors")
+    model.set_block(q[seen_rows], s[seen_rows], chosen["weight"] if keep else 0.0, chosen["decay"])
     blended = validation_score(model, features, queries, prepared.exclude, tcfg.valid_metric) if queries is not None else float("nan")
     logger.info(
         "item-item block (rank %d, %d combinations in %.1fs): %s=%.4f with the block (pair window %g, l2 %g, decay %g, "
@@ -272,15 +277,6 @@ def _add_item_item_block(
         member_best_epochs=result.member_best_epochs,
         item_item=picked,
     )
-
-
-def _block_scores(
-    histories: list[np.ndarray], q: np.ndarray, s: np.ndarray, seen_rows: np.ndarray, n_items: int, decay: float
-) -> np.ndarray:
-    """[n_users, len(seen_rows)] block scores of the seen items for histories of catalog item indices."""
-    inputs = np.zeros((n_items, q.shape[1]), dtype=np.float32)
-    inputs[seen_rows] = q * s[:, None]
-    return block_user_vectors(histories, inputs, decay) @ q.T
 
 
 def validation_score(
