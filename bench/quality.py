@@ -223,11 +223,14 @@ def render_section(dataset: str, protocol: str, block: dict, recsys_config: str 
             if blocks:  # model.item_item: picked per seed on validation after the towers were trained
                 towers = sum(r["item_item_towers_valid"] for r in blocks) / len(blocks)
                 per_seed = "; ".join(
-                    f"l2 {r['item_item_l2']:g}, decay {r['item_item_decay']:g}, weight {r['item_item_weight_relative']:g}"
+                    (f"pair window {r.get('item_item_pair_window', 0):g}, l2 {r['item_item_l2']:g}, "
+                     f"decay {r['item_item_decay']:g}, weight {r['item_item_weight_relative']:g}"
+                     + (f", content ridge {r['item_item_content_l2']:g}" if "item_item_content_l2" in r else ""))
                     if r["item_item_kept"] else "not kept" for r in blocks
                 )
                 picked += f"; item-item block per seed: {per_seed} (towers alone: valid {towers:.4f})"
-                grid += "; the block's ridge, decay and weight on validation, after the towers are trained"
+                grid += ("; the block's pair window, ridge, decay, weight (and the new items' content-map ridge) on "
+                         "validation, after the towers are trained")
             lines.append(f"| recsys | {picked} | {valid} | {grid} |")
             continue
         grid = "; ".join(

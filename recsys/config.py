@@ -121,10 +121,18 @@ class ModelConfig(_Section):
         description="ease: add a closed-form item-item block (a rank item_item_rank EASE model fit on the training "
         "interactions after the towers) for the items seen in training, served in the same index as extra "
         "vector dimensions; its ridge, history decay and weight are picked on validation (train.item_item_*). "
-        "New items have no block and are scored by the towers alone, exactly as without it.",
+        "New items have no block row (see item_item_new_items).",
     )
     item_item_rank: int = Field(
         default=256, ge=1, description="Dimensions of the item-item block (top eigen-pairs kept)."
+    )
+    item_item_new_items: Literal["none", "content"] = Field(
+        default="none",
+        description="model.item_item for items without a block row (new items). none: the towers alone score "
+        "them, exactly as without the block. content: a ridge map from their frozen text and categories to "
+        "the block's item side, fit on the items seen in training (its ridge picked on validation, "
+        "train.item_item_content_l2), so what known users' histories say about similar known items reaches "
+        "new items too. A new item still adds nothing to a user's history.",
     )
 
 
@@ -209,6 +217,11 @@ class TrainConfig(_Section):
         description="model.item_item: block weights tried on validation, in units of the towers' score spread "
         "over the block's (1 = equal spread).",
     )
+    item_item_content_l2: list[float] = Field(
+        default_factory=lambda: [1.0, 0.1, 10.0, 100.0],
+        description="model.item_item_new_items=content: ridge values of the content map tried on validation "
+        "(the first is kept when validation has no new items to tell them apart).",
+    )
     item_item_max_items: int = Field(
         default=20_000, ge=1, description="Refuse model.item_item above this catalog size (an n x n eigen-decomposition)."
     )
@@ -277,6 +290,7 @@ class PipelineConfig(_Section):
             ("train.item_item_pair_windows", t.item_item_pair_windows, lambda v: v >= 0, ">= 0"),
             ("train.item_item_decays", t.item_item_decays, lambda v: 0 < v <= 1, "in (0, 1]"),
             ("train.item_item_weights", t.item_item_weights, lambda v: v > 0, "> 0"),
+            ("train.item_item_content_l2", t.item_item_content_l2, lambda v: v > 0, "> 0"),
         ):
             if not values or not all(ok(v) for v in values):
                 raise ValueError(f"{name} must be a non-empty list of values {rule}, got {values}")

@@ -194,14 +194,19 @@ def test_ensemble_bundle_serves_the_mean_score_through_one_index(tiny_data, tiny
         load_bundle(copy)
 
 
-def test_item_item_bundle_serves_the_block_and_embeds_new_items_from_content(tiny_data, tiny_features, tmp_path, make_config):
-    """model.item_item: the block is saved with the weights, reloaded, and served through the same index."""
+@pytest.mark.parametrize("new_items", ["none", "content"])
+def test_item_item_bundle_serves_the_block_and_embeds_new_items_from_content(
+    tiny_data, tiny_features, tmp_path, make_config, new_items
+):
+    """model.item_item: the block (and its content map) is saved with the weights, reloaded, and served
+    through the same index."""
     from pipelines.train import build_bundle, holdout_last
     from recsys.model.train import fit_two_tower
     from recsys.model.two_tower import ItemItemBlend
 
     catalog, interactions = tiny_data
-    cfg = make_config(tmp_path, **{"model.item_item": "ease", "model.item_item_rank": 8, "train.epochs": 1})
+    cfg = make_config(tmp_path, **{"model.item_item": "ease", "model.item_item_rank": 8, "train.epochs": 1,
+                                   "model.item_item_new_items": new_items})
     train, valid = holdout_last(interactions, cfg.train.seed)
     result = fit_two_tower(tiny_features, train, valid, cfg, show_progress=False)
     assert result.item_item["kept"]
@@ -218,9 +223,15 @@ def test_item_item_bundle_serves_the_block_and_embeds_new_items_from_content(tin
     top = rec.recommend_history(history, 5)
     for item, score in zip(top.item_ids, top.scores):
         assert score == pytest.approx(expected[rec._row_of[item]], abs=1e-4)
-    # A new item gets content only (zero block), and text search still finds it by its text.
+    # A new item gets content only: a zero block, or with the content map a predicted item side (and
+    # s = 0, so it adds nothing to histories); text search still finds it by its text.
     rec.add_item(50_000, "Galactic Heist (2024)", text="A crew of thieves robs a space station.")
-    assert not rec._vectors[rec._row_of[50_000], cfg.model.dim :].any()
+    new_block = rec._vectors[rec._row_of[50_000], cfg.model.dim :]
+    if new_items == "none":
+        assert not new_block.any()
+    else:
+        assert np.abs(new_block[:8]).sum() > 0 and new_block[8] == 0.0
+        assert bundle.model.block_content_map.abs().sum() > 0
     hits = rec.search("Galactic Heist (2024). A crew of thieves robs a space station.", 3)
     assert hits.item_ids[0] == 50_000
     similar = rec.similar_items(history[0], 3)

@@ -16,6 +16,11 @@ items by how close together they were consumed (`pair_window`): G = sum_u X_u^T 
 K_ab = exp(-|a - b| / window) over positions a, b. K is positive semi-definite, so G is too and the
 rewriting above still holds. All choices (pair window, ridge, decay, blend weight) are picked on the
 validation split after the towers are trained (`recsys.model.train`).
+
+A new item has no row of G. With `model.item_item_new_items=content` its item side Q_i is predicted
+from its frozen content by a ridge map fit on the known items (`fit_content_map`): the block then
+scores it by how the user's history co-occurs with known items of similar content. Its s_i stays 0,
+so it adds nothing to a history until the block is refit.
 """
 
 from __future__ import annotations
@@ -67,6 +72,16 @@ class GramSpectrum:
         vectors = np.zeros((n, rank), dtype=np.float32)
         vectors[:, :keep] = basis / item_scale[:, None]
         return vectors, item_scale.astype(np.float32)
+
+
+def fit_content_map(design: np.ndarray, targets: np.ndarray, l2: float | list[float]) -> np.ndarray | list[np.ndarray]:
+    """Ridge map W [p, rank] with design @ W ~ targets (rows = known items): argmin |D W - T|^2 + l2 |W|^2.
+    A list of ridge values gives one map per value from one Gram matrix."""
+    design = np.asarray(design, dtype=np.float64)
+    gram, cross = design.T @ design, design.T @ np.asarray(targets, dtype=np.float64)
+    eye = np.eye(gram.shape[0])
+    maps = [np.linalg.solve(gram + value * eye, cross).astype(np.float32) for value in np.atleast_1d(l2)]
+    return maps if isinstance(l2, list) else maps[0]
 
 
 def windowed_gram(sequences: list[np.ndarray], n_items: int, window: float) -> np.ndarray:

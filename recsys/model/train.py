@@ -19,7 +19,7 @@ from recsys.config import PipelineConfig
 from recsys.encoders.features import ItemFeatures
 from recsys.model.datamodule import SequenceDataModule, ValidationQueries
 from recsys.model.module import TwoTowerModule, ranking_metrics, target_ranks, valid_monitor
-from recsys.model.item_item import GramSpectrum, block_user_vectors
+from recsys.model.item_item import GramSpectrum, block_user_vectors, fit_content_map
 from recsys.model.teacher import ease_weights
 from recsys.model.two_tower import ItemItemBlend, RetrievalModel, TwoTowerEnsemble, TwoTowerModel
 
@@ -206,9 +206,10 @@ def _add_item_item_block(
     result: TrainResult, features: ItemFeatures, cfg: PipelineConfig, prepared: "_Prepared"
 ) -> TrainResult:
     """Wrap the trained towers with the closed-form item-item block (model.item_item) and pick its pair
-    window, ridge, history decay and weight on the validation queries; the towers are not changed. The
-    block is kept only if it raises validation (on cold validation items it has no rows, so it never does).
-    Without validation the first value of each grid is used."""
+    window, ridge, history decay, weight (and content-map ridge, model.item_item_new_items=content) on the
+    validation queries; the towers are not changed. The block is kept only if it raises validation (on
+    cold validation items it has no rows, so without a content map it never does). Without validation
+    the first value of each grid is used."""
     started = time.perf_counter()
     tcfg, rank = cfg.train, cfg.model.item_item_rank
     seen_rows = np.flatnonzero(prepared.popularity > 0)
@@ -234,6 +235,14 @@ def _add_item_item_block(
     if queries is None:
         grids = tuple(grid[:1] for grid in grids)
     windows, l2s, decays, weights = grids
+    model = ItemItemBlend(result.model, np.asarray(features.item_ids)[seen_rows], rank)
+    model.eval()
+    # model.item_item_new_items=content: a ridge map from content to the block's item side, fit on the
+    # seen items, predicts the rows of the unseen ones (its ridge is one more choice on validation).
+    content_l2s: list[float | None] = [None]
+    if model.predicts_new_items:
+        design = model.content_design(model.feature_tensors(features)).numpy()
+        content_l2s = list(tcfg.item_item_content_l2) if queries is not None else list(tcfg.item_item_content_l2[:1])
     best: tuple[float, dict] = (-float("inf"), {})
     n_tried = 0
     for window in windows:
@@ -241,28 +250,37 @@ def _add_item_item_block(
         for l2 in l2s:
             q, s = spectrum.factors(l2, rank)
             q[unseen], s[unseen] = 0.0, 0.0  # only items seen in training carry a block
+            maps = fit_content_map(design[seen_rows], q[seen_rows], content_l2s) if content_l2s != [None] else [None]
             for decay in decays:
-                block_scores = block_user_vectors(histories, q * s[:, None], decay) @ q.T
-                spread = float(tower_scores.std() / max(float(block_scores.std()), 1e-12))
-                for w in weights:
-                    n_tried += 1
-                    value = validation_of(tower_scores + w * spread * block_scores) if queries is not None else 0.0
-                    if value > best[0]:
-                        best = (value, {"pair_window": window, "l2": l2, "decay": decay, "weight_relative": w,
-                                        "weight": w * spread, "factors": (q, s)})
+                user_block = block_user_vectors(histories, q * s[:, None], decay)
+                warm_scores = user_block @ q.T
+                # The weight is in units of the spreads of the known items' block scores, whatever the map.
+                spread = float(tower_scores.std() / max(float(warm_scores.std()), 1e-12))
+                for content_l2, content_map in zip(content_l2s, maps):
+                    block_scores = warm_scores
+                    if content_map is not None and unseen.any():
+                        block_scores = warm_scores.copy()
+                        block_scores[:, unseen] = user_block @ (design[unseen] @ content_map).T
+                    for w in weights:
+                        n_tried += 1
+                        value = validation_of(tower_scores + w * spread * block_scores) if queries is not None else 0.0
+                        if value > best[0]:
+                            best = (value, {"pair_window": window, "l2": l2, "decay": decay, "weight_relative": w,
+                                            "weight": w * spread, "factors": (q, s, content_map),
+                                            **({} if content_l2 is None else {"content_l2": content_l2})})
     chosen = best[1]
     towers_valid = validation_of(tower_scores) if queries is not None else float("nan")
     keep = queries is None or best[0] > towers_valid
-    model = ItemItemBlend(result.model, np.asarray(features.item_ids)[seen_rows], rank)
-    model.eval()
-    q, s = chosen.pop("factors")
-    model.set_block(q[seen_rows], s[seen_rows], chosen["weight"] if keep else 0.0, chosen["decay"])
+    q, s, content_map = chosen.pop("factors")
+    model.set_block(q[seen_rows], s[seen_rows], chosen["weight"] if keep else 0.0, chosen["decay"], content_map)
     blended = validation_score(model, features, queries, prepared.exclude, tcfg.valid_metric) if queries is not None else float("nan")
     logger.info(
         "item-item block (rank %d, %d combinations in %.1fs): %s=%.4f with the block (pair window %g, l2 %g, decay %g, "
-        "weight %g x spread) vs %.4f for the towers alone%s",
+        "weight %g x spread%s) vs %.4f for the towers alone%s",
         rank, n_tried, time.perf_counter() - started, valid_monitor(tcfg.valid_metric), blended, chosen["pair_window"],
-        chosen["l2"], chosen["decay"], chosen["weight_relative"], towers_valid, "" if keep else ": not kept (weight 0)",
+        chosen["l2"], chosen["decay"], chosen["weight_relative"],
+        f", new items from content with ridge {chosen['content_l2']:g}" if "content_l2" in chosen else "",
+        towers_valid, "" if keep else ": not kept (weight 0)",
     )
     picked = {**chosen, "weight": chosen["weight"] if keep else 0.0, "kept": keep, "towers_valid": towers_valid}
     return TrainResult(

@@ -291,8 +291,9 @@ class ItemItemBlend(RetrievalModel):
     score_i = base score_i + weight * (sum_j decay^age_j P_j) . Q_i, with P_j = s_j Q_j. It is served as
     one inner product: item vectors [v_i, Q_i, s_i], user vectors [u, weight * sum_j decay^age_j s_j Q_j, 0].
     User vectors therefore still come from histories of item vectors alone (the index, bundles and the
-    API are unchanged), and an item without a block row (a new item: Q = 0, s = 0) is scored by the
-    towers exactly as without the block, and adds nothing to a history.
+    API are unchanged). An item without a block row (a new item) has s = 0, so it adds nothing to a
+    history, and Q = 0 (scored by the towers exactly as without the block) or, with
+    `model.item_item_new_items=content`, Q predicted from its content ([text, categories, 1] @ map).
     """
 
     def __init__(self, base: RetrievalModel, item_id_vocab: Sequence, rank: int):
@@ -314,16 +315,43 @@ class ItemItemBlend(RetrievalModel):
         self.register_buffer("block_scale", torch.zeros(len(vocab) + 1))
         self.register_buffer("block_weight", torch.zeros(()))
         self.register_buffer("block_decay", torch.ones(()))
+        self.predicts_new_items = self.cfg.item_item_new_items == "content"
+        if self.predicts_new_items:
+            design_dim = (self.text_dim or 0) + self.n_categories + 1
+            self.register_buffer("block_content_map", torch.zeros(design_dim, rank))
 
-    def set_block(self, vectors: np.ndarray, scale: np.ndarray, weight: float, decay: float) -> None:
-        """Install the block: `vectors` [len(vocab), rank] (Q) and `scale` [len(vocab)] (s), vocabulary order."""
+    def set_block(
+        self, vectors: np.ndarray, scale: np.ndarray, weight: float, decay: float, content_map: np.ndarray | None = None
+    ) -> None:
+        """Install the block: `vectors` [len(vocab), rank] (Q) and `scale` [len(vocab)] (s), vocabulary order;
+        `content_map` [design dim, rank] (model.item_item_new_items=content) predicts Q for new items."""
         n = len(self.item_id_vocab)
         if vectors.shape != (n, self.rank) or scale.shape != (n,):
             raise ValueError(f"block shapes {vectors.shape}, {scale.shape} != ({n}, {self.rank}), ({n},)")
+        if (content_map is not None) != self.predicts_new_items:
+            raise ValueError("a content map is given exactly when model.item_item_new_items=content")
         self.block_vectors[1:] = torch.as_tensor(vectors, dtype=torch.float32)
         self.block_scale[1:] = torch.as_tensor(scale, dtype=torch.float32)
         self.block_weight.fill_(float(weight))
         self.block_decay.fill_(float(decay))
+        if content_map is not None:
+            if tuple(content_map.shape) != tuple(self.block_content_map.shape):
+                raise ValueError(f"content map shape {content_map.shape} != {tuple(self.block_content_map.shape)}")
+            self.block_content_map.copy_(torch.as_tensor(content_map, dtype=torch.float32))
+
+    def content_design(self, features: FeatureTensors) -> torch.Tensor:
+        """[n, text dim + categories + 1]: what the content map reads (text zeroed where an item has none).
+        Posters are left out: they let a map memorise known items rather than transfer (docs/results.md)."""
+        n = features.categories.shape[0]
+        parts = []
+        if self.text_dim:
+            if features.text is None:
+                parts.append(torch.zeros(n, self.text_dim, device=features.categories.device))
+            else:
+                text = features.text.float()
+                parts.append(text if features.text_mask is None else text * features.text_mask.unsqueeze(-1).float())
+        parts += [features.categories.float(), torch.ones(n, 1, device=features.categories.device)]
+        return torch.cat(parts, dim=1)
 
     @property
     def dim(self) -> int:
@@ -346,12 +374,18 @@ class ItemItemBlend(RetrievalModel):
     def item_vectors_and_bias(
         self, features: FeatureTensors, use_identity: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """`use_identity=False`: the content-only vectors (no block), what a new item gets."""
+        """`use_identity=False`: the content-only vectors, what a new item gets (no block row: the towers'
+        vector plus, with model.item_item_new_items=content, the block's item side predicted from content)."""
         vectors, bias = self.base.item_vectors_and_bias(features, use_identity)
         rows = features.id_index if use_identity and features.id_index is not None else None
         if rows is None:
             rows = torch.zeros(vectors.shape[0], dtype=torch.long, device=vectors.device)
-        block = torch.cat([self.block_vectors[rows], self.block_scale[rows].unsqueeze(-1)], dim=-1)
+        item_side = self.block_vectors[rows]
+        new = rows == 0
+        if self.predicts_new_items and bool(new.any()):
+            item_side = item_side.clone()
+            item_side[new] = self.content_design(features.rows(new)) @ self.block_content_map
+        block = torch.cat([item_side, self.block_scale[rows].unsqueeze(-1)], dim=-1)
         return torch.cat([vectors, block.to(vectors.dtype)], dim=-1), bias
 
     @torch.inference_mode()

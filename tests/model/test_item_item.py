@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from recsys.data.splits import cold_item_split, loo_split
-from recsys.model.item_item import GramSpectrum, block_user_vectors, history_weights, windowed_gram
+from recsys.model.item_item import GramSpectrum, block_user_vectors, fit_content_map, history_weights, windowed_gram
 from recsys.model.teacher import ease_weights
 from recsys.model.train import _prepare, fit_two_tower, validation_score
 from recsys.model.two_tower import ItemItemBlend
@@ -106,3 +106,39 @@ def test_without_validation_the_block_takes_the_first_value_of_each_grid(tiny_da
     picked = result.item_item
     assert picked["kept"] and (picked["l2"], picked["decay"], picked["weight_relative"]) == (20.0, 0.9, 0.25)
     assert float(result.model.block_decay) == pytest.approx(0.9) and picked["weight"] > 0
+
+
+def test_content_map_is_the_ridge_solution_for_every_ridge_value():
+    rng = np.random.default_rng(0)
+    design, targets = rng.normal(size=(30, 5)), rng.normal(size=(30, 3))
+    maps = fit_content_map(design, targets, [0.5, 20.0])
+    for l2, found in zip((0.5, 20.0), maps):
+        # The normal equations of |D W - T|^2 + l2 |W|^2 hold.
+        np.testing.assert_allclose(design.T @ (design @ found - targets) + l2 * found, 0.0, atol=1e-4)
+    # More ridge, a smaller map; a single value gives a single map.
+    assert np.linalg.norm(maps[1]) < np.linalg.norm(maps[0])
+    np.testing.assert_allclose(fit_content_map(design, targets, 0.5), maps[0])
+
+
+def test_a_content_map_lets_the_block_score_cold_validation_items(tiny_data, tiny_features, tmp_path, make_config):
+    """model.item_item_new_items=content: on cold validation the held-out items get predicted block rows,
+    so the block can raise validation there; the reported score is the served model's."""
+    _, interactions = tiny_data
+    cfg = make_config(tmp_path, **{"model.item_item": "ease", "model.item_item_rank": 16, "model.item_item_new_items": "content",
+                                   "train.item_item_l2": [10.0], "train.item_item_content_l2": [1.0, 10.0]})
+    cold = cold_item_split(interactions, tiny_features.item_ids, fraction=0.2, seed=0, valid_fraction=0.2)
+    index = {item: row for row, item in enumerate(np.asarray(tiny_features.item_ids).tolist())}
+    valid_candidates = np.asarray([index[i] for i in cold.meta["valid_candidate_items"]])
+    result = fit_two_tower(tiny_features, cold.train, cold.valid, cfg, show_progress=False, valid_candidates=valid_candidates)
+    picked = result.item_item
+    assert picked["content_l2"] in (1.0, 10.0)
+    assert result.model.block_content_map.abs().sum() > 0
+    prepared = _prepare(tiny_features, cold.train, cold.valid, cfg, valid_candidates)
+    score = validation_score(result.model, tiny_features, prepared.valid_queries, prepared.exclude, "ndcg@10")
+    assert score == pytest.approx(result.best_metric, abs=1e-6)
+    # On these items the map's rows lift cold validation above the towers alone, so the block is kept.
+    assert picked["kept"] and score > picked["towers_valid"]
+    # Held-out items now carry a nonzero block row in the served vectors, with s = 0.
+    vectors, _ = result.model.encode_items_with_bias(result.model.feature_tensors(tiny_features))
+    block = vectors[valid_candidates, cfg.model.dim : cfg.model.dim + 16]
+    assert np.abs(block).sum() > 0 and not vectors[valid_candidates, -1].any()

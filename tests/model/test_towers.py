@@ -293,3 +293,41 @@ def test_item_item_blend_adds_the_block_score_and_leaves_new_items_to_the_towers
     assert query[0, 12] == 0.0
     with pytest.raises(ValueError, match="block shapes"):
         model.set_block(q[:3], s[:3], 1.0, 1.0)
+
+
+def test_item_item_content_map_gives_new_items_a_predicted_block_row_and_keeps_histories_unchanged():
+    from recsys.model.two_tower import ItemItemBlend, build_model
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(dim=8, head_hidden=16, max_history=6, item_item="ease", item_item_rank=4,
+                      item_item_new_items="content")
+    model = build_model(cfg, text_dim=16, image_dim=8, n_categories=3, item_id_vocab=["a", "b", "c", "d"])
+    assert isinstance(model, ItemItemBlend) and model.predicts_new_items
+    rng = np.random.default_rng(1)
+    q = rng.normal(size=(4, 4)).astype(np.float32)
+    s = rng.uniform(0.5, 1.0, size=4).astype(np.float32)
+    content_map = rng.normal(size=(16 + 3 + 1, 4)).astype(np.float32)
+    with pytest.raises(ValueError, match="content map is given exactly"):
+        model.set_block(q, s, weight=2.0, decay=0.5)
+    model.set_block(q, s, weight=2.0, decay=0.5, content_map=content_map)
+    features = _features(6)
+    features.text_mask = torch.tensor([True, True, True, True, True, False])  # item 5 has no text
+    features.id_index = torch.tensor([1, 2, 3, 4, 0, 0])  # rows 4 and 5 are new items
+    vectors, bias = model.encode_items_with_bias(features)
+    # Known items keep their EASE rows; new items get [text, categories, 1] @ map (text zeroed when absent), s = 0.
+    np.testing.assert_allclose(vectors[:4, 8:12], q, atol=1e-6)
+    design = np.concatenate([features.text.numpy(), features.categories.numpy(), np.ones((6, 1))], axis=1)
+    design[5, :16] = 0.0
+    np.testing.assert_allclose(vectors[4:, 8:12], design[4:] @ content_map, rtol=1e-4, atol=1e-4)
+    assert not vectors[4:, 12].any()
+    # A new item in a history adds nothing to the block; the block scores new items through the map.
+    tower_vectors, tower_bias = model.base.encode_items_with_bias(features)
+    histories = [np.array([0, 1, 4])]
+    users = model.encode_histories(vectors, histories)
+    user_block = 2.0 * (0.25 * s[0] * q[0] + 0.5 * s[1] * q[1])
+    np.testing.assert_allclose(users[0, 8:12], user_block, rtol=1e-5)
+    towers = model.base.encode_histories(tower_vectors, histories) @ tower_vectors.T + tower_bias
+    np.testing.assert_allclose((users @ vectors.T + bias)[0, 4:], towers[0, 4:] + user_block @ vectors[4:, 8:12].T, rtol=1e-4, atol=1e-4)
+    # Content-only vectors (what add_item gives a new item) carry the predicted row too.
+    content, _ = model.item_vectors_and_bias(features, use_identity=False)
+    np.testing.assert_allclose(content[:4, 8:12].detach().numpy(), design[:4] @ content_map, rtol=1e-4, atol=1e-4)
