@@ -341,7 +341,8 @@ class ItemItemBlend(RetrievalModel):
 
     def content_design(self, features: FeatureTensors) -> torch.Tensor:
         """[n, text dim + categories + 1]: what the content map reads (text zeroed where an item has none).
-        Posters are left out: they let a map memorise known items rather than transfer (docs/results.md)."""
+        Posters are left out: in the towers they cost 0.10-0.14 NDCG@10 on new items (docs/results.md); the
+        map was not tried with them."""
         n = features.categories.shape[0]
         parts = []
         if self.text_dim:
