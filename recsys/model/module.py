@@ -36,11 +36,24 @@ def keep_random_positions(use: torch.Tensor, k: int) -> torch.Tensor:
 def target_ranks(scores: torch.Tensor, targets: torch.Tensor, excluded) -> torch.Tensor:
     """0-based rank of each row's target (how many items score strictly higher), each row's `excluded`
     items left out. Early stopping and `recsys.model.train.validation_score` both rank with it, so an
-    ensemble is validated exactly as a single model is. Masks `scores` in place."""
-    for row, items in enumerate(excluded):
-        scores[row, torch.as_tensor(np.asarray(items, dtype=np.int64))] = float("-inf")
+    ensemble is validated exactly as a single model is. Masks `scores` in place. `excluded` is a list of
+    item-index arrays, or a bool [n_queries, n_items] mask (`exclusion_mask`) when one set of queries is
+    ranked many times."""
+    if isinstance(excluded, torch.Tensor):
+        scores.masked_fill_(excluded, float("-inf"))
+    else:
+        for row, items in enumerate(excluded):
+            scores[row, torch.as_tensor(np.asarray(items, dtype=np.int64))] = float("-inf")
     target_scores = scores[torch.arange(len(scores)), targets]
     return (scores > target_scores.unsqueeze(1)).sum(dim=1)
+
+
+def exclusion_mask(excluded, n_items: int) -> torch.Tensor:
+    """bool [len(excluded), n_items]: True at each query's excluded items (for `target_ranks`)."""
+    mask = torch.zeros(len(excluded), n_items, dtype=torch.bool)
+    for row, items in enumerate(excluded):
+        mask[row, torch.as_tensor(np.asarray(items, dtype=np.int64))] = True
+    return mask
 
 
 def ranking_metrics(rank: torch.Tensor, ks: tuple[int, ...]) -> dict[str, float]:

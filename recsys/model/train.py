@@ -18,7 +18,7 @@ from pytorch_lightning.loggers import Logger
 from recsys.config import PipelineConfig
 from recsys.encoders.features import ItemFeatures
 from recsys.model.datamodule import SequenceDataModule, ValidationQueries
-from recsys.model.module import TwoTowerModule, ranking_metrics, target_ranks, valid_monitor
+from recsys.model.module import TwoTowerModule, exclusion_mask, ranking_metrics, target_ranks, valid_monitor
 from recsys.model.item_item import GramSpectrum, block_user_vectors, fit_content_map
 from recsys.model.teacher import ease_weights
 from recsys.model.two_tower import ItemItemBlend, RetrievalModel, TwoTowerEnsemble, TwoTowerModel
@@ -224,10 +224,12 @@ def _add_item_item_block(
     tower_scores = result.model.encode_histories(vectors, histories, user_index) @ vectors.T + bias
     k = int(tcfg.valid_metric.split("@")[1])
 
+    if queries is not None:  # every combination below ranks the same queries: mask their exclusions once
+        excluded = exclusion_mask(prepared.exclude if prepared.exclude is not None else queries.histories, len(prepared.index))
+        targets = torch.as_tensor(np.asarray(queries.targets))
+
     def validation_of(scores: np.ndarray) -> float:
         """The validation metric of a score matrix over the validation queries, ranked as validation_score ranks."""
-        excluded = prepared.exclude if prepared.exclude is not None else queries.histories
-        targets = torch.as_tensor(np.asarray(queries.targets))
         ranks = target_ranks(torch.from_numpy(np.array(scores, dtype=np.float32)), targets, excluded)
         return ranking_metrics(ranks, (k,))[tcfg.valid_metric]
 

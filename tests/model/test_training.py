@@ -11,7 +11,7 @@ import torch
 
 from recsys.data.splits import loo_split
 from recsys.model.datamodule import training_windows
-from recsys.model.module import TwoTowerModule, keep_random_positions, ranking_metrics, target_ranks
+from recsys.model.module import TwoTowerModule, exclusion_mask, keep_random_positions, ranking_metrics, target_ranks
 from recsys.model.train import fit_two_tower, validation_score
 from recsys.model.two_tower import FeatureTensors, TwoTowerEnsemble
 
@@ -20,8 +20,13 @@ def test_validation_ranks_leave_out_excluded_items_and_count_only_strictly_highe
     scores = torch.tensor([[0.9, 0.5, 0.7, 0.5], [0.1, 0.8, 0.3, 0.2]])
     # Row 0: target 1 (0.5); item 0 is excluded, item 2 outranks it, item 3 ties (a tie does not count).
     # Row 1: target 2 (0.3); nothing excluded, item 1 outranks it.
-    rank = target_ranks(scores, torch.tensor([1, 2]), [np.array([0]), np.array([], dtype=np.int64)])
+    excluded = [np.array([0]), np.array([], dtype=np.int64)]
+    rank = target_ranks(scores.clone(), torch.tensor([1, 2]), excluded)
     assert rank.tolist() == [1, 1]
+    # The same exclusions as a precomputed mask rank identically.
+    mask = exclusion_mask(excluded, 4)
+    assert mask.tolist() == [[True, False, False, False], [False] * 4]
+    assert target_ranks(scores.clone(), torch.tensor([1, 2]), mask).tolist() == [1, 1]
     metrics = ranking_metrics(torch.tensor([0, 1, 10]), (1, 10))
     assert metrics["recall@1"] == pytest.approx(1 / 3)
     assert metrics["recall@10"] == pytest.approx(2 / 3)
