@@ -39,11 +39,8 @@ def target_ranks(scores: torch.Tensor, targets: torch.Tensor, excluded) -> torch
     ensemble is validated exactly as a single model is. Masks `scores` in place. `excluded` is a list of
     item-index arrays, or a bool [n_queries, n_items] mask (`exclusion_mask`) when one set of queries is
     ranked many times."""
-    if isinstance(excluded, torch.Tensor):
-        scores.masked_fill_(excluded, float("-inf"))
-    else:
-        for row, items in enumerate(excluded):
-            scores[row, torch.as_tensor(np.asarray(items, dtype=np.int64))] = float("-inf")
+    mask = excluded if isinstance(excluded, torch.Tensor) else exclusion_mask(excluded, scores.shape[1])
+    scores.masked_fill_(mask, float("-inf"))
     target_scores = scores[torch.arange(len(scores)), targets]
     return (scores > target_scores.unsqueeze(1)).sum(dim=1)
 

@@ -253,16 +253,17 @@ def _add_item_item_block(
             q, s = spectrum.factors(l2, rank)
             q[unseen], s[unseen] = 0.0, 0.0  # only items seen in training carry a block
             maps = fit_content_map(design[seen_rows], q[seen_rows], content_l2s) if content_l2s != [None] else [None]
+            predicted = [None if m is None else design[unseen] @ m for m in maps]  # the unseen items' Q rows
             for decay in decays:
                 user_block = block_user_vectors(histories, q * s[:, None], decay)
                 warm_scores = user_block @ q.T
                 # The weight is in units of the spreads of the known items' block scores, whatever the map.
                 spread = float(tower_scores.std() / max(float(warm_scores.std()), 1e-12))
-                for content_l2, content_map in zip(content_l2s, maps):
+                for content_l2, content_map, unseen_rows in zip(content_l2s, maps, predicted):
                     block_scores = warm_scores
-                    if content_map is not None and unseen.any():
+                    if unseen_rows is not None and len(unseen_rows):
                         block_scores = warm_scores.copy()
-                        block_scores[:, unseen] = user_block @ (design[unseen] @ content_map).T
+                        block_scores[:, unseen] = user_block @ unseen_rows.T
                     for w in weights:
                         n_tried += 1
                         value = validation_of(tower_scores + w * spread * block_scores) if queries is not None else 0.0
