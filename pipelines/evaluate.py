@@ -34,9 +34,9 @@ class TwoTowerScorer:
         self.item_vectors, self.item_bias = result.model.encode_items_with_bias(result.model.feature_tensors(features))
         self.user_index = {u: i + 1 for i, u in enumerate(result.user_ids.tolist())}
 
-    def score(self, histories: list[np.ndarray], user_ids: np.ndarray) -> np.ndarray:
+    def score(self, histories: list[np.ndarray], user_ids: np.ndarray, times: list[np.ndarray] | None = None) -> np.ndarray:
         index = np.asarray([self.user_index.get(u, 0) for u in np.asarray(user_ids).tolist()], dtype=np.int64)
-        users = self.model.encode_histories(self.item_vectors, histories, index)
+        users = self.model.encode_histories(self.item_vectors, histories, index, times=times)
         return users @ self.item_vectors.T + self.item_bias
 
 

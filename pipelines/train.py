@@ -27,9 +27,12 @@ def holdout_last(interactions: pl.DataFrame, seed: int) -> tuple[pl.DataFrame, p
 
 
 def user_histories(ordered: pl.DataFrame, trained_user_ids: np.ndarray) -> pl.DataFrame:
-    """user_id, history (item ids oldest first), user_index (row of the user-id embedding; 0 = none)."""
+    """user_id, history (item ids oldest first), history_times (their timestamps: the item-item block
+    ages items by them), user_index (row of the user-id embedding; 0 = none)."""
     index_of = {u: i + 1 for i, u in enumerate(trained_user_ids.tolist())}
-    users = ordered.sort(["user_id", "pos"]).group_by("user_id", maintain_order=True).agg(pl.col("item_id").alias("history"))
+    users = ordered.sort(["user_id", "pos"]).group_by("user_id", maintain_order=True).agg(
+        pl.col("item_id").alias("history"), pl.col("timestamp").alias("history_times")
+    )
     return users.with_columns(
         pl.col("user_id").replace_strict(index_of, default=0, return_dtype=pl.Int64).alias("user_index")
     )

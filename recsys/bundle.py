@@ -10,7 +10,8 @@ never leaves a half-written bundle where a server could pick it up):
     item_vectors.npy     item-tower vectors for every catalog item
     item_bias.npy        item-tower scalar bias for every catalog item
     index/               faiss index over [vector, bias] rows (row -> item id map inside)
-    users.parquet        user_id, history (item ids, oldest first): known users and their seen items
+    users.parquet        user_id, history (item ids, oldest first), history_times (their timestamps;
+                         absent in older bundles): known users and their seen items
     catalog.parquet      item_id, title, categories: filters and display
     popularity.parquet   item_id, count: the fallback for unknown users
 """

@@ -134,6 +134,13 @@ class ModelConfig(_Section):
         "train.item_item_content_l2), so what known users' histories say about similar known items reaches "
         "new items too. A new item still adds nothing to a user's history.",
     )
+    item_item_ages: Literal["time", "position"] = Field(
+        default="time",
+        description="How model.item_item ages a history's items for its recency weights decay^age. time: by the "
+        "distinct timestamps after an item's own, where the history's timestamps are known (training, "
+        "evaluation, a bundle's known users), so items logged at the same time share a weight; positions "
+        "otherwise. position: always by position, ties in time weighed by their (arbitrary) order.",
+    )
 
 
 class TrainConfig(_Section):

@@ -61,9 +61,15 @@ class Recommender:
         self._user_row: dict = {u: i for i, u in enumerate(users["user_id"].to_list())}
         self._user_history: list[list] = users["history"].to_list()
         histories = [np.asarray([self._row_of[i] for i in h if i in self._row_of], dtype=np.int64) for h in self._user_history]
+        times = None  # the item-item block ages a known user's items by their timestamps (ties share an age)
+        if "history_times" in users.columns:
+            times = [
+                np.asarray([t for i, t in zip(h, ts) if i in self._row_of], dtype=np.int64)
+                for h, ts in zip(self._user_history, users["history_times"].to_list())
+            ]
         user_index = users["user_index"].to_numpy() if "user_index" in users.columns else None
         # Queries are [u, 1] so that faiss's inner product with the index rows [v, b] is u.v + b.
-        self._user_vectors = retrieval_queries(self.model.encode_histories(self._vectors, histories, user_index))
+        self._user_vectors = retrieval_queries(self.model.encode_histories(self._vectors, histories, user_index, times=times))
         popular = bundle.popularity.sort("count", descending=True)
         self._popular_ids: list = popular["item_id"].to_list()
         self._popular_scores: list[float] = [float(c) for c in popular["count"].to_list()]

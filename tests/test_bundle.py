@@ -223,6 +223,19 @@ def test_item_item_bundle_serves_the_block_and_embeds_new_items_from_content(
     top = rec.recommend_history(history, 5)
     for item, score in zip(top.item_ids, top.scores):
         assert score == pytest.approx(expected[rec._row_of[item]], abs=1e-4)
+    # A known user's vector ages the history by its timestamps, saved with the bundle: items logged at
+    # the same time weigh alike (model.item_item_ages=time), here with a recency decay that shows it.
+    users = bundle.users
+    tied_user = next(
+        i for i, times in enumerate(users["history_times"].to_list()) if len(set(times)) < len(times) and len(times) > 2
+    )
+    bundle.model.block_decay.fill_(0.5)
+    aged = Recommender(bundle)
+    user_rows = np.asarray([aged._row_of[i] for i in users["history"][tied_user].to_list()])
+    user_index = users["user_index"][tied_user : tied_user + 1].to_numpy()
+    by_time = bundle.model.encode_histories(vectors, [user_rows], user_index, times=[users["history_times"][tied_user].to_numpy()])
+    np.testing.assert_allclose(aged._user_vectors[tied_user, :-1], by_time[0], atol=1e-5)
+    assert not np.allclose(by_time, bundle.model.encode_histories(vectors, [user_rows], user_index))
     # A new item gets content only: a zero block, or with the content map a predicted item side (and
     # s = 0, so it adds nothing to histories); text search still finds it by its text.
     rec.add_item(50_000, "Galactic Heist (2024)", text="A crew of thieves robs a space station.")

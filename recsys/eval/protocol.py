@@ -32,6 +32,7 @@ class EvalQueries:
     histories: list[np.ndarray]  # item indices, in time order
     targets: list[np.ndarray]  # item indices to retrieve
     exclude: list[np.ndarray]  # item indices never to recommend (the history)
+    history_times: list[np.ndarray] | None = None  # each history's timestamps, where the log has them
 
     def __len__(self) -> int:
         return int(self.user_ids.shape[0])
@@ -46,6 +47,7 @@ class EvalQueries:
             [self.histories[i] for i in keep],
             [self.targets[i] for i in keep],
             [self.exclude[i] for i in keep],
+            None if self.history_times is None else [self.history_times[i] for i in keep],
         )
 
 
@@ -55,8 +57,9 @@ class Scorer(Protocol):
 
     name: str
 
-    def score(self, histories: list[np.ndarray], user_ids: np.ndarray) -> np.ndarray:
-        """[n_users, n_items] float32 scores; higher is better."""
+    def score(self, histories: list[np.ndarray], user_ids: np.ndarray, times: list[np.ndarray] | None = None) -> np.ndarray:
+        """[n_users, n_items] float32 scores; higher is better. `times`: each history's timestamps, where
+        the log has them (a scorer that reads only the order ignores them)."""
         ...
 
 
@@ -88,7 +91,8 @@ def build_queries(split: Any, item_index: Mapping[Any, int], stage: Stage) -> Ev
 
     item_dtype = split.train.schema["item_id"]
     index_df = _index_frame(item_index, item_dtype)
-    cols = ["user_id", "item_id", "pos"]
+    with_times = all("timestamp" in f.columns for f in history_frames)
+    cols = ["user_id", "item_id", "pos"] + (["timestamp"] if with_times else [])
     history = pl.concat([f.select(cols) for f in history_frames if f.height], how="vertical_relaxed") \
         if any(f.height for f in history_frames) else split.train.select(cols).clear()
     targets = target_frame.select(cols)
@@ -104,7 +108,7 @@ def build_queries(split: Any, item_index: Mapping[Any, int], stage: Stage) -> Ev
         log.warning("%s: dropped %d interactions with items missing from the item index", stage, n_unknown)
 
     hist_by_user = history.sort(["user_id", "pos"]).group_by("user_id", maintain_order=True).agg(
-        pl.col("_idx").alias("history")
+        pl.col("_idx").alias("history"), *([pl.col("timestamp").alias("history_times")] if with_times else [])
     )
     tgt_by_user = targets.sort(["user_id", "pos"]).group_by("user_id", maintain_order=True).agg(
         pl.col("_idx").alias("targets")
@@ -121,6 +125,7 @@ def build_queries(split: Any, item_index: Mapping[Any, int], stage: Stage) -> Ev
         histories=histories,
         targets=[np.unique(np.asarray(t, dtype=np.int64)) for t in joined["targets"].to_list()],
         exclude=[np.unique(h) for h in histories],
+        history_times=[np.asarray(t, dtype=np.int64) for t in joined["history_times"].to_list()] if with_times else None,
     )
 
 
@@ -175,7 +180,8 @@ def rank_items(
     ranked = np.full((len(queries), k), -1, dtype=np.int64)
     for start in range(0, len(queries), batch_size):
         stop = min(start + batch_size, len(queries))
-        raw = scorer.score(queries.histories[start:stop], queries.user_ids[start:stop])
+        times = None if queries.history_times is None else queries.history_times[start:stop]
+        raw = scorer.score(queries.histories[start:stop], queries.user_ids[start:stop], times=times)
         if raw.shape != (stop - start, n_items):
             raise ValueError(f"scorer {scorer.name!r}: expected scores of shape {(stop - start, n_items)}, "
                              f"got {raw.shape}")

@@ -33,11 +33,13 @@ def training_windows(sequences: list[np.ndarray], max_history: int, min_length: 
 
 @dataclass
 class ValidationQueries:
-    """Per user: history (item indices, oldest first), the held-out next item, items to exclude."""
+    """Per user: history (item indices, oldest first), the held-out next item, the user's row, and the
+    history's timestamps where the log has them (the item-item block ages items by them)."""
 
     histories: list[np.ndarray]
     targets: np.ndarray
     user_index: np.ndarray
+    times: list[np.ndarray] | None = None
 
 
 class _WindowDataset(Dataset):

@@ -11,7 +11,10 @@ Q_i = V_r[i] / (l2 d_i). That is what lets the block ride in the same faiss inde
 (`recsys.model.two_tower.ItemItemBlend`).
 
 History weights x_j = decay^age_j (age 0 = the latest item) let the block follow the recent items of
-ordered logs; decay 1 reads the history as a set. On ordered logs the Gram matrix can count a pair of
+ordered logs; decay 1 reads the history as a set. When the history's timestamps are known, an item's age
+counts the distinct timestamps after its own, so items logged at the same time share a weight: their order
+within the tie carries no information (MovieLens logs half its ratings in bulk; the protocol orders ties
+at random), and counting positions would weigh them by that coin flip. On ordered logs the Gram matrix can count a pair of
 items by how close together they were consumed (`pair_window`): G = sum_u X_u^T K_u X_u with
 K_ab = exp(-|a - b| / window) over positions a, b. K is positive semi-definite, so G is too and the
 rewriting above still holds. All choices (pair window, ridge, decay, blend weight) are picked on the
@@ -97,17 +100,39 @@ def windowed_gram(sequences: list[np.ndarray], n_items: int, window: float) -> n
     return gram
 
 
-def history_weights(lengths: list[int], decay: float) -> list[np.ndarray]:
-    """decay^age for each position of each history (oldest first; the latest item has weight 1)."""
-    return [decay ** np.arange(length - 1, -1, -1, dtype=np.float64) for length in lengths]
+def history_ages(length: int, times: np.ndarray | None = None) -> np.ndarray:
+    """The age of each position of a history (oldest first; the latest item has age 0): positions
+    after it, or with `times` (its timestamps, non-decreasing) the distinct timestamps after its own,
+    so items logged at the same time share an age."""
+    if times is None:
+        return np.arange(length - 1, -1, -1, dtype=np.float64)
+    times = np.asarray(times)
+    if times.shape != (length,):
+        raise ValueError(f"history times: expected {length} timestamps (one per history item), got shape {times.shape}")
+    distinct = np.unique(times)
+    return (len(distinct) - 1 - np.searchsorted(distinct, times)).astype(np.float64)
+
+
+def history_weights(lengths: list[int], decay: float, times: list[np.ndarray] | None = None) -> list[np.ndarray]:
+    """decay^age for each position of each history (`history_ages`; the latest item has weight 1)."""
+    if times is not None and len(times) != len(lengths):
+        raise ValueError(f"history times: expected one array per history ({len(lengths)}), got {len(times)}")
+    return [decay ** history_ages(length, None if times is None else times[i]) for i, length in enumerate(lengths)]
 
 
 def block_user_vectors(
-    histories: list[np.ndarray], inputs: np.ndarray, decay: float, chunk_size: int = 1024
+    histories: list[np.ndarray],
+    inputs: np.ndarray,
+    decay: float,
+    chunk_size: int = 1024,
+    times: list[np.ndarray] | None = None,
 ) -> np.ndarray:
     """[n_users, rank]: sum_j decay^age_j inputs[h_j] per history (`inputs` = s_j Q_j rows of the
-    items, indexed by the histories). Dense per chunk of users over the rows the chunk uses."""
+    items, indexed by the histories; ages from `times` when given, see `history_ages`). Dense per
+    chunk of users over the rows the chunk uses."""
     rank = inputs.shape[1]
+    if times is not None and len(times) != len(histories):
+        raise ValueError(f"history times: expected one array per history ({len(histories)}), got {len(times)}")
     out = np.zeros((len(histories), rank), dtype=np.float32)
     for start in range(0, len(histories), chunk_size):
         chunk = [np.asarray(h, dtype=np.int64) for h in histories[start : start + chunk_size]]
@@ -116,6 +141,7 @@ def block_user_vectors(
         used, local = np.unique(np.concatenate(chunk), return_inverse=True)
         weights = np.zeros((len(chunk), len(used)), dtype=np.float64)
         rows = np.repeat(np.arange(len(chunk)), [len(h) for h in chunk])
-        np.add.at(weights, (rows, local), np.concatenate(history_weights([len(h) for h in chunk], decay)))
+        chunk_times = None if times is None else list(times[start : start + chunk_size])
+        np.add.at(weights, (rows, local), np.concatenate(history_weights([len(h) for h in chunk], decay, chunk_times)))
         out[start : start + len(chunk)] = (weights @ inputs[used].astype(np.float64)).astype(np.float32)
     return out

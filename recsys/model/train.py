@@ -102,18 +102,25 @@ def item_rows(item_ids: np.ndarray | None, item_index: dict) -> np.ndarray | Non
     return np.asarray(sorted(item_index[i] for i in np.asarray(item_ids).tolist() if i in item_index))
 
 
-def sequences_by_user(frame: pl.DataFrame, item_index: dict) -> tuple[np.ndarray, list[np.ndarray]]:
-    """(user ids, per-user item-index arrays in `pos` order); items missing from the index are dropped."""
+def sequences_by_user(
+    frame: pl.DataFrame, item_index: dict, with_times: bool = False
+) -> tuple[np.ndarray, list[np.ndarray]] | tuple[np.ndarray, list[np.ndarray], list[np.ndarray] | None]:
+    """(user ids, per-user item-index arrays in `pos` order); items missing from the index are dropped.
+    `with_times`: also each sequence's timestamps (None when the frame has no timestamp column)."""
     if frame.is_empty():
-        return np.array([]), []
+        return (np.array([]), [], None) if with_times else (np.array([]), [])
     ordered = frame.sort(["user_id", "pos"]) if "pos" in frame.columns else frame
     mapped = ordered.with_columns(
         pl.col("item_id").replace_strict(item_index, default=-1, return_dtype=pl.Int64).alias("_idx")
     ).filter(pl.col("_idx") >= 0)
-    grouped = mapped.group_by("user_id", maintain_order=True).agg(pl.col("_idx"))
+    has_times = with_times and "timestamp" in mapped.columns
+    grouped = mapped.group_by("user_id", maintain_order=True).agg(pl.col("_idx"), *([pl.col("timestamp")] if has_times else []))
     users = grouped["user_id"].to_numpy()
     seqs = [np.asarray(s, dtype=np.int64) for s in grouped["_idx"].to_list()]
-    return users, seqs
+    if not with_times:
+        return users, seqs
+    times = [np.asarray(t, dtype=np.int64) for t in grouped["timestamp"].to_list()] if has_times else None
+    return users, seqs, times
 
 
 def repeat_seeds(cfg: PipelineConfig, n: int) -> list[int]:
@@ -215,11 +222,14 @@ def _add_item_item_block(
     seen_rows = np.flatnonzero(prepared.popularity > 0)
     unseen = prepared.popularity == 0
     queries = prepared.valid_queries
+    times = None  # model.item_item_ages=time: the histories' timestamps, where known (ties share an age)
     if queries is None:  # the weight is still scaled by the score spreads, measured on training histories
         histories = prepared.sequences[:2000]
         user_index = np.arange(1, len(histories) + 1)
     else:
         histories, user_index = list(queries.histories), np.asarray(queries.user_index)
+        if cfg.model.item_item_ages == "time":
+            times = queries.times
     vectors, bias = result.model.encode_items_with_bias(result.model.feature_tensors(features))
     tower_scores = result.model.encode_histories(vectors, histories, user_index) @ vectors.T + bias
     k = int(tcfg.valid_metric.split("@")[1])
@@ -255,7 +265,7 @@ def _add_item_item_block(
             maps = fit_content_map(design[seen_rows], q[seen_rows], content_l2s) if content_l2s != [None] else [None]
             predicted = [None if m is None else design[unseen] @ m for m in maps]  # the unseen items' Q rows
             for decay in decays:
-                user_block = block_user_vectors(histories, q * s[:, None], decay)
+                user_block = block_user_vectors(histories, q * s[:, None], decay, times=times)
                 warm_scores = user_block @ q.T
                 # The weight is in units of the spreads of the known items' block scores, whatever the map.
                 spread = float(tower_scores.std() / max(float(warm_scores.std()), 1e-12))
@@ -317,7 +327,8 @@ def validation_score(
     ranks = []
     for start in range(0, len(targets), batch_size):
         rows = slice(start, start + batch_size)
-        users = model.encode_histories(vectors, list(queries.histories[rows]), np.asarray(queries.user_index[rows]))
+        times = None if queries.times is None else list(queries.times[rows])
+        users = model.encode_histories(vectors, list(queries.histories[rows]), np.asarray(queries.user_index[rows]), times=times)
         scores = torch.from_numpy(np.ascontiguousarray(users @ vectors.T + bias))
         ranks.append(target_ranks(scores, targets[rows], excluded[rows]))
     return ranking_metrics(torch.cat(ranks), (k,))[metric]
@@ -327,7 +338,7 @@ def _prepare(
     features: ItemFeatures, train: pl.DataFrame, valid: pl.DataFrame, cfg: PipelineConfig, valid_candidates
 ) -> _Prepared:
     index = item_index_of(np.asarray(features.item_ids))
-    user_ids, sequences = sequences_by_user(train, index)
+    user_ids, sequences, sequence_times = sequences_by_user(train, index, with_times=True)
     user_position = {u: i + 1 for i, u in enumerate(user_ids.tolist())}
     popularity = np.bincount(np.concatenate(sequences) if sequences else np.zeros(0, np.int64), minlength=len(index))
 
@@ -335,10 +346,11 @@ def _prepare(
     exclude = None
     if not valid.is_empty():
         history_of = dict(zip(user_ids.tolist(), sequences))
+        times_of = dict(zip(user_ids.tolist(), sequence_times)) if sequence_times is not None else None
         rows = valid.with_columns(
             pl.col("item_id").replace_strict(index, default=-1, return_dtype=pl.Int64).alias("_idx")
         ).filter(pl.col("_idx") >= 0)
-        histories, targets, owners = [], [], []
+        histories, targets, owners, times = [], [], [], []
         for user, target in zip(rows["user_id"].to_list(), rows["_idx"].to_list()):
             history = history_of.get(user)
             if history is None or len(history) == 0:
@@ -346,14 +358,18 @@ def _prepare(
             histories.append(history)
             targets.append(target)
             owners.append(user_position[user])
+            times.append(times_of[user] if times_of is not None else None)
         if cfg.train.valid_max_users and len(targets) > cfg.train.valid_max_users:
             keep = np.random.default_rng(cfg.train.seed).choice(len(targets), cfg.train.valid_max_users, replace=False)
             keep.sort()
             histories = [histories[i] for i in keep]
             targets = [targets[i] for i in keep]
             owners = [owners[i] for i in keep]
+            times = [times[i] for i in keep]
         if targets:
-            valid_queries = ValidationQueries(histories, np.asarray(targets), np.asarray(owners))
+            valid_queries = ValidationQueries(
+                histories, np.asarray(targets), np.asarray(owners), times if times_of is not None else None
+            )
             exclude = list(histories)
             if valid_candidates is not None:
                 outside = np.setdiff1d(np.arange(len(index)), valid_candidates)

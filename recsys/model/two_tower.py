@@ -99,8 +99,11 @@ class RetrievalModel(nn.Module):
         histories: list[np.ndarray],
         user_index: np.ndarray | None = None,
         batch_size: int = 1024,
+        times: list[np.ndarray] | None = None,
     ) -> np.ndarray:
-        """User vectors from histories of item indices (oldest first), for these item vectors."""
+        """User vectors from histories of item indices (oldest first), for these item vectors.
+        `times`: each history's timestamps, where the model weighs items by age (ItemItemBlend: items
+        logged at the same time share an age); the towers read the order alone and ignore them."""
         raise NotImplementedError
 
     def similarity_queries(self, item_vectors: np.ndarray) -> np.ndarray:
@@ -199,6 +202,7 @@ class TwoTowerModel(RetrievalModel):
         histories: list[np.ndarray],
         user_index: np.ndarray | None = None,
         batch_size: int = 1024,
+        times: list[np.ndarray] | None = None,
     ) -> np.ndarray:
         """User vectors from histories of item indices (oldest first); only the last
         `max_history` items are read. An empty history gives the tower's prior vector."""
@@ -269,6 +273,7 @@ class TwoTowerEnsemble(RetrievalModel):
         histories: list[np.ndarray],
         user_index: np.ndarray | None = None,
         batch_size: int = 1024,
+        times: list[np.ndarray] | None = None,
     ) -> np.ndarray:
         """Each member reads its own slice of the ensemble's item vectors (unscaled back). Only the
         rows the histories use are unscaled: a single request must not copy the whole catalog."""
@@ -396,14 +401,17 @@ class ItemItemBlend(RetrievalModel):
         histories: list[np.ndarray],
         user_index: np.ndarray | None = None,
         batch_size: int = 1024,
+        times: list[np.ndarray] | None = None,
     ) -> np.ndarray:
         """The towers read their slice of the item vectors; the block sums s_j Q_j over the whole
-        history with recency weights decay^age."""
+        history with recency weights decay^age (ages from `times` when given)."""
         vectors = item_vectors.numpy() if isinstance(item_vectors, torch.Tensor) else np.asarray(item_vectors)
         d = self.base.dim
         users = self.base.encode_histories(vectors[:, :d], histories, user_index, batch_size)
         inputs = _RowProduct(vectors, d, self.rank)
-        block = block_user_vectors(histories, inputs, float(self.block_decay), batch_size) * float(self.block_weight)
+        if self.cfg.item_item_ages != "time":
+            times = None
+        block = block_user_vectors(histories, inputs, float(self.block_decay), batch_size, times) * float(self.block_weight)
         return np.concatenate([users, block, np.zeros((len(histories), 1), np.float32)], axis=1).astype(np.float32)
 
     def similarity_queries(self, item_vectors: np.ndarray) -> np.ndarray:

@@ -67,7 +67,7 @@ class FixedScorer:
         self.name = name
         self.scores = np.asarray(scores, dtype=np.float32)
 
-    def score(self, histories, user_ids):
+    def score(self, histories, user_ids, times=None):
         return np.tile(self.scores, (len(histories), 1))
 
 
@@ -77,6 +77,22 @@ def test_build_queries_test_stage(split) -> None:
     assert [h.tolist() for h in q.histories] == [[0, 1, 2], [0, 2, 0, 3]]  # ordered by pos
     assert [t.tolist() for t in q.targets] == [[3], [4]]
     assert [e.tolist() for e in q.exclude] == [[0, 1, 2], [0, 2, 3]]
+    # Each history's timestamps ride along, aligned item for item (the item-item block ages by them).
+    assert [t.tolist() for t in q.history_times] == [[0, 10, 20], [0, 10, 20, 30]]
+    assert [t.tolist() for t in q.subset(1, seed=0).history_times] in ([[0, 10, 20]], [[0, 10, 20, 30]])
+
+
+def test_scorers_receive_the_history_times_of_their_chunk(split) -> None:
+    q = build_queries(split, ITEM_INDEX, "test")
+    seen = []
+
+    class Recording(FixedScorer):
+        def score(self, histories, user_ids, times=None):
+            seen.append([t.tolist() for t in times])
+            return super().score(histories, user_ids)
+
+    evaluate(Recording(np.arange(len(ITEMS), dtype=np.float32)), q, len(ITEMS), ks=(2,), batch_size=1)
+    assert seen == [[[0, 10, 20]], [[0, 10, 20, 30]]]
 
 
 def test_build_queries_valid_stage(split) -> None:

@@ -7,7 +7,14 @@ import numpy as np
 import pytest
 
 from recsys.data.splits import cold_item_split, loo_split
-from recsys.model.item_item import GramSpectrum, block_user_vectors, fit_content_map, history_weights, windowed_gram
+from recsys.model.item_item import (
+    GramSpectrum,
+    block_user_vectors,
+    fit_content_map,
+    history_ages,
+    history_weights,
+    windowed_gram,
+)
 from recsys.model.teacher import ease_weights
 from recsys.model.train import _prepare, fit_two_tower, validation_score
 from recsys.model.two_tower import ItemItemBlend
@@ -45,6 +52,30 @@ def test_full_rank_block_scores_every_item_outside_the_history_as_ease_does():
     assert np.corrcoef(truncated[0, outside[:7]], as_set[0, outside[:7]])[0, 1] > 0.8
     with pytest.raises(ValueError, match="item_item_max_items=5"):
         GramSpectrum.of_sequences(sequences, n, max_items=5)
+
+
+def test_items_logged_at_the_same_time_share_an_age():
+    """Ages count distinct timestamps after an item's own: the order inside a tie (random in the protocol)
+    does not change a weight; without times, or with all times distinct, ages are positions."""
+    assert history_ages(4).tolist() == [3, 2, 1, 0]
+    assert history_ages(4, np.array([5, 9, 9, 12])).tolist() == [2, 1, 1, 0]
+    assert history_ages(3, np.array([1, 2, 3])).tolist() == history_ages(3).tolist()
+    assert history_ages(3, np.zeros(3)).tolist() == [0, 0, 0]  # no time order at all (ml-1m): a set
+    assert history_weights([3], 0.5, [np.array([7, 8, 8])])[0].tolist() == [0.5, 1.0, 1.0]
+    rng = np.random.default_rng(2)
+    inputs = rng.normal(size=(6, 4)).astype(np.float32)
+    histories, times = [np.array([0, 3, 5, 1]), np.array([2, 4])], [np.array([1, 4, 4, 4]), np.array([3, 8])]
+    got = block_user_vectors(histories, inputs, 0.5, chunk_size=1, times=times)
+    np.testing.assert_allclose(got[0], 0.5 * inputs[0] + inputs[3] + inputs[5] + inputs[1], rtol=1e-6)
+    np.testing.assert_allclose(got[1], 0.5 * inputs[2] + inputs[4], rtol=1e-6)
+    # Reordering inside the tie changes nothing; by position it would.
+    swapped = [np.array([0, 1, 5, 3]), histories[1]]
+    np.testing.assert_allclose(block_user_vectors(swapped, inputs, 0.5, times=times), got, rtol=1e-6)
+    assert not np.allclose(block_user_vectors(swapped, inputs, 0.5), block_user_vectors(histories, inputs, 0.5))
+    with pytest.raises(ValueError, match="history times: expected 3 timestamps"):
+        history_ages(3, np.array([1, 2]))
+    with pytest.raises(ValueError, match="one array per history"):
+        block_user_vectors(histories, inputs, 0.5, times=times[:1])
 
 
 def test_pair_window_counts_items_consumed_close_together_more_and_keeps_the_ease_identity():
@@ -87,6 +118,21 @@ def test_training_keeps_the_block_where_validation_rises_and_drops_it_on_cold_it
     prepared = _prepare(tiny_features, split.train, split.valid, cfg, None)
     score = validation_score(result.model, tiny_features, prepared.valid_queries, prepared.exclude, "ndcg@10")
     assert score == pytest.approx(result.best_metric, abs=1e-6)
+    # The served model ages a history by its timestamps (model.item_item_ages=time), as the search did.
+    queries = prepared.valid_queries
+    assert queries.times is not None and all(len(t) == len(h) for t, h in zip(queries.times, queries.histories))
+    vectors, _ = result.model.encode_items_with_bias(result.model.feature_tensors(tiny_features))
+    history, times = queries.histories[0], queries.times[0]
+    tied = np.full(len(history), times[-1])  # one bulk log: every item the latest
+    model = result.model
+    model.block_decay.fill_(1.0)  # decay 1 reads the history as a set: the same as every item tied
+    np.testing.assert_allclose(model.encode_histories(vectors, [history], times=[tied]), model.encode_histories(vectors, [history]))
+    model.block_decay.fill_(0.5)  # with recency, a tie weighs its items alike, positions would not
+    assert not np.allclose(model.encode_histories(vectors, [history], times=[tied]), model.encode_histories(vectors, [history]))
+    result.model.cfg = result.model.cfg.model_copy(update={"item_item_ages": "position"})
+    np.testing.assert_allclose(
+        result.model.encode_histories(vectors, [history], times=[tied]), result.model.encode_histories(vectors, [history])
+    )
 
     # Cold validation items were held out of training: no block rows, no gain, so the weight is 0.
     cold = cold_item_split(interactions, tiny_features.item_ids, fraction=0.2, seed=0, valid_fraction=0.2)
