@@ -191,8 +191,13 @@ class Recommender:
                 results[i] = popular
         return results  # type: ignore[return-value]
 
-    def user_vector_for_history(self, history: Sequence) -> tuple[np.ndarray | None, list, list]:
-        """(vector or None, known item ids, unknown item ids) for an anonymous history."""
+    def user_vector_for_history(
+        self, history: Sequence, times: Sequence[int] | None = None
+    ) -> tuple[np.ndarray | None, list, list]:
+        """(vector or None, known item ids, unknown item ids) for an anonymous history (oldest first);
+        `times`, one per item, lets the item-item block weigh items logged at the same time alike."""
+        if times is not None and len(times) != len(history):
+            raise ValueError(f"times: expected one per history item ({len(history)}), got {len(times)}")
         with self._lock:  # rows and vectors from one consistent state (add_item grows both)
             known = [i for i in history if i in self._row_of]
             unknown = [i for i in history if i not in self._row_of]
@@ -200,11 +205,14 @@ class Recommender:
                 return None, known, unknown
             vectors = self._vectors
             rows = np.asarray([self._row_of[i] for i in known], dtype=np.int64)
-        return self.model.encode_histories(vectors, [rows])[0], known, unknown
+        known_times = None if times is None else [np.asarray([t for i, t in zip(history, times) if i in self._row_of], dtype=np.int64)]
+        return self.model.encode_histories(vectors, [rows], times=known_times)[0], known, unknown
 
-    def recommend_history(self, history: Sequence, k: int, *, exclude=None, candidates=None, categories=None) -> Recommendations:
+    def recommend_history(
+        self, history: Sequence, k: int, *, times=None, exclude=None, candidates=None, categories=None
+    ) -> Recommendations:
         allowed = self._allowed(candidates, categories)
-        vector, known, unknown = self.user_vector_for_history(list(history))
+        vector, known, unknown = self.user_vector_for_history(list(history), None if times is None else list(times))
         excluded = list(known) + list(exclude or [])
         if vector is None:
             rec = self._popular(k, excluded, allowed)

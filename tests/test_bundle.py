@@ -236,6 +236,14 @@ def test_item_item_bundle_serves_the_block_and_embeds_new_items_from_content(
     by_time = bundle.model.encode_histories(vectors, [user_rows], user_index, times=[users["history_times"][tied_user].to_numpy()])
     np.testing.assert_allclose(aged._user_vectors[tied_user, :-1], by_time[0], atol=1e-5)
     assert not np.allclose(by_time, bundle.model.encode_histories(vectors, [user_rows], user_index))
+    # An anonymous history with its timestamps is aged the same way (items unknown to the model dropped).
+    tied = [7, 7, 7, 9, 9]
+    expected = bundle.model.encode_histories(vectors, [rows], times=[np.asarray(tied)])[0] @ vectors.T + bias
+    top = aged.recommend_history(history + ["no-such-item"], 5, times=tied + [11])
+    for item, score in zip(top.item_ids, top.scores):
+        assert score == pytest.approx(expected[aged._row_of[item]], abs=1e-4)
+    with pytest.raises(ValueError, match="times: expected one per history item"):
+        aged.recommend_history(history, 5, times=tied[:2])
     # A new item gets content only: a zero block, or with the content map a predicted item side (and
     # s = 0, so it adds nothing to histories); text search still finds it by its text.
     rec.add_item(50_000, "Galactic Heist (2024)", text="A crew of thieves robs a space station.")

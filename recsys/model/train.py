@@ -247,6 +247,10 @@ def _add_item_item_block(
     if queries is None:
         grids = tuple(grid[:1] for grid in grids)
     windows, l2s, decays, weights = grids
+    if times is not None and all(np.unique(t).size <= 1 for t in times):
+        # No history has two timestamps (ml-1m logs none): every item is age 0 and every decay the same.
+        logger.info("item-item block: no validation history has a time order; decay %g stands for them all", decays[0])
+        decays = decays[:1]
     model = ItemItemBlend(result.model, np.asarray(features.item_ids)[seen_rows], rank)
     model.eval()
     # model.item_item_new_items=content: a ridge map from content to the block's item side, fit on the

@@ -48,6 +48,7 @@ class RecommenderLike(Protocol):
         history: list,
         k: int,
         *,
+        times: list[int] | None = None,
         exclude: list | None = None,
         candidates: list | None = None,
         categories: list[str] | None = None,

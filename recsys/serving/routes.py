@@ -189,6 +189,7 @@ def build_router(state: ModelState, max_k: int) -> APIRouter:
         result = rec.recommend_history(
             parse_ids(body.history, rec.id_type, "history item"),
             k,
+            times=body.timestamps,
             exclude=parse_ids(body.exclude, rec.id_type, "exclude item"),
             candidates=parse_ids(body.candidates, rec.id_type, "candidate"),
             categories=check_categories(model, body.categories),

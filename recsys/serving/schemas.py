@@ -75,11 +75,26 @@ class UserRecommendationResponse(RecommendationResponse):
 
 
 class HistoryRecommendationRequest(_Strict):
-    history: list[ItemId] = Field(max_length=MAX_LIST_LEN, description="Items the (anonymous) user interacted with.")
+    history: list[ItemId] = Field(max_length=MAX_LIST_LEN, description="Items the (anonymous) user interacted with, oldest first.")
+    timestamps: list[StrictInt] | None = Field(
+        default=None,
+        max_length=MAX_LIST_LEN,
+        description="When each history item happened (unix seconds), one per item. Optional: with them, items "
+        "logged at the same time weigh alike in the item-item block's recency weights; without, the list "
+        "order is the time order.",
+    )
     k: K = 10
     exclude: list[ItemId] | None = Field(default=None, max_length=MAX_LIST_LEN)
     categories: list[Category] | None = Field(default=None, max_length=100)
     candidates: list[ItemId] | None = Field(default=None, max_length=MAX_LIST_LEN)
+
+    @model_validator(mode="after")
+    def _one_timestamp_per_item(self) -> "HistoryRecommendationRequest":
+        if self.timestamps is not None and len(self.timestamps) != len(self.history):
+            raise ValueError(
+                f"timestamps: expected one per history item ({len(self.history)}), got {len(self.timestamps)}"
+            )
+        return self
 
     model_config = ConfigDict(
         extra="forbid",

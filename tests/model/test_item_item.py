@@ -188,3 +188,26 @@ def test_a_content_map_lets_the_block_score_cold_validation_items(tiny_data, tin
     vectors, _ = result.model.encode_items_with_bias(result.model.feature_tensors(tiny_features))
     block = vectors[valid_candidates, cfg.model.dim : cfg.model.dim + 16]
     assert np.abs(block).sum() > 0 and not vectors[valid_candidates, -1].any()
+
+
+def test_without_a_time_order_the_decay_search_is_skipped(tiny_data, tiny_features, tmp_path, make_config, caplog):
+    """Logs without timestamps (ml-1m: all 0) give every item age 0, so every decay is the same model:
+    only the first is tried, and the block reads each history as a set."""
+    import logging
+
+    import polars as pl
+
+    _, interactions = tiny_data
+    cfg = make_config(tmp_path, **{"model.item_item": "ease", "model.item_item_rank": 8, "train.epochs": 1,
+                                   "train.item_item_l2": [20.0], "train.item_item_decays": [0.7, 0.9, 1.0]})
+    untimed = interactions.with_columns(pl.lit(0, dtype=pl.Int64).alias("timestamp"))
+    split = loo_split(untimed, seed=0)
+    with caplog.at_level(logging.INFO, logger="recsys.model.train"):
+        result = fit_two_tower(tiny_features, split.train, split.valid, cfg, show_progress=False)
+    assert result.item_item["decay"] == 0.7 and "decay 0.7 stands for them all" in caplog.text
+    n_combinations = len(cfg.train.item_item_pair_windows) * len(cfg.train.item_item_weights)  # one ridge, one decay
+    assert f"rank 8, {n_combinations} combinations" in caplog.text
+    prepared = _prepare(tiny_features, split.train, split.valid, cfg, None)
+    assert all(np.unique(t).tolist() == [0] for t in prepared.valid_queries.times)
+    score = validation_score(result.model, tiny_features, prepared.valid_queries, prepared.exclude, "ndcg@10")
+    assert score == pytest.approx(result.best_metric, abs=1e-6)

@@ -116,7 +116,7 @@ class FakeRecommender:
         known = [i for i in history if i in self._items]
         return self._rank(self._mean(known), k, set(history) if exclude_seen else set(), candidates, categories)
 
-    def recommend_history(self, history, k, *, exclude=None, candidates=None, categories=None) -> Recommendations:
+    def recommend_history(self, history, k, *, times=None, exclude=None, candidates=None, categories=None) -> Recommendations:
         known = [i for i in history if i in self._items]
         unknown = [i for i in history if i not in self._items]
         excluded = set(history) | set(exclude or [])

@@ -58,6 +58,14 @@ def test_history_recommendations_lists_unknown_items(client: TestClient) -> None
     assert not {1, 2, 5} & set(_ids(r.json()))
 
 
+def test_history_with_timestamps_is_served_and_a_count_mismatch_is_named(client: TestClient) -> None:
+    r = client.post("/v1/recommendations", json={"history": [1, 2, 555], "timestamps": [10, 10, 12], "k": 3})
+    assert r.status_code == 200, r.text
+    assert r.json()["unknown_items"] == [555]
+    r = client.post("/v1/recommendations", json={"history": [1, 2], "timestamps": [10], "k": 3})
+    assert r.status_code == 422 and "timestamps: expected one per history item (2), got 1" in r.text
+
+
 def test_history_all_unknown_falls_back(client: TestClient) -> None:
     r = client.post("/v1/recommendations", json={"history": [555], "k": 2})
     assert r.json()["fallback"] == "popular" and r.json()["unknown_items"] == [555]

@@ -57,6 +57,8 @@ def test_malformed_json_is_422(client: TestClient) -> None:
         ("/v1/recommendations", {"history": [2**70]}),
         ("/v1/recommendations", {"history": [1], "categories": ["NoSuchCategory"]}),
         ("/v1/recommendations", [1, 2]),
+        ("/v1/recommendations", {"history": [1, 2], "timestamps": [5]}),
+        ("/v1/recommendations", {"history": [1], "timestamps": ["yesterday"]}),
         ("/v1/search", {"query": ""}),
         ("/v1/search", {"query": "   "}),
         ("/v1/search", {"k": 3}),
