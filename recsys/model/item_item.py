@@ -11,11 +11,12 @@ Q_i = V_r[i] / (l2 d_i). That is what lets the block ride in the same faiss inde
 (`recsys.model.two_tower.ItemItemBlend`).
 
 History weights x_j = decay^age_j (age 0 = the latest item) let the block follow the recent items of
-ordered logs; decay 1 reads the history as a set. When the history's timestamps are known, an item's age
-counts the distinct timestamps after its own, so items logged at the same time share a weight: their order
-within the tie carries no information (MovieLens logs half its ratings in bulk; the protocol orders ties
-at random), and counting positions would weigh them by that coin flip. On ordered logs the Gram matrix can count a pair of
-items by how close together they were consumed (`pair_window`): G = sum_u X_u^T K_u X_u with
+ordered logs; decay 1 reads the history as a set. When the history's timestamps are known
+(`model.item_item_ages=time`), an item's age counts the distinct timestamps after its own, so items
+logged at the same time share a weight: their order within the tie carries no information (MovieLens
+logs half its ratings in bulk; the protocol orders ties at random), and counting positions would weigh
+them by that coin flip. On ordered logs the Gram matrix can count a pair of items by how close together
+they were consumed (`pair_window`): G = sum_u X_u^T K_u X_u with
 K_ab = exp(-|a - b| / window) over positions a, b. K is positive semi-definite, so G is too and the
 rewriting above still holds. All choices (pair window, ridge, decay, blend weight) are picked on the
 validation split after the towers are trained (`recsys.model.train`).
@@ -102,8 +103,8 @@ def windowed_gram(sequences: list[np.ndarray], n_items: int, window: float) -> n
 
 def history_ages(length: int, times: np.ndarray | None = None) -> np.ndarray:
     """The age of each position of a history (oldest first; the latest item has age 0): positions
-    after it, or with `times` (its timestamps, non-decreasing) the distinct timestamps after its own,
-    so items logged at the same time share an age."""
+    after it, or with `times` (one timestamp per item) the distinct timestamps after its own, so
+    items logged at the same time share an age."""
     if times is None:
         return np.arange(length - 1, -1, -1, dtype=np.float64)
     times = np.asarray(times)
