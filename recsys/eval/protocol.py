@@ -8,6 +8,7 @@ would leak catalog order, e.g. ids assigned by release date, into the metrics).
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -59,8 +60,18 @@ class Scorer(Protocol):
 
     def score(self, histories: list[np.ndarray], user_ids: np.ndarray, times: list[np.ndarray] | None = None) -> np.ndarray:
         """[n_users, n_items] float32 scores; higher is better. `times`: each history's timestamps, where
-        the log has them (a scorer that reads only the order ignores them)."""
+        the log has them (a scorer that reads only the order ignores them). A scorer whose `score`
+        takes no `times` is called without them."""
         ...
+
+
+def _takes_times(scorer: Scorer) -> bool:
+    """Whether `scorer.score` accepts `times` (scorers written before it existed do not)."""
+    try:
+        parameters = inspect.signature(scorer.score).parameters
+    except (TypeError, ValueError):
+        return False
+    return "times" in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
 
 
 def _index_frame(item_index: Mapping[Any, int], dtype: pl.DataType) -> pl.DataFrame:
@@ -178,10 +189,14 @@ def rank_items(
         allowed = np.zeros(n_items, dtype=bool)
         allowed[cand] = True
     ranked = np.full((len(queries), k), -1, dtype=np.int64)
+    pass_times = queries.history_times is not None and _takes_times(scorer)
     for start in range(0, len(queries), batch_size):
         stop = min(start + batch_size, len(queries))
-        times = None if queries.history_times is None else queries.history_times[start:stop]
-        raw = scorer.score(queries.histories[start:stop], queries.user_ids[start:stop], times=times)
+        histories, user_ids = queries.histories[start:stop], queries.user_ids[start:stop]
+        if pass_times:
+            raw = scorer.score(histories, user_ids, times=queries.history_times[start:stop])
+        else:
+            raw = scorer.score(histories, user_ids)
         if raw.shape != (stop - start, n_items):
             raise ValueError(f"scorer {scorer.name!r}: expected scores of shape {(stop - start, n_items)}, "
                              f"got {raw.shape}")

@@ -189,7 +189,8 @@ def build_router(state: ModelState, max_k: int) -> APIRouter:
         result = rec.recommend_history(
             parse_ids(body.history, rec.id_type, "history item"),
             k,
-            times=body.timestamps,
+            # Only when sent: a recommender written before timestamps existed still serves plain histories.
+            **({"times": body.timestamps} if body.timestamps is not None else {}),
             exclude=parse_ids(body.exclude, rec.id_type, "exclude item"),
             candidates=parse_ids(body.candidates, rec.id_type, "candidate"),
             categories=check_categories(model, body.categories),

@@ -94,6 +94,14 @@ def test_scorers_receive_the_history_times_of_their_chunk(split) -> None:
     evaluate(Recording(np.arange(len(ITEMS), dtype=np.float32)), q, len(ITEMS), ks=(2,), batch_size=1)
     assert seen == [[[0, 10, 20]], [[0, 10, 20, 30]]]
 
+    class Untimed:  # a scorer written before `times` existed is still called, without them
+        name = "untimed"
+
+        def score(self, histories, user_ids):
+            return np.tile(np.arange(len(ITEMS), dtype=np.float32), (len(histories), 1))
+
+    assert evaluate(Untimed(), q, len(ITEMS), ks=(2,)) == evaluate(FixedScorer(np.arange(len(ITEMS), dtype=np.float32)), q, len(ITEMS), ks=(2,))
+
 
 def test_build_queries_valid_stage(split) -> None:
     q = build_queries(split, ITEM_INDEX, "valid")
