@@ -60,13 +60,11 @@ class Recommender:
         # Known users: history (item ids) and a precomputed vector.
         self._user_row: dict = {u: i for i, u in enumerate(users["user_id"].to_list())}
         self._user_history: list[list] = users["history"].to_list()
-        histories = [np.asarray([self._row_of[i] for i in h if i in self._row_of], dtype=np.int64) for h in self._user_history]
-        times = None  # the item-item block ages a known user's items by their timestamps (ties share an age)
-        if "history_times" in users.columns:
-            times = [
-                np.asarray([t for i, t in zip(h, ts) if i in self._row_of], dtype=np.int64)
-                for h, ts in zip(self._user_history, users["history_times"].to_list())
-            ]
+        # The item-item block ages a known user's items by their timestamps (ties share an age).
+        all_times = users["history_times"].to_list() if "history_times" in users.columns else [None] * len(users)
+        known = [self._known_rows(h, ts) for h, ts in zip(self._user_history, all_times)]
+        histories = [rows for rows, _ in known]
+        times = [ts for _, ts in known] if "history_times" in users.columns else None
         user_index = users["user_index"].to_numpy() if "user_index" in users.columns else None
         # Queries are [u, 1] so that faiss's inner product with the index rows [v, b] is u.v + b.
         self._user_vectors = retrieval_queries(self.model.encode_histories(self._vectors, histories, user_index, times=times))
@@ -204,9 +202,15 @@ class Recommender:
             if not known:
                 return None, known, unknown
             vectors = self._vectors
-            rows = np.asarray([self._row_of[i] for i in known], dtype=np.int64)
-        known_times = None if times is None else [np.asarray([t for i, t in zip(history, times) if i in self._row_of], dtype=np.int64)]
-        return self.model.encode_histories(vectors, [rows], times=known_times)[0], known, unknown
+            rows, known_times = self._known_rows(history, times)
+        return self.model.encode_histories(vectors, [rows], times=None if times is None else [known_times])[0], known, unknown
+
+    def _known_rows(self, history: Sequence, times: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """Rows of the history's items the model knows, and those items' timestamps when given."""
+        keep = [i in self._row_of for i in history]
+        rows = np.asarray([self._row_of[i] for i, k in zip(history, keep) if k], dtype=np.int64)
+        kept_times = None if times is None else np.asarray([t for t, k in zip(times, keep) if k], dtype=np.int64)
+        return rows, kept_times
 
     def recommend_history(
         self, history: Sequence, k: int, *, times=None, exclude=None, candidates=None, categories=None

@@ -103,22 +103,20 @@ def item_rows(item_ids: np.ndarray | None, item_index: dict) -> np.ndarray | Non
 
 
 def sequences_by_user(
-    frame: pl.DataFrame, item_index: dict, with_times: bool = False
-) -> tuple[np.ndarray, list[np.ndarray]] | tuple[np.ndarray, list[np.ndarray], list[np.ndarray] | None]:
-    """(user ids, per-user item-index arrays in `pos` order); items missing from the index are dropped.
-    `with_times`: also each sequence's timestamps (None when the frame has no timestamp column)."""
+    frame: pl.DataFrame, item_index: dict
+) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray] | None]:
+    """(user ids, per-user item-index arrays in `pos` order, their timestamps or None when the frame has
+    no timestamp column); items missing from the index are dropped."""
     if frame.is_empty():
-        return (np.array([]), [], None) if with_times else (np.array([]), [])
+        return np.array([]), [], None
     ordered = frame.sort(["user_id", "pos"]) if "pos" in frame.columns else frame
     mapped = ordered.with_columns(
         pl.col("item_id").replace_strict(item_index, default=-1, return_dtype=pl.Int64).alias("_idx")
     ).filter(pl.col("_idx") >= 0)
-    has_times = with_times and "timestamp" in mapped.columns
+    has_times = "timestamp" in mapped.columns
     grouped = mapped.group_by("user_id", maintain_order=True).agg(pl.col("_idx"), *([pl.col("timestamp")] if has_times else []))
     users = grouped["user_id"].to_numpy()
     seqs = [np.asarray(s, dtype=np.int64) for s in grouped["_idx"].to_list()]
-    if not with_times:
-        return users, seqs
     times = [np.asarray(t, dtype=np.int64) for t in grouped["timestamp"].to_list()] if has_times else None
     return users, seqs, times
 
@@ -222,14 +220,15 @@ def _add_item_item_block(
     seen_rows = np.flatnonzero(prepared.popularity > 0)
     unseen = prepared.popularity == 0
     queries = prepared.valid_queries
-    times = None  # model.item_item_ages=time: the histories' timestamps, where known (ties share an age)
+    model = ItemItemBlend(result.model, np.asarray(features.item_ids)[seen_rows], rank)
+    model.eval()
+    times = None  # the histories' timestamps, where known and the blend ages by them (ties share an age)
     if queries is None:  # the weight is still scaled by the score spreads, measured on training histories
         histories = prepared.sequences[:2000]
         user_index = np.arange(1, len(histories) + 1)
     else:
         histories, user_index = list(queries.histories), np.asarray(queries.user_index)
-        if cfg.model.item_item_ages == "time":
-            times = queries.times
+        times = model.block_times(queries.times)
     vectors, bias = result.model.encode_items_with_bias(result.model.feature_tensors(features))
     tower_scores = result.model.encode_histories(vectors, histories, user_index) @ vectors.T + bias
     k = int(tcfg.valid_metric.split("@")[1])
@@ -251,8 +250,6 @@ def _add_item_item_block(
         # No history has two timestamps (ml-1m logs none): every item is age 0 and every decay the same.
         logger.info("item-item block: no validation history has a time order; decay %g stands for them all", decays[0])
         decays = decays[:1]
-    model = ItemItemBlend(result.model, np.asarray(features.item_ids)[seen_rows], rank)
-    model.eval()
     # model.item_item_new_items=content: a ridge map from content to the block's item side, fit on the
     # seen items, predicts the rows of the unseen ones (its ridge is one more choice on validation).
     content_l2s: list[float | None] = [None]
@@ -342,7 +339,7 @@ def _prepare(
     features: ItemFeatures, train: pl.DataFrame, valid: pl.DataFrame, cfg: PipelineConfig, valid_candidates
 ) -> _Prepared:
     index = item_index_of(np.asarray(features.item_ids))
-    user_ids, sequences, sequence_times = sequences_by_user(train, index, with_times=True)
+    user_ids, sequences, sequence_times = sequences_by_user(train, index)
     user_position = {u: i + 1 for i, u in enumerate(user_ids.tolist())}
     popularity = np.bincount(np.concatenate(sequences) if sequences else np.zeros(0, np.int64), minlength=len(index))
 

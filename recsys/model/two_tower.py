@@ -344,6 +344,11 @@ class ItemItemBlend(RetrievalModel):
                 raise ValueError(f"content map shape {content_map.shape} != {tuple(self.block_content_map.shape)}")
             self.block_content_map.copy_(torch.as_tensor(content_map, dtype=torch.float32))
 
+    def block_times(self, times: list[np.ndarray] | None) -> list[np.ndarray] | None:
+        """The history timestamps the block ages items by: `times` with model.item_item_ages=time, else
+        None (ages by position)."""
+        return times if self.cfg.item_item_ages == "time" else None
+
     def content_design(self, features: FeatureTensors) -> torch.Tensor:
         """[n, text dim + categories + 1]: what the content map reads (text zeroed where an item has none).
         Posters are left out: in the towers they cost 0.10-0.14 NDCG@10 on new items (docs/results.md); the
@@ -409,9 +414,8 @@ class ItemItemBlend(RetrievalModel):
         d = self.base.dim
         users = self.base.encode_histories(vectors[:, :d], histories, user_index, batch_size)
         inputs = _RowProduct(vectors, d, self.rank)
-        if self.cfg.item_item_ages != "time":
-            times = None
-        block = block_user_vectors(histories, inputs, float(self.block_decay), batch_size, times) * float(self.block_weight)
+        block = block_user_vectors(histories, inputs, float(self.block_decay), batch_size, self.block_times(times))
+        block *= float(self.block_weight)
         return np.concatenate([users, block, np.zeros((len(histories), 1), np.float32)], axis=1).astype(np.float32)
 
     def similarity_queries(self, item_vectors: np.ndarray) -> np.ndarray:
