@@ -24,6 +24,10 @@ logger = logging.getLogger("recsys")
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config (pipelines/configs/*.yaml).")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override: section.field=value (repeatable).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+ThreadsOpt = Annotated[
+    Optional[int],
+    typer.Option("--threads", min=1, help="Threads for torch, faiss and BLAS (default: $RECSYS_THREADS, else the CPUs this process may use)."),
+]
 
 
 def _setup_logging(quiet: bool = False) -> None:
@@ -34,6 +38,18 @@ def _setup_logging(quiet: bool = False) -> None:
     )
     for noisy in ("pytorch_lightning", "lightning", "lightning_fabric", "alembic", "mlflow", "httpx", "sentence_transformers"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _start(quiet: bool = False, threads: int | None = None, *, role_default: int | None = None) -> None:
+    """Logging, then the thread pools (recsys.runtime), whose plan is logged once at start."""
+    from recsys.runtime import configure_threads
+
+    _setup_logging(quiet)
+    try:
+        plan = configure_threads(threads, role_default=role_default)
+    except ValueError as err:  # a bad RECSYS_THREADS / OMP_NUM_THREADS
+        _fail(str(err))
+    logger.info(plan.describe())
 
 
 def _config(path: Path | None, overrides: list[str] | None, extra: dict | None = None):
@@ -92,9 +108,10 @@ def embed(
     interactions: InteractionsOpt = None,
     movielens: MovieLensOpt = None,
     quiet: QuietOpt = False,
+    threads: ThreadsOpt = None,
 ) -> None:
     """Embed the catalog with the frozen encoders (cached by content hash)."""
-    _setup_logging(quiet)
+    _start(quiet, threads)
     from recsys.data.readers import load_dataset
     from recsys.tracking import Tracker
 
@@ -117,9 +134,10 @@ def train(
     set_: SetOpt = None,
     register: Annotated[bool, typer.Option(help="Register the model in MLflow (champion if better).")] = True,
     quiet: QuietOpt = False,
+    threads: ThreadsOpt = None,
 ) -> None:
     """Train on all given interactions (validation = each user's last one) and write a bundle."""
-    _setup_logging(quiet)
+    _start(quiet, threads)
     from recsys.data.readers import load_dataset
     from recsys.tracking import Tracker
 
@@ -146,9 +164,10 @@ def index(
     kind: Annotated[Optional[str], typer.Option(help="auto | flat | hnsw | ivf")] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
+    threads: ThreadsOpt = None,
 ) -> None:
     """Rebuild a bundle's faiss index (e.g. --kind hnsw)."""
-    _setup_logging()
+    _start(threads=threads)
     from pipelines.index import run_index
 
     cfg = _config(config, set_, {"index.kind": kind})
@@ -167,9 +186,10 @@ def recommend(
     candidates: Annotated[Optional[Path], typer.Option("--candidates", help="Parquet/CSV with an item_id column.")] = None,
     chunk_size: Annotated[int, typer.Option(min=1)] = 1024,
     quiet: QuietOpt = False,
+    threads: ThreadsOpt = None,
 ) -> None:
     """Batch top-K recommendations to parquet, in chunks, written atomically."""
-    _setup_logging(quiet)
+    _start(quiet, threads)
     from pipelines.recommend import run_recommend, summarise
 
     path = run_recommend(
@@ -189,9 +209,10 @@ def evaluate(
     movielens: MovieLensOpt = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="Report directory.")] = None,
     quiet: QuietOpt = False,
+    threads: ThreadsOpt = None,
 ) -> None:
     """Protocols (loo, cold, temporal): recsys vs same-run baselines; report.md + report.json."""
-    _setup_logging(quiet)
+    _start(quiet, threads)
     from recsys.data.readers import load_dataset
     from recsys.tracking import Tracker
 
@@ -240,18 +261,19 @@ def run(
     movielens: MovieLensOpt = None,
     evaluate: Annotated[bool, typer.Option(help="Also run the evaluation protocols.")] = True,
     quiet: QuietOpt = False,
+    threads: ThreadsOpt = None,
 ) -> None:
     """The whole job: embed -> train -> index -> recommend -> evaluate, tracked in MLflow."""
-    _setup_logging(quiet)
+    _start(quiet, threads)
     cfg = _config(config, set_, _data_overrides(catalog, interactions, movielens))
     _run_and_report(cfg, evaluate=evaluate, quiet=quiet)
 
 
 @app.command()
 @_guard
-def demo(set_: SetOpt = None, quiet: QuietOpt = False) -> None:
+def demo(set_: SetOpt = None, quiet: QuietOpt = False, threads: ThreadsOpt = None) -> None:
     """The whole job on the bundled demo sample (data/sample), from the repository root."""
-    _setup_logging(quiet)
+    _start(quiet, threads)
     root = Path(__file__).resolve().parent.parent
     config_path = root / "pipelines" / "configs" / "demo.yaml"
     if not config_path.exists():
@@ -268,14 +290,21 @@ def serve(
     port: Annotated[int, typer.Option(help="Port.")] = 8000,
     poll_seconds: Annotated[float, typer.Option(help="With --model: re-resolve the alias this often and hot-reload when it moves (0 = off).")] = 0.0,
     max_body_bytes: Annotated[int, typer.Option(help="Larger request bodies get 413.")] = 1 << 20,
+    threads: Annotated[
+        Optional[int],
+        typer.Option("--threads", min=1, help="Threads for torch and faiss (default: $RECSYS_THREADS, else 1: per-request work is tiny)."),
+    ] = None,
 ) -> None:
     """Serve the retrieval API (FastAPI + uvicorn) over a bundle or a registered model."""
-    _setup_logging()
+    _start(threads=threads, role_default=1)
     if (bundle is None) == (model is None):
         _fail("give exactly one of --bundle DIR or --model models:/NAME@ALIAS")
     from recsys.serving.app import serve as serve_app
 
-    serve_app(bundle=bundle, model_uri=model, host=host, port=port, poll_seconds=poll_seconds, max_body_bytes=max_body_bytes)
+    serve_app(
+        bundle=bundle, model_uri=model, host=host, port=port, poll_seconds=poll_seconds, max_body_bytes=max_body_bytes,
+        threads=threads,
+    )
 
 
 def main() -> None:  # pragma: no cover - console entry

@@ -158,7 +158,6 @@ def fit_two_tower(
     With `model.ensemble_size` K > 1, K models are fit one after another with seeds train.seed + k,
     each early-stopped on its own validation score, and combined (TwoTowerEnsemble).
     """
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     prepared = _prepare(features, train, valid, cfg, valid_candidates)
     result = _fit_towers(features, cfg, prepared, make_logger, show_progress)
     if cfg.model.item_item == "ease":

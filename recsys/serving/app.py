@@ -140,15 +140,6 @@ def create_app(
     return app
 
 
-def single_threaded_math(n_threads: int = 1) -> None:
-    """Cap torch's and faiss's intra-op threads (the server's default is 1)."""
-    import faiss
-    import torch
-
-    torch.set_num_threads(n_threads)
-    faiss.omp_set_num_threads(n_threads)
-
-
 def serve(
     bundle: Path | None = None,
     model_uri: str | None = None,
@@ -158,19 +149,19 @@ def serve(
     poll_seconds: float = 0.0,
     max_body_bytes: int = 1 << 20,
     log_level: str = "info",
+    threads: int | None = None,
 ) -> None:
     """Run the API with uvicorn (one worker: the model lives in this process's memory).
 
     Per-request work is tiny (one faiss search; a small user-tower pass for anonymous histories),
     so intra-op parallelism only adds thread wake-ups and contention: torch and faiss (OpenMP) run
     single-threaded here; concurrency comes from the request threadpool. Measured on 2 shared cores:
-    a known-user request took ~5 ms with 2 OpenMP threads and ~0.35 ms with 1 (docs/serving.md).
-    Set OMP_NUM_THREADS to override.
+    a known-user request was several times slower with 2 OpenMP threads than with 1 (docs/serving.md).
+    `threads` (or $RECSYS_THREADS) overrides; see recsys.runtime.
     """
-    import os
+    from recsys.runtime import configure_threads
 
-    os.environ.setdefault("OMP_NUM_THREADS", "1")  # before faiss/torch load: applies to every thread
-    single_threaded_math(int(os.environ["OMP_NUM_THREADS"]))
+    configure_threads(threads, role_default=1)
     import uvicorn  # lazy: only the server entry point needs it
 
     settings = ServingSettings(
