@@ -196,13 +196,17 @@ class TwoTowerModule(pl.LightningModule):
             seen = valid_in & (torch.rand(valid_in.shape, device=valid_in.device) >= self.cfg.history_dropout)
         states = encode(seq_vectors, seen, user_index)[use]
         rows = lookup[candidates]
-        student_logits = (states @ vectors[rows].T + biases[rows]) / self.cfg.temperature
-        logits = student_logits if log_q is None else student_logits - log_q
+        # One addmm makes the [targets, candidates] logits: the temperature scales the small factors
+        # and the per-candidate terms ride in the bias row, instead of passes over the big matrix.
+        inv_t = 1.0 / self.cfg.temperature
+        row_terms = biases[rows] * inv_t
+        logits = torch.addmm(row_terms if log_q is None else row_terms - log_q, states * inv_t, vectors[rows].T)
         cand_pos = torch.full((self.n_items,), -1, dtype=torch.long, device=windows.device)
         cand_pos[candidates] = torch.arange(len(candidates), device=windows.device)
         labels = cand_pos[flat_targets]
         loss = F.cross_entropy(logits, labels)
         if self.teacher_weights is not None:
+            student_logits = logits if log_q is None else logits + log_q  # the teacher compares uncorrected scores
             distill = self._distillation(windows, inputs, seen, use, candidates, labels, student_logits)
             self.log("train/distill_loss", distill, on_step=False, on_epoch=True, batch_size=int(labels.numel()))
             loss = (1.0 - self.cfg.teacher_weight) * loss + self.cfg.teacher_weight * distill
@@ -212,9 +216,8 @@ class TwoTowerModule(pl.LightningModule):
             # is all a new item has. Without this term the identity residuals soak up the warm-item
             # signal and the content path (the cold-start model) trains less.
             content, content_bias = self.model.item_vectors_and_bias(self.features.rows(candidates), use_identity=False)
-            content_logits = (states @ content.T + content_bias) / self.cfg.temperature
-            if log_q is not None:
-                content_logits = content_logits - log_q
+            content_terms = content_bias * inv_t
+            content_logits = torch.addmm(content_terms if log_q is None else content_terms - log_q, states * inv_t, content.T)
             content_loss = F.cross_entropy(content_logits, labels)
             self.log("train/content_loss", content_loss, on_step=False, on_epoch=True, batch_size=int(labels.numel()))
             loss = (1.0 - weight) * loss + weight * content_loss

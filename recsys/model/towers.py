@@ -17,16 +17,63 @@ from torch import nn
 from recsys.config import ModelConfig
 
 
+def keep_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.device | str = "cpu") -> torch.Tensor:
+    """bool keep-mask, each element dropped with probability p (to 1/65536), from 16 random bits an
+    element: one 64-bit draw of torch's generator serves four elements. Why: CPU `bernoulli_` (what
+    nn.Dropout calls) draws per element on one thread, and was a quarter of a training step."""
+    if p >= 1.0:  # 32768 does not fit the int16 compare below
+        return torch.zeros(shape, dtype=torch.bool, device=device)
+    n = math.prod(shape)
+    bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_(-(2**63), None)
+    threshold = round(p * 65536) - 32768
+    return (bits.view(torch.int16)[:n] >= threshold).view(shape)
+
+
+class FastDropout(nn.Dropout):
+    """nn.Dropout (same arguments, no parameters) drawing its mask with `keep_mask`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        return x * (keep_mask(x.shape, self.p, x.device).to(x.dtype) * (1.0 / (1.0 - self.p)))
+
+
+class _EncoderLayer(nn.TransformerEncoderLayer):
+    """nn.TransformerEncoderLayer (same parameters, so the same state dict and the same inference fast
+    path) whose training-time dropouts, the attention weights' included, use FastDropout."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        p = float(self.dropout.p)
+        self.dropout, self.dropout1, self.dropout2 = FastDropout(p), FastDropout(p), FastDropout(p)
+        self.attn_dropout = FastDropout(p)
+
+    def _sa_block(self, x, attn_mask, key_padding_mask, is_causal: bool = False):
+        attention = self.self_attn
+        if key_padding_mask is not None or not attention.batch_first or not attention._qkv_same_embed_dim:
+            return super()._sa_block(x, attn_mask, key_padding_mask, is_causal)
+        batch, length, dim = x.shape
+        heads = attention.num_heads
+        q, k, v = F.linear(x, attention.in_proj_weight, attention.in_proj_bias).view(batch, length, 3, heads, -1).permute(2, 0, 3, 1, 4)
+        scores = (q @ k.transpose(-1, -2)) * (q.shape[-1] ** -0.5)  # [B, H, L, L]
+        if attn_mask is not None:  # [B * H, L, L] or [L, L]; bool (True = blocked) or additive
+            mask = attn_mask.view(batch, heads, length, length) if attn_mask.dim() == 3 else attn_mask
+            scores = scores.masked_fill(mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+        weights = self.attn_dropout(torch.softmax(scores, dim=-1))
+        out = (weights @ v).transpose(1, 2).reshape(batch, length, dim)
+        return self.dropout1(attention.out_proj(out))
+
+
 def _mlp_layers(in_dim: int, hidden: int, out_dim: int, dropout: float) -> list[nn.Module]:
     """A linear map (`hidden=0`) or one GELU hidden layer with dropout."""
     if hidden <= 0:
         return [nn.Linear(in_dim, out_dim)]
-    return [nn.Linear(in_dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, out_dim)]
+    return [nn.Linear(in_dim, hidden), nn.GELU(), FastDropout(dropout), nn.Linear(hidden, out_dim)]
 
 
 def _head(in_dim: int, hidden: int, out_dim: int, dropout: float) -> nn.Module:
     """Projection head over one frozen modality. `hidden=0` gives a linear map (least memorisation)."""
-    return nn.Sequential(nn.Dropout(dropout), *_mlp_layers(in_dim, hidden, out_dim, dropout))
+    return nn.Sequential(FastDropout(dropout), *_mlp_layers(in_dim, hidden, out_dim, dropout))
 
 
 class _Length(nn.Linear):
@@ -157,9 +204,9 @@ class UserTower(nn.Module):
         nn.init.normal_(self.position.weight, std=0.02)
         self.input_scale = dim**0.5  # unit item vectors -> unit-variance components, like token embeddings
         self.input_norm = nn.LayerNorm(dim)
-        self.dropout = nn.Dropout(cfg.attn_dropout)
+        self.dropout = FastDropout(cfg.attn_dropout)
         if cfg.user_pooling == "attention":
-            layer = nn.TransformerEncoderLayer(
+            layer = _EncoderLayer(
                 d_model=dim,
                 nhead=cfg.n_heads,
                 dim_feedforward=dim * 2,

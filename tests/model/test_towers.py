@@ -331,3 +331,50 @@ def test_item_item_content_map_gives_new_items_a_predicted_block_row_and_keeps_h
     # Content-only vectors (what add_item gives a new item) carry the predicted row too.
     content, _ = model.item_vectors_and_bias(features, use_identity=False)
     np.testing.assert_allclose(content[:4, 8:12].detach().numpy(), design[:4] @ content_map, rtol=1e-4, atol=1e-4)
+
+
+def test_keep_mask_drops_at_the_asked_rate_and_follows_the_seed():
+    from recsys.model.towers import keep_mask
+
+    torch.manual_seed(0)
+    first = keep_mask((400, 500), 0.2)
+    assert first.dtype == torch.bool and first.shape == (400, 500)
+    assert abs(1.0 - first.float().mean().item() - 0.2) < 0.005
+    # No pattern along any axis: every row and column keeps about 80%.
+    assert first.float().mean(dim=0).std() < 0.05 and first.float().mean(dim=1).std() < 0.05
+    torch.manual_seed(0)
+    assert torch.equal(keep_mask((400, 500), 0.2), first)
+    assert keep_mask((3, 7), 0.0).all() and not keep_mask((3, 7), 1.0).any()
+
+
+def test_fast_dropout_keeps_the_mean_and_is_identity_in_eval():
+    from recsys.model.towers import FastDropout
+
+    x = torch.ones(200, 300)
+    layer = FastDropout(0.3)
+    out = layer(x)
+    assert abs(out.mean().item() - 1.0) < 0.02
+    values = torch.unique(out).tolist()
+    assert len(values) == 2 and values[0] == 0.0 and values[1] == pytest.approx(1 / 0.7)
+    layer.eval()
+    assert torch.equal(layer(x), x)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_encoder_layer_computes_what_torch_layer_computes(training):
+    """Same parameters and state dict as nn.TransformerEncoderLayer, and the same output (dropout 0 when
+    training, so both are deterministic), with the bool [B * heads, L, L] mask the user tower builds."""
+    from torch import nn
+
+    from recsys.model.towers import _EncoderLayer
+
+    kwargs = dict(d_model=8, nhead=2, dim_feedforward=16, dropout=0.0, activation="gelu", batch_first=True, norm_first=True)
+    torch.manual_seed(0)
+    ours, reference = _EncoderLayer(**kwargs), nn.TransformerEncoderLayer(**kwargs)
+    assert set(ours.state_dict()) == set(reference.state_dict())
+    reference.load_state_dict(ours.state_dict())
+    ours.train(training)
+    reference.train(training)
+    x = torch.randn(3, 5, 8)
+    blocked = torch.triu(torch.ones(5, 5, dtype=torch.bool), diagonal=1).expand(6, 5, 5).clone()
+    torch.testing.assert_close(ours(x, src_mask=blocked), reference(x, src_mask=blocked), rtol=1e-5, atol=1e-5)
