@@ -10,7 +10,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export TOKENIZERS_PARALLELISM := false
 export MLFLOW_SERVER_ENABLE_JOB_EXECUTION := false
 
-.PHONY: setup demo test test-fast bench bench-quality bench-quality-ml1m bench-ablation bench-serving dashboard serve clean
+.PHONY: setup demo test test-fast bench bench-shared bench-quality bench-quality-ml1m bench-ablation bench-serving dashboard serve clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,9 @@ test-fast: $(STAMP)  ## skip the tests marked slow
 bench: $(STAMP)  ## encoder and index throughput (bench/results/*.json)
 	$(BIN)/python bench/encoders.py
 	$(BIN)/python bench/index.py
+
+bench-shared: $(STAMP)  ## slowdown beside a busy loop and beside a second copy (train, batch, API, demo); ~20 min
+	$(BIN)/python bench/shared_machine.py --sections train,batch,api,demo
 
 bench-quality: $(STAMP)  ## recsys vs peers on ml-100k (needs implicit, and LightFM: see bench/README.md)
 	$(BIN)/pip install --quiet -e ".[bench]"

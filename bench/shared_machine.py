@@ -3,12 +3,13 @@
 Why: batch jobs share nodes, and an OpenMP pool sized to the host's cores spins for cores that other
 processes hold (recsys.runtime). Each workload runs as a real subprocess, as a user runs it, under three
 conditions in the same run: alone; beside one single-threaded busy loop; beside a second copy of itself
-(the figure is the mean of the two copies' wall times). Slowdown = wall time / wall time alone.
+(the figure is the mean of the two copies' wall times). Slowdown = wall time / wall time alone, where
+"alone" is the mean of a run before and a run after the others (after an untimed warm-up run).
 
 Workloads (`--sections`):
   train   `recsys train` on the demo config, 10 epochs (no early stop), embeddings cached, tracking off;
           also run with the code of `--before` (the commit before this change), for the same conditions
-  batch   `recsys recommend` top-100 for every user of the demo bundle, seen items excluded
+  batch   `recsys recommend` top-100 for every user of an ml-1m bundle (6,040 users), seen items excluded
   api     `recsys serve` on the demo bundle under a fixed open-loop load (bench/serving/loadtest.py's
           generator, 70% known-user GET, 30% anonymous-history POST); slowdown = p50 latency ratio
   demo    the whole demo job (`recsys run -c pipelines/configs/demo.yaml`: embed, train, index,
@@ -41,13 +42,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench" / "serving"))
 
-from recsys.runtime import plan_threads  # noqa: E402  (sizes the pools before anything else loads)
+from recsys.paths import shared_data_dir  # noqa: E402
+from recsys.runtime import plan_threads  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "shared_machine.json"
 DOC = ROOT / "docs" / "benchmarks.md"
 DOC_BEGIN, DOC_END = "<!-- shared_machine:begin -->", "<!-- shared_machine:end -->"
 BEFORE_DEFAULT = "9e645a5"  # the last commit before recsys.runtime and the training-step changes
-DEMO = ROOT / "pipelines" / "configs" / "demo.yaml"
+DEMO = Path("pipelines/configs/demo.yaml")  # relative: each code tree runs its own copy of the config
+ML100K = Path("pipelines/configs/ml100k.yaml")
 BUSY_LOOP = "while True:\n    pass\n"
 CONDITIONS = ("alone", "busy_loop", "second_copy")
 
@@ -83,6 +86,11 @@ class CodeTree:
     def recsys(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "recsys.cli", *args]
 
+    def run(self, args: list[str], log_path: Path) -> float:
+        """`recsys ARGS` from this tree's root: `python -m` puts the working directory first on the
+        path, ahead of PYTHONPATH, so the root decides which code runs."""
+        return run_timed(self.recsys(*args), self.env(), self.root, log_path)
+
 
 def run_timed(cmd: list[str], env: dict[str, str], cwd: Path, log_path: Path) -> float:
     start = time.perf_counter()
@@ -110,8 +118,10 @@ class BusyLoop:
 def under_conditions(name: str, job: Callable[[str], float]) -> dict:
     """`job(tag)` -> seconds, alone, beside a busy loop, and as two concurrent copies."""
     out: dict = {}
+    log(f"{name}: warm-up (untimed: file caches, first imports)")
+    job("warmup")
     log(f"{name}: alone")
-    out["alone_s"] = job("alone")
+    first_alone = job("alone")
     log(f"{name}: beside a busy loop")
     with BusyLoop():
         out["busy_loop_s"] = job("busy")
@@ -132,6 +142,9 @@ def under_conditions(name: str, job: Callable[[str], float]) -> dict:
         t.join()
     if errors:
         raise errors[0]
+    log(f"{name}: alone again (the machine drifts; the mean of both is the reference)")
+    out["alone_runs_s"] = [first_alone, job("alone2")]
+    out["alone_s"] = sum(out["alone_runs_s"]) / 2
     out["second_copy_s"] = sum(walls) / 2
     out["second_copy_each_s"] = walls
     out["busy_loop_slowdown"] = round(out["busy_loop_s"] / out["alone_s"], 2)
@@ -144,6 +157,7 @@ def under_conditions(name: str, job: Callable[[str], float]) -> dict:
 
 
 def train_args(bundle_dir: Path, features: Path, config: Path = DEMO, epochs: int | None = 10) -> list[str]:
+    """`recsys train` on a config of the code tree it runs in (relative paths resolve from its root)."""
     args = ["train", "-c", str(config), "--out", str(bundle_dir), "--no-register", "-q",
             "--set", "tracking.enabled=false", "--set", f"encoders.cache_dir={features}"]
     if epochs is not None:
@@ -151,11 +165,11 @@ def train_args(bundle_dir: Path, features: Path, config: Path = DEMO, epochs: in
     return args
 
 
-def warm_features(code: CodeTree, scratch: Path, config: Path = DEMO) -> Path:
+def warm_features(code: CodeTree, scratch: Path, config: Path = DEMO, data: list[str] | None = None) -> Path:
     """Embed once, so the timed runs measure training, not the frozen encoders."""
     features = scratch / "features"
-    run_timed(code.recsys("embed", "-c", str(config), "-q", "--set", "tracking.enabled=false",
-                          "--set", f"encoders.cache_dir={features}"), code.env(), ROOT, scratch / "embed.log")
+    code.run(["embed", "-c", str(config), "-q", "--set", "tracking.enabled=false", "--set", f"encoders.cache_dir={features}",
+              *(data or [])], scratch / "embed.log")
     return features
 
 
@@ -166,7 +180,7 @@ def section_train(scratch: Path, before: CodeTree, after: CodeTree) -> dict:
         def job(tag: str, code=code, label=label) -> float:
             work = scratch / f"train-{label}-{tag}"
             work.mkdir()
-            return run_timed(code.recsys(*train_args(work / "bundle", features)), code.env(), ROOT, work / "log.txt")
+            return code.run(train_args(work / "bundle", features), work / "log.txt")
 
         out[label] = {"code": code.rev, **under_conditions(f"train ({label})", job)}
     return out
@@ -176,19 +190,29 @@ def demo_bundle(scratch: Path, code: CodeTree) -> Path:
     bundle = scratch / "demo-bundle"
     if not bundle.exists():
         log("training the demo bundle for the batch and API workloads")
-        run_timed(code.recsys(*train_args(bundle, warm_features(code, scratch))), code.env(), ROOT, scratch / "bundle.log")
+        code.run(train_args(bundle, warm_features(code, scratch)), scratch / "bundle.log")
+    return bundle
+
+
+def ml1m_bundle(scratch: Path, code: CodeTree) -> Path:
+    """A bundle over all 6,040 ml-1m users (1 epoch, text only: the batch job's cost does not depend
+    on how well the model is trained)."""
+    bundle = scratch / "ml1m-bundle"
+    log("training a 1-epoch ml-1m bundle for the batch workload")
+    args = train_args(bundle, scratch / "ml1m-features", epochs=1)
+    args += ["--movielens", str(shared_data_dir() / "ml-1m"), "--set", "encoders.image.enabled=false"]
+    code.run(args, scratch / "ml1m-bundle.log")
     return bundle
 
 
 def section_batch(scratch: Path, after: CodeTree) -> dict:
-    bundle = demo_bundle(scratch, after)
+    bundle = ml1m_bundle(scratch, after)
 
     def job(tag: str) -> float:
-        return run_timed(
-            after.recsys("recommend", "--bundle", str(bundle), "--k", "100", "--exclude-seen", "-q",
-                         "--out", str(scratch / f"recs-{tag}.parquet")), after.env(), ROOT, scratch / f"recs-{tag}.log")
+        return after.run(["recommend", "--bundle", str(bundle), "--k", "100", "--exclude-seen", "-q",
+                          "--out", str(scratch / f"recs-{tag}.parquet")], scratch / f"recs-{tag}.log")
 
-    return {"workload": "recsys recommend --k 100 --exclude-seen, every user of the demo bundle", **under_conditions("batch", job)}
+    return {"workload": "recsys recommend --k 100 --exclude-seen for all 6,040 users of an ml-1m bundle", **under_conditions("batch", job)}
 
 
 def section_api(scratch: Path, after: CodeTree, rate: int, duration: int) -> dict:
@@ -217,11 +241,9 @@ def section_demo(scratch: Path, after: CodeTree) -> dict:
     def job(tag: str) -> float:
         work = scratch / f"demo-{tag}"
         work.mkdir()
-        return run_timed(
-            after.recsys("run", "-c", str(DEMO), "-q", "--set", f"output_dir={work / 'out'}",
-                         "--set", f"encoders.cache_dir={work / 'features'}",
-                         "--set", f"tracking.tracking_uri=sqlite:///{work / 'mlflow.db'}"),
-            after.env(), ROOT, work / "log.txt")
+        return after.run(["run", "-c", str(DEMO), "-q", "--set", f"output_dir={work / 'out'}",
+                          "--set", f"encoders.cache_dir={work / 'features'}",
+                          "--set", f"tracking.tracking_uri=sqlite:///{work / 'mlflow.db'}"], work / "log.txt")
 
     return {"workload": "recsys run -c pipelines/configs/demo.yaml (the demo job: embed from a cold cache, train, "
                         "index, recommend, evaluate, MLflow)", **under_conditions("demo", job)}
@@ -230,15 +252,15 @@ def section_demo(scratch: Path, after: CodeTree) -> dict:
 def section_recipe(scratch: Path, before: CodeTree, after: CodeTree) -> dict:
     """Idle training time, before vs after, interleaved so drift on the machine hits both alike."""
     out: dict = {}
-    for name, config in (("demo", DEMO), ("ml100k", ROOT / "pipelines" / "configs" / "ml100k.yaml")):
-        features = warm_features(after, scratch, config)
-        entry: dict = {"workload": f"recsys train -c {config.relative_to(ROOT)} (its full recipe, early stopping on), "
+    for name, config, data in (("demo", DEMO, []), ("ml100k", ML100K, ["--movielens", str(shared_data_dir() / "ml-100k")])):
+        features = warm_features(after, scratch, config, data)
+        entry: dict = {"workload": f"recsys train -c {config} (its full recipe, early stopping on), "
                                    "embeddings cached, tracking off, machine otherwise idle"}
         for label, code in (("before", before), ("after", after)):
             work = scratch / f"recipe-{name}-{label}"
             work.mkdir()
             log(f"recipe {name}: {label}")
-            seconds = run_timed(code.recsys(*train_args(work / "bundle", features, config, epochs=None)), code.env(), ROOT, work / "log.txt")
+            seconds = code.run(train_args(work / "bundle", features, config, epochs=None) + data, work / "log.txt")
             meta = json.loads((work / "bundle" / "bundle.json").read_text())
             entry[label] = {"code": code.rev, "wall_s": round(seconds, 1), "valid": _valid_metric(meta)}
             log(f"recipe {name}: {label} {seconds:.0f}s, valid {entry[label]['valid']}")
@@ -257,7 +279,11 @@ def _valid_metric(meta: dict) -> float | None:
 
 
 def markdown(results: dict) -> str:
-    lines = [f"Run {results['date']} on {results['machine']}. Command: `{results['command']}`.", ""]
+    lines = [f"On {results['machine']}. Each section's run (they ran one after another, nothing else on the machine):", ""]
+    for key, entry in results["sections"].items():
+        run = entry.get("run", {"date": results["date"], "command": results["command"]})
+        lines.append(f"- {key}: {run['date']}, `{run['command']}`")
+    lines.append("")
     rows = []
     for key, label in (("train", "training"), ("batch", "batch job"), ("demo", "demo job"), ("api", "API p50 latency")):
         entry = results["sections"].get(key)
@@ -276,9 +302,14 @@ def markdown(results: dict) -> str:
         lines += ["Idle-machine training time, the code before this change and after it, in the same run:", "",
                   "| config | before | after | speedup | validation before | validation after |", "|---|---:|---:|---:|---:|---:|"]
         for name, entry in recipe.items():
+            if name in ("run", "note"):
+                continue
             b, a = entry["before"], entry["after"]
             lines.append(f"| {name} | {b['wall_s']:.0f} s | {a['wall_s']:.0f} s | {entry['speedup']:.2f}x | {b['valid']} | {a['valid']} |")
         lines.append("")
+        if recipe.get("note"):
+            lines += [f"Note: {recipe['note']}.", ""]
+    lines.append("Workloads:")
     for key, entry in results["sections"].items():
         if key != "recipe":
             lines.append(f"- {key}: {entry['workload']}")
@@ -306,7 +337,11 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=50, help="API requests per second")
     parser.add_argument("--duration", type=int, default=20, help="API seconds per condition")
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder")
+    parser.add_argument("--report-only", action="store_true", help="rewrite docs/benchmarks.md from the results JSON")
     args = parser.parse_args()
+    if args.report_only:
+        write_doc(markdown(json.loads(RESULTS.read_text())))
+        return
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     unknown = set(sections) - {"train", "batch", "api", "demo", "recipe"}
     if unknown:
@@ -325,6 +360,7 @@ def main() -> None:
             "command": "python bench/shared_machine.py " + " ".join(sys.argv[1:]),
             "sections": previous.get("sections", {}),
         }
+        run_info = {"date": results["date"], "command": results["command"]}
         for section in sections:
             if section == "train":
                 results["sections"]["train"] = section_train(scratch, before, after)
@@ -336,6 +372,7 @@ def main() -> None:
                 results["sections"]["demo"] = section_demo(scratch, after)
             elif section == "recipe":
                 results["sections"]["recipe"] = section_recipe(scratch, before, after)
+            results["sections"][section]["run"] = run_info
         results["wall_s"] = round(time.perf_counter() - started, 1)
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         tmp = RESULTS.with_suffix(".json.tmp")
