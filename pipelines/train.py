@@ -10,8 +10,10 @@ import polars as pl
 
 from recsys.bundle import save_bundle
 from recsys.config import PipelineConfig
+from recsys.data.readers import data_fingerprint
 from recsys.data.splits import loo_split, order_interactions
 from recsys.encoders.features import ItemFeatures
+from recsys.encoders.text import select_text_columns
 from recsys.index import ItemIndex
 from recsys.model.train import TrainResult, fit_two_tower
 from recsys.model.two_tower import retrieval_items
@@ -38,6 +40,19 @@ def user_histories(ordered: pl.DataFrame, trained_user_ids: np.ndarray) -> pl.Da
     )
 
 
+def title_vectors(cfg: PipelineConfig, catalog: pl.DataFrame) -> np.ndarray | None:
+    """The titles' frozen text embeddings, for text search (cached like the item texts); None
+    without a text encoder."""
+    if not cfg.encoders.text.enabled:
+        return None
+    from recsys.encoders.features import load_encoders
+    from recsys.encoders.store import FeatureStore
+    from recsys.search import embed_titles
+
+    encoder = load_encoders(cfg.encoders)["text"]
+    return embed_titles(encoder, catalog["item_id"].to_list(), catalog["title"].to_list(), FeatureStore(cfg.encoders.cache_dir))
+
+
 def build_bundle(
     cfg: PipelineConfig,
     out_dir: Path,
@@ -45,6 +60,7 @@ def build_bundle(
     interactions: pl.DataFrame,
     features: ItemFeatures,
     result: TrainResult,
+    fingerprint: str | None = None,
 ) -> Path:
     """Everything serving needs, from a trained model, into `out_dir` (atomically)."""
     item_vectors, item_bias = result.model.encode_items_with_bias(result.model.feature_tensors(features))
@@ -67,8 +83,12 @@ def build_bundle(
         users=user_histories(ordered, result.user_ids),
         catalog=catalog.select("item_id", "title", "categories"),
         popularity=popularity,
+        title_vectors=title_vectors(cfg, catalog),
         extra_meta={
             "valid": {result.valid_metric_name: result.best_metric},
+            "valid_baselines": result.baselines,
+            **({"text_columns": select_text_columns(catalog, cfg.encoders.text.fields).used} if features.text is not None else {}),
+            **({"data_fingerprint": fingerprint} if fingerprint else {}),
             **({"item_item": result.item_item} if result.item_item else {}),
             "best_epoch": result.best_epoch,
             "train_seconds": round(result.train_seconds, 2),
@@ -98,13 +118,36 @@ def run_train(
         )
         tracker.log_metrics(
             {"best_valid": result.best_metric, "best_epoch": result.best_epoch, "train_seconds": result.train_seconds,
-             **result.item_item_metrics()}
+             **result.item_item_metrics(), **{f"baseline_valid.{name}": value for name, value in result.baselines.items()}}
         )
-        bundle_dir = build_bundle(cfg, out_dir, catalog, interactions, features, result)
+        report_against_baselines(result)
+        fingerprint = data_fingerprint(catalog, interactions)
+        tracker.set_tags({"data_fingerprint": fingerprint})
+        bundle_dir = build_bundle(cfg, out_dir, catalog, interactions, features, result, fingerprint)
         logger.info("bundle written to %s", bundle_dir)
         registration = None
         if register:  # the registered model carries the bundle as its artifact
-            registration = tracker.register_bundle(bundle_dir, result.valid_metric_name, result.best_metric)
+            registration = tracker.register_bundle(
+                bundle_dir, result.valid_metric_name, result.best_metric, name=cfg.tracking.model_name(cfg.data),
+                data_fingerprint=fingerprint, baselines=result.baselines,
+            )
         else:
             tracker.log_artifacts(bundle_dir, "bundle")
         return bundle_dir, result, registration
+
+
+def report_against_baselines(result: TrainResult) -> None:
+    """Log the model beside the same-split baselines; loudly when it does not beat one of them."""
+    if not result.baselines:
+        return
+    table = ", ".join(f"{name} {value:.4f}" for name, value in result.baselines.items())
+    losing = result.losing_to()
+    if losing:
+        logger.warning(
+            "THE MODEL DOES NOT BEAT %s ON VALIDATION: %s=%.4f vs baselines %s. It is written and logged, but "
+            "will not become the registry's champion; more interactions per user, another config, or the "
+            "baseline itself may serve better.",
+            " AND ".join(losing).upper(), result.valid_metric_name, result.best_metric, table,
+        )
+    else:
+        logger.info("validation %s=%.4f beats every baseline (%s)", result.valid_metric_name, result.best_metric, table)

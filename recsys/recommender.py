@@ -20,6 +20,7 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from recsys.bundle import Bundle, BundleError, load_bundle
+from recsys.live_catalog import LiveCatalogLog
 from recsys.model.two_tower import FeatureTensors, retrieval_items, retrieval_queries
 
 logger = logging.getLogger(__name__)
@@ -38,7 +39,9 @@ def _plain(value: Any) -> Any:
 
 
 class Recommender:
-    def __init__(self, bundle: Bundle, *, load_encoders: bool = False):
+    def __init__(self, bundle: Bundle, *, load_encoders: bool = False, live_log: str | Path | None = None):
+        """`live_log`: the live catalog log (recsys.live_catalog) replayed now and appended to by
+        add_item / remove_item; None keeps changes in memory only."""
         self.bundle = bundle
         self.model = bundle.model
         self.index = bundle.index
@@ -72,13 +75,20 @@ class Recommender:
         self._popular_ids: list = popular["item_id"].to_list()
         self._popular_scores: list[float] = [float(c) for c in popular["count"].to_list()]
         self._encoders: dict | None = None
+        self._text_search = self._load_text_search(bundle)
         if load_encoders:
             self.encoders()
+        self.live_log = None if live_log is None else LiveCatalogLog(live_log)
+        self.live_changes = 0  # changes from the live log applied to this model, replayed or new
+        if self.live_log is not None:
+            self.live_changes = self.live_log.replay(self).applied
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def from_bundle(cls, bundle_dir: str | Path, *, load_encoders: bool = False) -> "Recommender":
-        return cls(load_bundle(bundle_dir), load_encoders=load_encoders)
+    def from_bundle(
+        cls, bundle_dir: str | Path, *, load_encoders: bool = False, live_log: str | Path | None = None
+    ) -> "Recommender":
+        return cls(load_bundle(bundle_dir), load_encoders=load_encoders, live_log=live_log)
 
     def encoders(self) -> dict:
         """The frozen encoders the bundle was built with; refuses ones with other fingerprints."""
@@ -97,6 +107,19 @@ class Recommender:
                 self._encoders = encoders
             return self._encoders
 
+    @staticmethod
+    def _load_text_search(bundle: Bundle):
+        """Search rows for the catalog: its frozen text embeddings, plus title embeddings where the
+        bundle has them (older bundles: full text only). None without a text encoder."""
+        from recsys.search import TextSearch
+
+        features = bundle.features
+        if features.text is None:
+            return None
+        titles_path = bundle.path / "title_vectors.npy"
+        titles = np.load(titles_path) if titles_path.exists() else None
+        return TextSearch(features.text, features.text_mask, titles)
+
     # ------------------------------------------------------------------ info
     def info(self) -> dict:
         meta = self.bundle.meta
@@ -108,6 +131,8 @@ class Recommender:
             "index_kind": self.index.kind,
             "dim": self.model.dim,
             "created_at": meta["created_at"],
+            "live_changes": self.live_changes,
+            "live_log": None if self.live_log is None else str(self.live_log.path),
         }
 
     def has_user(self, user_id) -> bool:
@@ -239,52 +264,68 @@ class Recommender:
         query = retrieval_queries(self.model.similarity_queries(vector[None, :]), with_bias=False)
         return self._search(query, k, [[item_id]], self._allowed(candidates, categories))[0]
 
-    def search(self, query: str, k: int, *, candidates=None, categories=None) -> Recommendations:
-        """Free text -> frozen text encoder -> trained text head -> nearest items."""
+    def search(self, query: str, k: int, *, candidates=None, categories=None, user_id=None, taste_weight: float = 0.1) -> Recommendations:
+        """Items whose text matches `query`, in the frozen text encoder's own space (recsys.search),
+        items added live included. With a known `user_id`, the `search_pool` best text matches are
+        re-ranked by text similarity + taste_weight x the user's standardised taste score, so among
+        similar matches the user's kind comes first (0 = pure text order)."""
         query = query.strip()
         if not query:
             raise ValueError("query must not be empty")
         encoder = self.encoders().get("text")
-        if encoder is None or not self.model.has_text_head:
-            raise RuntimeError("this bundle has no text encoder/head; text search is unavailable")
-        embedding, mask = encoder.encode([query])
-        vector = retrieval_queries(self.project_text(embedding), with_bias=False)
-        return self._search(vector, k, None, self._allowed(candidates, categories))[0]
+        if encoder is None or self._text_search is None:
+            raise RuntimeError("this bundle has no text encoder; text search is unavailable")
+        embedding, _ = encoder.encode([query])
+        allowed = self._allowed(candidates, categories)
+        with self._lock:
+            scores = self._text_search.scores(embedding[0])
+            live = [row for row, item in enumerate(self._item_ids) if item not in self._removed] if allowed is None else [
+                self._row_of[item] for item in allowed
+            ]
+            user_row = self._user_row.get(user_id) if user_id is not None else None
+            if user_row is None or taste_weight == 0:
+                rows, values = self._text_search.top(scores, k, live)
+            else:
+                pool, text_scores = self._text_search.top(scores, max(self.search_pool, k), live)
+                taste = self._vectors[pool] @ self._user_vectors[user_row, : self._vectors.shape[1]]
+                spread = float(taste.std()) or 1.0
+                blended = text_scores + taste_weight * (taste - taste.mean()) / spread
+                order = np.argsort(-blended, kind="stable")[:k]
+                rows, values = pool[order], blended[order]
+            ids = [self._item_ids[r] for r in rows]
+        return Recommendations(ids, [float(v) for v in values])
 
-    def project_text(self, embedding: np.ndarray) -> np.ndarray:
-        """Frozen text embeddings [n, d_text] -> vectors in the trained space (text head only)."""
-        import torch
-
-        n = len(embedding)
-        features = FeatureTensors(
-            text=torch.as_tensor(embedding, dtype=torch.float32),
-            text_mask=torch.ones(n, dtype=torch.bool),
-            image=None if self.model.image_dim is None else torch.zeros(n, self.model.image_dim),
-            image_mask=None if self.model.image_dim is None else torch.zeros(n, dtype=torch.bool),
-            categories=torch.zeros(n, self.model.n_categories),
-        )
-        with torch.inference_mode():
-            self.model.eval()
-            return self.model.item_vectors(features).numpy()
+    search_pool = 100  # text matches a user's taste may re-rank
 
     # ------------------------------------------------------------------ catalog changes
-    def embed_items(self, catalog: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-        """Item-tower (vectors, biases) for new catalog rows (item_id, title, text, image, categories)."""
+    def _item_features(self, catalog: pl.DataFrame):
+        """Frozen features of new catalog rows (item_id, title, text, image, categories)."""
         from recsys.encoders.features import build_item_features
 
-        features = build_item_features(
+        # The row has title, text, image and categories whatever columns the training catalog had, so
+        # its text is built from those (encoders.text.fields may name columns it has not).
+        encoders_cfg = self.bundle.config.encoders
+        encoders_cfg = encoders_cfg.model_copy(update={"text": encoders_cfg.text.model_copy(update={"fields": None})})
+        return build_item_features(
             catalog,
-            self.bundle.config.encoders,
+            encoders_cfg,
             encoders=self.encoders(),
             store=None,
             category_vocab=list(self.bundle.features.category_vocab),
             show_progress=False,
         )
+
+    def embed_items(self, catalog: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """Item-tower (vectors, biases) for new catalog rows (item_id, title, text, image, categories)."""
         # Content only, even for an id the model once knew: an item added (or re-added) here is
         # described by the content given now, not by what the old item with that id learned.
-        return self.model.encode_items_with_bias(FeatureTensors.from_features(features))
+        return self.model.encode_items_with_bias(FeatureTensors.from_features(self._item_features(catalog)))
 
-    def add_item(self, item_id, title: str, text: str | None = None, image_path: str | None = None, categories=None) -> None:
+    def add_item(
+        self, item_id, title: str, text: str | None = None, image_path: str | None = None, categories=None, *, log: bool = True
+    ) -> None:
+        """Embed a new item from its content and add it to the live index (and, with `log`, to the
+        live catalog log first, so an acknowledged add survives reloads and restarts)."""
         if self.has_item(item_id):
             raise ValueError(f"item_id {item_id!r} already exists")
         row = pl.DataFrame(
@@ -297,8 +338,17 @@ class Recommender:
             },
             schema={"item_id": pl.Int64 if self.id_type is int else pl.String, "title": pl.String, "text": pl.String, "image": pl.String, "categories": pl.List(pl.String)},
         )
-        vector, bias = self.embed_items(row)
+        features = self._item_features(row)
+        vector, bias = self.model.encode_items_with_bias(FeatureTensors.from_features(features))
+        text_row, title_row = self._search_rows(features, title)
         with self._lock:
+            if self.has_item(item_id):  # added concurrently since the check above
+                raise ValueError(f"item_id {item_id!r} already exists")
+            if log and self.live_log is not None:
+                self.live_log.append(
+                    "add", _plain(item_id), title=title, text=text, image_path=image_path, categories=list(categories or [])
+                )
+                self.live_changes += 1
             if item_id in self._removed:  # re-adding a deleted id: give it fresh content
                 self._removed.discard(item_id)
                 self.index.remove([item_id]) if item_id in self.index else None
@@ -308,15 +358,32 @@ class Recommender:
                 self._row_of[item_id] = len(self._item_ids)
                 self._item_ids.append(item_id)
                 self._vectors = np.concatenate([self._vectors, vector])
+            if self._text_search is not None:
+                self._text_search.set_row(self._row_of[item_id], text_row, title_row)
             for cat in categories or []:
                 self._category_items.setdefault(cat, set()).add(item_id)
             self.index.add([item_id], retrieval_items(vector, bias))
         logger.info("added item %r to the live index (%d items)", item_id, len(self.index))
 
-    def remove_item(self, item_id) -> None:
+    def _search_rows(self, features, title: str) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """A new item's frozen text embedding and, where the search indexes titles, its title's."""
+        if self._text_search is None or features.text is None:
+            return None, None
+        text_row = features.text[0] if bool(features.text_mask[0]) else None
+        title_row = None
+        if self._text_search.has_titles:
+            from recsys.search import embed_titles
+
+            title_row = embed_titles(self.encoders()["text"], [None], [title])[0]
+        return text_row, title_row
+
+    def remove_item(self, item_id, *, log: bool = True) -> None:
         with self._lock:
             if not self.has_item(item_id):
                 raise KeyError(f"unknown item_id {item_id!r}")
+            if log and self.live_log is not None:
+                self.live_log.append("remove", _plain(item_id))
+                self.live_changes += 1
             self.index.remove([item_id])
             self._removed.add(item_id)
         logger.info("removed item %r from results", item_id)
@@ -333,7 +400,7 @@ class Recommender:
         chunk_size: int = 1024,
         show_progress: bool = True,
     ) -> Path:
-        """Top-k per user to parquet (user_id, item_id, rank, score), chunk by chunk, atomically."""
+        """Top-k per user to parquet (user_id, item_id, rank, score, fallback), chunk by chunk, atomically."""
         from tqdm.auto import tqdm
 
         out_path = Path(out_path)
@@ -341,20 +408,25 @@ class Recommender:
         tmp = out_path.with_name(f".{out_path.name}.tmp")
         user_dtype = pl.Int64 if self.user_id_type is int else pl.String
         item_dtype = pl.Int64 if self.id_type is int else pl.String
-        schema = {"user_id": user_dtype, "item_id": item_dtype, "rank": pl.Int32, "score": pl.Float32}
+        # fallback: null where the model ranked the items, "popular" for users it does not know (their
+        # score is the item's interaction count, not a model score).
+        schema = {"user_id": user_dtype, "item_id": item_dtype, "rank": pl.Int32, "score": pl.Float32, "fallback": pl.String}
         writer = None
         try:
             for start in tqdm(range(0, len(user_ids), chunk_size), desc="recommend", unit="chunk", disable=not show_progress):
                 chunk = list(user_ids[start : start + chunk_size])
                 recs = self.recommend_users(chunk, k, exclude_seen=exclude_seen, candidates=candidates)
-                users, items, ranks, scores = [], [], [], []
+                users, items, ranks, scores, fallbacks = [], [], [], [], []
                 for user, rec in zip(chunk, recs):
                     n = len(rec.item_ids)
                     users.extend([user] * n)
                     items.extend(rec.item_ids)
                     ranks.extend(range(1, n + 1))
                     scores.extend(rec.scores)
-                table = pl.DataFrame({"user_id": users, "item_id": items, "rank": ranks, "score": scores}, schema=schema).to_arrow()
+                    fallbacks.extend([rec.fallback] * n)
+                table = pl.DataFrame(
+                    {"user_id": users, "item_id": items, "rank": ranks, "score": scores, "fallback": fallbacks}, schema=schema
+                ).to_arrow()
                 if writer is None:
                     writer = pq.ParquetWriter(tmp, table.schema, compression="zstd")
                 writer.write_table(table)

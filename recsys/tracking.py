@@ -42,6 +42,7 @@ except ImportError:  # pragma: no cover - older/newer MLflow layouts
     MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BATCH = 6000, 100
 
 CHAMPION_ALIAS = "champion"
+DATA_TAG = "data_fingerprint"  # model-version tag: sha256 of the catalog + interactions it was trained on
 METRIC_TAG_PREFIX = "metric:"
 MODEL_NAME = "model"
 BUNDLE_ARTIFACT = "bundle"
@@ -66,11 +67,14 @@ def metric_tag_key(metric_name: str) -> str:
 
 
 def default_tracking_uri(root: Path | None = None) -> str:
-    """$MLFLOW_TRACKING_URI if set, else a sqlite store in `<root or cwd>/mlflow/` (folder created)."""
+    """$MLFLOW_TRACKING_URI if set, else a sqlite store in `<root or RECSYS_HOME>/mlflow/` (folder
+    created): one store whatever the working directory, which the dashboard and `serve --model` read."""
+    from recsys.paths import recsys_home
+
     env = os.environ.get("MLFLOW_TRACKING_URI")
     if env:
         return env
-    folder = (Path(root) if root is not None else Path.cwd()).resolve() / "mlflow"
+    folder = (Path(root) if root is not None else recsys_home()).resolve() / "mlflow"
     folder.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{folder / 'mlflow.db'}"
 
@@ -270,18 +274,33 @@ class Tracker:
 
     # -- registry
     def register_bundle(
-        self, bundle_dir: Path, metric_name: str, metric_value: float, higher_is_better: bool = True
+        self,
+        bundle_dir: Path,
+        metric_name: str,
+        metric_value: float,
+        higher_is_better: bool = True,
+        *,
+        name: str | None = None,
+        data_fingerprint: str | None = None,
+        baselines: Mapping[str, float] | None = None,
     ) -> RegistrationResult | None:
-        """Log the bundle as a pyfunc model, register a version, move `champion` only if it strictly wins."""
+        """Log the bundle as a pyfunc model and register a version under `name` (default
+        tracking.registered_model). `champion` moves to it only if it beats every baseline on its own
+        validation split (`baselines`, e.g. popularity) and then the champion: by metric when the
+        champion was trained on the same data (`data_fingerprint`), outright when the data are newer
+        (validation scores on different data do not compare)."""
         if not self.enabled:
             return None
         bundle_dir = Path(bundle_dir)
         if not bundle_dir.is_dir():
             raise FileNotFoundError(f"bundle directory not found: {bundle_dir}")
-        name = self.cfg.registered_model
+        name = name or self.cfg.registered_model or "recsys"
         if self.active_run_id is None:
             with self.step("register"):
-                return self.register_bundle(bundle_dir, metric_name, metric_value, higher_is_better)
+                return self.register_bundle(
+                    bundle_dir, metric_name, metric_value, higher_is_better,
+                    name=name, data_fingerprint=data_fingerprint, baselines=baselines,
+                )
         self._activate()
         info = mlflow.pyfunc.log_model(
             name=MODEL_NAME,
@@ -294,17 +313,26 @@ class Tracker:
         value = float(metric_value)
         client = self.client
         client.set_model_version_tag(name, version, metric_tag_key(metric_name), repr(value))
+        if data_fingerprint:
+            client.set_model_version_tag(name, version, DATA_TAG, data_fingerprint)
+        for baseline, score in (baselines or {}).items():
+            client.set_model_version_tag(name, version, f"baseline:{safe_key(baseline)}", repr(float(score)))
 
-        previous_version, previous = _champion(client, name, metric_name)
-        if previous_version is None:
+        previous_version, previous, previous_data = _champion(client, name, metric_name)
+        beaten_by = [b for b, score in (baselines or {}).items() if not (value > score if higher_is_better else value < score)]
+        if math.isnan(value):
+            wins, why = False, f"{metric_name} is NaN"
+        elif beaten_by:
+            wins, why = False, f"{metric_name}={value:.6g} does not beat the {', '.join(beaten_by)} baseline on validation"
+        elif previous_version is None:
             wins, why = True, "no champion yet"
+        elif data_fingerprint and previous_data != data_fingerprint:
+            wins, why = True, f"trained on other data than champion v{previous_version} (data {data_fingerprint[:12]})"
         elif previous is None:
             wins, why = False, f"champion v{previous_version} has no {metric_name!r} tag to compare"
-        elif math.isnan(value):
-            wins, why = False, f"{metric_name} is NaN"
         else:
             wins = value > previous if higher_is_better else value < previous
-            why = f"{metric_name}={value:.6g} vs champion v{previous_version} {previous:.6g}"
+            why = f"{metric_name}={value:.6g} vs champion v{previous_version} {previous:.6g} on the same data"
         if wins:
             client.set_registered_model_alias(name, CHAMPION_ALIAS, version)
         log.info(
@@ -315,17 +343,19 @@ class Tracker:
         return RegistrationResult(name=name, version=version, champion=wins, previous_champion_value=previous)
 
 
-def _champion(client: MlflowClient, name: str, metric_name: str) -> tuple[str | None, float | None]:
-    """(version, stored metric value) of the current champion; (None, None) when there is none."""
+def _champion(client: MlflowClient, name: str, metric_name: str) -> tuple[str | None, float | None, str | None]:
+    """(version, stored metric value, data fingerprint) of the current champion; Nones when there is none."""
     try:
         mv = client.get_model_version_by_alias(name, CHAMPION_ALIAS)
     except MlflowException:
-        return None, None
-    raw = (mv.tags or {}).get(metric_tag_key(metric_name))
+        return None, None, None
+    tags = mv.tags or {}
+    raw = tags.get(metric_tag_key(metric_name))
     try:
-        return str(mv.version), float(raw) if raw is not None else None
+        value = float(raw) if raw is not None else None
     except ValueError:
-        return str(mv.version), None
+        value = None
+    return str(mv.version), value, tags.get(DATA_TAG)
 
 
 def _pip_requirements() -> list[str]:
@@ -366,17 +396,44 @@ def resolve_model_uri(uri: str, dst: Path | None = None, *, tracking_uri: str | 
             return local
         raise FileNotFoundError(f"model uri {uri!r}: no such local path and not a models:/ or runs:/ uri")
     store = tracking_uri or default_tracking_uri()
-    target = Path(dst) if dst is not None else Path(tempfile.mkdtemp(prefix="recsys-model-"))
     try:
         source = _concrete_artifact_uri(MlflowClient(tracking_uri=store, registry_uri=store), uri)
-        local_model = Path(
-            mlflow.artifacts.download_artifacts(
-                artifact_uri=source, dst_path=str(target), tracking_uri=store, registry_uri=store
-            )
-        )
+        if dst is not None:
+            local_model = Path(mlflow.artifacts.download_artifacts(
+                artifact_uri=source, dst_path=str(dst), tracking_uri=store, registry_uri=store
+            ))
+            return _bundle_dir(local_model, uri)
+        return _cached_download(source, store, uri)
     except MlflowException as err:
         raise FileNotFoundError(f"model uri {uri!r} not found in {store}: {err.message}") from err
-    return _bundle_dir(local_model, uri)
+
+
+def _cached_download(source: str, store: str, uri: str) -> Path:
+    """The bundle behind `source`, downloaded once into $RECSYS_HOME/artifacts/models/<hash of source>
+    (a temporary sibling renamed into place, so a killed download leaves nothing half-written and
+    nothing piles up in /tmp); later resolves of the same version reuse it."""
+    import hashlib
+    import shutil
+
+    from recsys.paths import recsys_home
+
+    cache = recsys_home() / "artifacts" / "models"
+    final = cache / hashlib.sha256(f"{store}|{source}".encode()).hexdigest()[:16]
+    if final.is_dir():  # downloaded before: the model folder is the one holding MLmodel
+        model_dir = final if (final / "MLmodel").is_file() else next((p.parent for p in final.glob("*/MLmodel")), final)
+        return _bundle_dir(model_dir, uri)
+    cache.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=cache))
+    try:
+        local_model = Path(mlflow.artifacts.download_artifacts(
+            artifact_uri=source, dst_path=str(staging), tracking_uri=store, registry_uri=store
+        ))
+        relative = local_model.relative_to(staging)
+        os.replace(staging, final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return _bundle_dir(final / relative, uri)
 
 
 def _concrete_artifact_uri(client: MlflowClient, uri: str) -> str:

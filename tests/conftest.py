@@ -6,6 +6,13 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if "RECSYS_HOME" not in os.environ:  # state a test does not place itself goes to a scratch folder, not the repo
+    import atexit
+    import shutil
+    import tempfile
+
+    os.environ["RECSYS_HOME"] = tempfile.mkdtemp(prefix="recsys-test-home-")
+    atexit.register(shutil.rmtree, os.environ["RECSYS_HOME"], True)
 
 from pathlib import Path  # noqa: E402
 

@@ -74,7 +74,7 @@ def test_recommend_contract(trained, files, tiny_data):
     )
     assert result.exit_code == 0, result.output
     recs = pl.read_parquet(out)
-    assert recs.columns == ["user_id", "item_id", "rank", "score"]
+    assert recs.columns == ["user_id", "item_id", "rank", "score", "fallback"]
     assert set(recs["user_id"].unique().to_list()) <= set(users.to_list())
     assert set(recs["item_id"].to_list()) <= set(candidates.to_list())
     seen = interactions.select("user_id", "item_id").rows()
@@ -127,5 +127,16 @@ def test_run_is_tracked_in_mlflow(files, tmp_path):
     report = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
     assert {"report/report.md", "report/report.json"} <= report
     assert "recsys.ndcg_at_10" in children["evaluate-loo"].data.metrics
-    version = client.get_model_version_by_alias("recsys-two-tower", "champion")
+    # The registered name comes from the data (catalog folder + file), and the version carries the
+    # data fingerprint and the same-split baselines; it is champion exactly when it beats them.
+    name = f"recsys-{files['catalog'].parent.name}-catalog"
+    version = client.get_model_version(name, "1")
     assert version.run_id == children["train"].info.run_id
+    tags = version.tags
+    assert len(tags["data_fingerprint"]) == 64
+    baselines = {k: float(v) for k, v in tags.items() if k.startswith("baseline:")}
+    assert set(baselines) == {"baseline:popularity", "baseline:content_knn"}
+    metric = next(float(v) for k, v in tags.items() if k.startswith("metric:"))
+    beats = all(metric > v for v in baselines.values())
+    aliases = client.get_registered_model(name).aliases
+    assert ("champion" in aliases) == beats

@@ -25,7 +25,7 @@ def test_batch_output_schema_and_ranks(recommender, seen, tmp_path):
     users = recommender.bundle.users["user_id"].to_list()[:40] + [10_000_001]
     out = recommender.write_recommendations(users, tmp_path / "recs.parquet", k=7, exclude_seen=True, chunk_size=16, show_progress=False)
     recs = pl.read_parquet(out)
-    assert recs.columns == ["user_id", "item_id", "rank", "score"]
+    assert recs.columns == ["user_id", "item_id", "rank", "score", "fallback"]
     assert recs.schema["rank"] == pl.Int32 and recs.schema["score"] == pl.Float32
     per_user = recs.group_by("user_id", maintain_order=True).agg("rank", "score")
     n_items = len(recommender.bundle.catalog)

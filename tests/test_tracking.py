@@ -227,3 +227,61 @@ def test_resolve_errors_and_local_paths(tmp_path: Path, uri: str) -> None:
         resolve_model_uri(str(tmp_path / "nope"))
     with pytest.raises(FileNotFoundError, match="models:/missing@champion"):
         resolve_model_uri("models:/missing@champion", tmp_path / "dl", tracking_uri=uri)
+
+
+def test_a_model_below_popularity_never_becomes_champion(tracker: Tracker, tmp_path: Path) -> None:
+    with tracker.step("register"):
+        first = tracker.register_bundle(
+            _bundle(tmp_path, "weak"), "ndcg@10", 0.04, data_fingerprint="d1", baselines={"popularity": 0.05, "content_knn": 0.01}
+        )
+    assert not first.champion  # not even as the first model: the registry stays without a champion
+    with tracker.step("register"):
+        good = tracker.register_bundle(_bundle(tmp_path, "good"), "ndcg@10", 0.08, data_fingerprint="d1", baselines={"popularity": 0.05})
+    assert good.champion
+    with tracker.step("register"):  # beats the champion's metric, loses to content-kNN: refused
+        tricky = tracker.register_bundle(
+            _bundle(tmp_path, "tricky"), "ndcg@10", 0.09, data_fingerprint="d1", baselines={"popularity": 0.05, "content_knn": 0.10}
+        )
+    assert not tricky.champion
+    champ = _client(tracker.tracking_uri).get_model_version_by_alias("test-model", "champion")
+    assert str(champ.version) == good.version
+    assert float(champ.tags["baseline:popularity"]) == 0.05 and champ.tags["data_fingerprint"] == "d1"
+
+
+def test_champion_gates_compare_only_models_of_the_same_data(tracker: Tracker, tmp_path: Path) -> None:
+    with tracker.step("register"):
+        old = tracker.register_bundle(_bundle(tmp_path, "a"), "ndcg@10", 0.30, data_fingerprint="monday", baselines={"popularity": 0.1})
+    with tracker.step("register"):  # same data, lower validation: the champion stays
+        same = tracker.register_bundle(_bundle(tmp_path, "b"), "ndcg@10", 0.20, data_fingerprint="monday", baselines={"popularity": 0.1})
+    with tracker.step("register"):  # newer data: its validation does not compare with Monday's, and it beats popularity
+        newer = tracker.register_bundle(_bundle(tmp_path, "c"), "ndcg@10", 0.20, data_fingerprint="tuesday", baselines={"popularity": 0.1})
+    assert (old.champion, same.champion, newer.champion) == (True, False, True)
+
+
+def test_two_data_sets_never_share_a_registered_model_or_champion(tmp_path: Path) -> None:
+    from recsys.config import DataConfig
+
+    shop = TrackingConfig(experiment="e").model_name(DataConfig(catalog=Path("/data/shop/catalog.csv"), interactions=Path("/data/shop/i.csv")))
+    movies = TrackingConfig(experiment="e").model_name(DataConfig(movielens=Path("../shared/data/ml-100k")))
+    assert (shop, movies) == ("recsys-shop-catalog", "recsys-ml-100k")
+    assert TrackingConfig(registered_model="mine").model_name(DataConfig(movielens=Path("x"))) == "mine"
+    tracker = Tracker(TrackingConfig(experiment="e"), root=tmp_path)
+    with tracker.step("register"):
+        a = tracker.register_bundle(_bundle(tmp_path, "movies"), "ndcg@10", 0.30, name=movies, data_fingerprint="m", baselines={"popularity": 0.1})
+    with tracker.step("register"):
+        b = tracker.register_bundle(_bundle(tmp_path, "shop"), "ndcg@10", 0.05, name=shop, data_fingerprint="s", baselines={"popularity": 0.01})
+    assert a.champion and b.champion and (a.name, b.name) == (movies, shop) and a.version == b.version == "1"
+    client = _client(tracker.tracking_uri)
+    assert client.get_model_version_by_alias(movies, "champion").tags["data_fingerprint"] == "m"
+    assert client.get_model_version_by_alias(shop, "champion").tags["data_fingerprint"] == "s"
+
+
+def test_registry_models_download_once_into_recsys_home(tracker: Tracker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RECSYS_HOME", str(tmp_path / "home"))
+    with tracker.step("register"):
+        tracker.register_bundle(_bundle(tmp_path, "v1"), "ndcg@10", 0.1)
+    first = resolve_model_uri("models:/test-model@champion", tracking_uri=tracker.tracking_uri)
+    again = resolve_model_uri("models:/test-model@champion", tracking_uri=tracker.tracking_uri)
+    assert first == again and (tmp_path / "home" / "artifacts" / "models") in first.parents
+    assert '"v1"' in (first / "manifest.json").read_text()
+    assert not [p for p in (tmp_path / "home" / "artifacts" / "models").iterdir() if p.name.startswith(".")]

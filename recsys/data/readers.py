@@ -120,3 +120,15 @@ def load_dataset(cfg: DataConfig) -> tuple[pl.DataFrame, pl.DataFrame]:
     interactions = check_items_in_catalog(interactions, catalog, source, drop_unknown=cfg.drop_unknown_items)
     interactions = apply_min_rating(interactions, cfg.min_rating, source)
     return catalog, interactions
+
+
+def data_fingerprint(catalog: pl.DataFrame, interactions: pl.DataFrame) -> str:
+    """sha256 of the catalog's items (id, title) and the interactions (user, item, time), order-free:
+    two models compare on validation only when this matches (their validation splits are the same)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for frame, columns in ((catalog, ["item_id", "title"]), (interactions, ["user_id", "item_id", "timestamp"])):
+        present = [c for c in columns if c in frame.columns]
+        digest.update(frame.select(present).sort(present).write_csv().encode())
+    return digest.hexdigest()

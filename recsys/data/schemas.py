@@ -159,13 +159,35 @@ def validate_catalog(df: pl.DataFrame, source: str, base_dir: Path | None = None
     return _reorder(df, ["item_id", "title", "text", "image", "categories"])
 
 
+def _parse_timestamp_strings(df: pl.DataFrame, source: str) -> pl.DataFrame:
+    """Text timestamps: unix seconds as digits, or ISO 8601 dates/datetimes (a CSV column that had one
+    unparseable value stays text). The error names exactly the rows that parse as neither."""
+    text = pl.col("timestamp").cast(pl.String).str.strip_chars()
+    parsed = pl.coalesce(
+        text.cast(pl.Int64, strict=False),
+        text.str.to_datetime(strict=False, time_unit="us").dt.epoch("s"),
+        text.str.to_date(strict=False).cast(pl.Datetime("us")).dt.epoch("s"),
+    )
+    bad = parsed.is_null() & pl.col("timestamp").is_not_null()
+    n_bad = df.select(bad.sum()).item()
+    if n_bad:
+        raise _fail(
+            source, "timestamp", f"{n_bad} value(s) are neither unix seconds nor an ISO 8601 date or datetime",
+            _show_rows(df, bad, ["user_id", "item_id", "timestamp"]),
+        )
+    return df.with_columns(parsed.cast(pl.Int64).alias("timestamp"))
+
+
 def _normalise_timestamp(df: pl.DataFrame, source: str) -> pl.DataFrame:
-    """Integer unix seconds -> Int64; datetime/date -> Int64 epoch seconds; nulls are an error."""
+    """Integer unix seconds -> Int64; datetime/date (or their ISO 8601 text) -> Int64 epoch seconds;
+    nulls and unparseable text are errors that name their rows."""
     dtype = df.schema["timestamp"]
     if dtype.is_integer():
         df = df.with_columns(pl.col("timestamp").cast(pl.Int64))
     elif dtype == pl.Date or isinstance(dtype, pl.Datetime):
         df = df.with_columns(pl.col("timestamp").dt.epoch("s").cast(pl.Int64))
+    elif _is_stringish(dtype):
+        df = _parse_timestamp_strings(df, source)
     else:
         raise _fail(
             source, "timestamp", f"has type {dtype}; expected integer unix seconds, datetime or date",

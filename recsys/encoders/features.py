@@ -157,14 +157,16 @@ def build_item_features(
     With a `store`, only items whose content changed since the last run are encoded. Pass the
     training `category_vocab` when featurising new items for serving: unknown categories are ignored.
     """
-    from recsys.encoders.text import build_item_texts
+    from recsys.encoders.text import build_item_texts, select_text_columns
 
     encoders = load_encoders(cfg) if encoders is None else encoders
     ids = catalog["item_id"].to_numpy()
     arrays: dict[str, np.ndarray | None] = {name: None for name in _OPTIONAL}
     for modality, encoder in encoders.items():
         if modality == "text":
-            inputs = build_item_texts(catalog, cfg.text.fields)
+            columns = select_text_columns(catalog, cfg.text.fields)
+            log.info(columns.describe())
+            inputs = build_item_texts(catalog, columns.used)
         elif modality == "image":
             inputs = catalog["image"].to_list() if "image" in catalog.columns else [None] * catalog.height
         else:

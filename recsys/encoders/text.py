@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,11 @@ DEFAULT_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 _HASHED_SUFFIXES = {".safetensors", ".bin", ".pt", ".pth", ".json", ".txt", ".model"}
 # Field labels in the embedded text; title and free text go in unlabelled.
 _FIELD_LABELS = {"categories": "Genres", "genres": "Genres"}
-_UNLABELLED = {"title", "text", "description"}
+# Free-text columns recognised by name, in the order they are read.
+FREE_TEXT_COLUMNS = ("text", "description", "plot", "summary", "overview", "synopsis", "body", "content")
+_UNLABELLED = {"title", *FREE_TEXT_COLUMNS}
+_PATH_LIKE = ("http://", "https://", "file://", "s3://", "gs://", "/", "./", "../")
+_PATH_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff", ".pdf", ".html")
 
 
 def default_text_model_path() -> str:
@@ -99,6 +104,71 @@ def _join_parts(parts: list[str]) -> str:
             text += " " if text[-1] in ".!?" else ". "
         text += part
     return text
+
+
+def _skipped_by_name(column: str) -> str | None:
+    """Why a string column is not item text, judged by its name (None: it may be)."""
+    name = column.lower()
+    if name == "id" or name.endswith(("_id", "-id")) or name in ("sku", "ean", "upc", "gtin", "isbn"):
+        return "an id"
+    if any(name.endswith(suffix) for suffix in ("url", "uri", "path", "file", "filename", "image", "poster")):
+        return "a path or link"
+    if "title" in name:
+        return "another title"
+    if name.endswith(("_by", "_at")):
+        return "record metadata"
+    return None
+
+
+def _looks_like_paths(values: pl.Series) -> bool:
+    sample = [str(v).strip() for v in values.drop_nulls().head(50).to_list() if str(v).strip()]
+    return bool(sample) and all(v.startswith(_PATH_LIKE) or v.lower().endswith(_PATH_SUFFIXES) for v in sample)
+
+
+@dataclass(frozen=True)
+class TextColumns:
+    """Which catalog columns feed the text encoder, and which string columns were left out (and why)."""
+
+    used: list[str]
+    ignored: dict[str, str]
+
+    def describe(self) -> str:
+        ignored = ", ".join(f"{c} ({why})" for c, why in self.ignored.items()) or "none"
+        return f"text encoder reads columns: {', '.join(self.used)}; string columns not read: {ignored}"
+
+
+def select_text_columns(catalog: pl.DataFrame, fields: list[str] | None) -> TextColumns:
+    """The columns joined into each item's text. Explicit `fields` (encoders.text.fields) must all
+    exist. None (the default) picks them from the catalog: `title`, `categories`, the free-text columns
+    recognised by name (FREE_TEXT_COLUMNS: description, text, plot, summary, ...), then every other
+    string column that is not an id, a path or link, another title or record metadata."""
+    if fields is not None:
+        missing = [f for f in fields if f not in catalog.columns]
+        if missing:
+            raise KeyError(
+                f"encoders.text.fields names columns the catalog does not have: {missing} (catalog columns: {catalog.columns})"
+            )
+        return TextColumns(list(fields), {})
+    used = [c for c in ("title", "categories") if c in catalog.columns]
+    # A recognised column with no value at all (the normalised catalog always has `text`) says nothing.
+    used += [c for c in FREE_TEXT_COLUMNS if c in catalog.columns and catalog[c].null_count() < catalog.height]
+    ignored: dict[str, str] = {}
+    for column, dtype in catalog.schema.items():
+        if column in used or column in ("item_id", "image") or dtype != pl.String:
+            continue
+        why = _skipped_by_name(column) or ("paths or links" if _looks_like_paths(catalog[column]) else None)
+        if why is None and catalog[column].drop_nulls().n_unique() <= 1:
+            why = "one value"
+        if why is None:
+            used.append(column)
+        else:
+            ignored[column] = why
+    return TextColumns(used, ignored)
+
+
+def free_text_columns(columns: TextColumns) -> list[str]:
+    """The used columns that say more than the title and categories (for the coverage log)."""
+    return [c for c in columns.used if c not in ("title", "categories")]
 
 
 def build_item_texts(catalog: pl.DataFrame, fields: list[str]) -> list[str | None]:

@@ -43,6 +43,12 @@ class TrainResult:
     member_best_epochs: list[int] = field(default_factory=list)
     # model.item_item: what was picked on validation (ridge, decay, weight) and the towers' own score.
     item_item: dict = field(default_factory=dict)
+    # The same validation metric for the reference scorers (popularity, content_knn), same queries.
+    baselines: dict = field(default_factory=dict)
+
+    def losing_to(self) -> list[str]:
+        """The baselines this model does not beat on validation (empty: it beats them all)."""
+        return [name for name, value in self.baselines.items() if not self.best_metric > value]
 
     def item_item_metrics(self) -> dict[str, float]:
         """The item-item picks as numbers, for MLflow and the benchmark tables ("item_item_l2", ...)."""
@@ -162,7 +168,33 @@ def fit_two_tower(
     result = _fit_towers(features, cfg, prepared, make_logger, show_progress)
     if cfg.model.item_item == "ease":
         result = _add_item_item_block(result, features, cfg, prepared)
+    if prepared.valid_queries is not None:
+        result.baselines = validation_baselines(features, prepared, cfg.train.valid_metric)
     return result
+
+
+def validation_baselines(features: ItemFeatures, prepared: "_Prepared", metric: str, batch_size: int = 1024) -> dict[str, float]:
+    """`metric` of popularity (training counts) and content-kNN (frozen embeddings) on the validation
+    queries the model was early-stopped on, ranked as validation_score ranks: what a trained model
+    must beat before it is worth serving."""
+    from recsys.eval.baselines import ContentKNNScorer, frozen_content_embeddings
+
+    queries, k = prepared.valid_queries, int(metric.split("@")[1])
+    excluded = prepared.exclude if prepared.exclude is not None else queries.histories
+    targets = torch.as_tensor(np.asarray(queries.targets))
+    popularity = prepared.popularity.astype(np.float32)
+    scorers = {"popularity": lambda rows: np.tile(popularity, (len(range(len(targets))[rows]), 1))}
+    if features.text is not None or features.image is not None:
+        knn = ContentKNNScorer(frozen_content_embeddings(features))
+        scorers["content_knn"] = lambda rows: knn.score(list(queries.histories[rows]), np.asarray(queries.user_index[rows]))
+    out = {}
+    for name, scores in scorers.items():
+        ranks = []
+        for start in range(0, len(targets), batch_size):
+            rows = slice(start, start + batch_size)
+            ranks.append(target_ranks(torch.from_numpy(np.array(scores(rows), dtype=np.float32)), targets[rows], excluded[rows]))
+        out[name] = ranking_metrics(torch.cat(ranks), (k,))[metric]
+    return out
 
 
 def _fit_towers(

@@ -37,7 +37,14 @@ def create_app(
     into bundle directories by `resolver` (default: recsys.tracking.resolve_model_uri)."""
     state = ModelState()
     metrics = ServingMetrics()
-    reloader = Reloader(state, metrics, loader or default_loader, resolver or resolve_model_uri)
+    if loader is None:
+        live_log = settings.live_log_path
+        logger.info("live catalog log: %s", live_log)
+
+        def loader(reference: str):
+            return default_loader(reference, live_log)
+
+    reloader = Reloader(state, metrics, loader, resolver or resolve_model_uri)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -150,6 +157,7 @@ def serve(
     max_body_bytes: int = 1 << 20,
     log_level: str = "info",
     threads: int | None = None,
+    live_log: Path | None = None,
 ) -> None:
     """Run the API with uvicorn (one worker: the model lives in this process's memory).
 
@@ -165,7 +173,7 @@ def serve(
     import uvicorn  # lazy: only the server entry point needs it
 
     settings = ServingSettings(
-        bundle=bundle, model_uri=model_uri, poll_seconds=poll_seconds, max_body_bytes=max_body_bytes
+        bundle=bundle, model_uri=model_uri, poll_seconds=poll_seconds, max_body_bytes=max_body_bytes, live_log=live_log
     )
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     uvicorn.run(create_app(settings), host=host, port=port, workers=1, log_level=log_level, access_log=False)

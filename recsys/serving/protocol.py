@@ -59,7 +59,14 @@ class RecommenderLike(Protocol):
     ) -> RecommendationsLike: ...
 
     def search(
-        self, query: str, k: int, *, candidates: list | None = None, categories: list[str] | None = None
+        self,
+        query: str,
+        k: int,
+        *,
+        candidates: list | None = None,
+        categories: list[str] | None = None,
+        user_id: Any = None,
+        taste_weight: float = 0.1,
     ) -> RecommendationsLike: ...
 
     def add_item(
@@ -79,12 +86,13 @@ def user_id_type(recommender: RecommenderLike) -> type:
     return getattr(recommender, "user_id_type", None) or recommender.id_type
 
 
-def load_from_bundle(bundle_dir: Path) -> RecommenderLike:
+def load_from_bundle(bundle_dir: Path, live_log: Path | None = None) -> RecommenderLike:
     """Import the real Recommender lazily (torch/faiss are heavy) and load a bundle.
 
     The frozen encoders are loaded here too (in the reload worker thread, before the swap), so the
-    first /v1/search or POST /v1/items after a (re)load is not slowed by a model load.
+    first /v1/search or POST /v1/items after a (re)load is not slowed by a model load. `live_log`
+    (the server's live catalog log) is replayed onto the new model before it is swapped in.
     """
     from recsys.recommender import Recommender  # lazy: keeps `import recsys.serving` cheap
 
-    return Recommender.from_bundle(Path(bundle_dir), load_encoders=True)
+    return Recommender.from_bundle(Path(bundle_dir), load_encoders=True, live_log=live_log)

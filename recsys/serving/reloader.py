@@ -34,10 +34,10 @@ def resolve_model_uri(uri: str) -> Path:
     return Path(resolve(uri))
 
 
-def default_loader(reference: str) -> RecommenderLike:
-    """Bundle path or models:/ URI -> Recommender.from_bundle."""
+def default_loader(reference: str, live_log: Path | None = None) -> RecommenderLike:
+    """Bundle path or models:/ URI -> Recommender.from_bundle, with the live catalog log replayed."""
     path = resolve_model_uri(reference) if is_model_uri(reference) else Path(reference)
-    return load_from_bundle(path)
+    return load_from_bundle(path, live_log)
 
 
 class ReloadFailed(Exception):

@@ -230,7 +230,7 @@ def build_router(state: ModelState, max_k: int) -> APIRouter:
         "/search",
         response_model=SearchResponse,
         responses=error_responses(409, 413, 422),
-        summary="Free-text search through the text encoder and the trained text head",
+        summary="Free-text search in the frozen text encoder's space, optionally re-ranked by a user's taste",
         tags=["recommendations"],
     )
     def search(model: Model, body: SearchRequest) -> Response:
@@ -239,10 +239,13 @@ def build_router(state: ModelState, max_k: int) -> APIRouter:
         candidates = parse_ids(body.candidates, rec.id_type, "candidate")
         categories = check_categories(model, body.categories)
         try:
-            result = rec.search(body.query, k, candidates=candidates, categories=categories)
+            uid = None if body.user_id is None else parse_id(body.user_id, user_id_type(rec), "user_id")
+            result = rec.search(
+                body.query, k, candidates=candidates, categories=categories, user_id=uid, taste_weight=body.taste_weight
+            )
         except ValueError as exc:  # e.g. a query that is blank once normalised
             raise ApiError(422, "invalid_query", str(exc)) from None
-        except RuntimeError as exc:  # the loaded bundle has no text encoder / text head
+        except RuntimeError as exc:  # the loaded bundle has no text encoder
             logger.warning("search unavailable on model %s: %s", model.model_version, exc)
             raise ApiError(409, "search_unavailable", str(exc)) from None
         return recommendations_json(result, k, model, query=body.query)
@@ -268,6 +271,8 @@ def build_router(state: ModelState, max_k: int) -> APIRouter:
             raise ApiError(422, "invalid_item", str(exc)) from None
         except FileNotFoundError as exc:
             raise ApiError(422, "image_not_found", f"image not readable: {exc.filename}") from None
+        except OSError as exc:  # the live catalog log could not be written: nothing was changed
+            raise ApiError(503, "live_log_unwritable", f"live catalog log not writable: {exc}") from None
         logger.info("added item %r (model %s)", iid, model.model_version)
         return ItemMutationResponse(item_id=iid, status="added", model_version=model.model_version)
 
@@ -287,6 +292,8 @@ def build_router(state: ModelState, max_k: int) -> APIRouter:
             rec.remove_item(iid)
         except KeyError:
             raise ApiError(404, "item_not_found", f"unknown item id: {iid!r}") from None
+        except OSError as exc:  # the live catalog log could not be written: nothing was changed
+            raise ApiError(503, "live_log_unwritable", f"live catalog log not writable: {exc}") from None
         logger.info("removed item %r (model %s)", iid, model.model_version)
         return ItemMutationResponse(item_id=iid, status="removed", model_version=model.model_version)
 
@@ -321,5 +328,7 @@ def model_info_response(model: LoadedModel) -> ModelInfoResponse:
         user_id_type="int" if user_id_type(model.recommender) is int else "str",
         source=model.source,
         loaded_at=model.loaded_at,
+        live_changes=int(info.get("live_changes") or 0),
+        live_log=info.get("live_log"),
     )
 

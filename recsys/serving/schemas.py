@@ -123,6 +123,12 @@ class SimilarItemsResponse(RecommendationResponse):
 class SearchRequest(_Strict):
     query: str = Field(min_length=1, max_length=2000, description="Free text; must not be blank.")
     k: K = 10
+    user_id: ItemId | None = Field(
+        default=None,
+        description="Optional known user: the best text matches are re-ranked by text similarity plus this user's "
+        "taste (taste_weight); an unknown user gets the plain text order.",
+    )
+    taste_weight: float = Field(default=0.1, ge=0.0, le=10.0, description="Weight of the user's taste (0 = text order).")
     categories: list[Category] | None = Field(default=None, max_length=100)
     candidates: list[ItemId] | None = Field(default=None, max_length=MAX_LIST_LEN)
 
@@ -182,6 +188,9 @@ class ModelInfoResponse(BaseModel):
     user_id_type: Literal["int", "str"] = Field(description="Type of user ids (may differ from the item ids').")
     source: str | None = Field(default=None, description="Bundle path or models:/ URI the model was loaded from.")
     loaded_at: datetime | None = None
+    live_changes: int = Field(default=0, description="Items added or removed through the API that this model carries "
+                              "(replayed from the live catalog log at load, or made since).")
+    live_log: str | None = Field(default=None, description="The live catalog log those changes are kept in.")
 
     model_config = ConfigDict(
         protected_namespaces=(),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -24,6 +25,12 @@ class ServingSettings(BaseModel):
     max_body_bytes: int = Field(default=1 << 20, ge=1, description="Requests with larger bodies get 413.")
     poll_seconds: float = Field(default=0.0, ge=0, description="Registry alias polling period; 0 = off.")
     max_k: int = Field(default=MAX_K, ge=1, le=MAX_K, description="Largest k a client may ask for.")
+    live_log: Path | None = Field(
+        default=None,
+        description="Live catalog log (recsys.live_catalog): items added or removed through the API, replayed on "
+        "every load. None: live_catalog.jsonl in the bundle directory, or for a models:/ URI "
+        "$RECSYS_HOME/live/<name>.jsonl.",
+    )
 
     model_config = ConfigDict(frozen=True, protected_namespaces=())
 
@@ -34,6 +41,19 @@ class ServingSettings(BaseModel):
         if self.poll_seconds and self.model_uri is None:
             raise ValueError("poll_seconds needs model_uri (a bundle path has no alias to follow)")
         return self
+
+    @property
+    def live_log_path(self) -> Path:
+        """Where this server keeps its live catalog changes, across reloads and restarts."""
+        from recsys.live_catalog import LOG_NAME
+        from recsys.paths import recsys_home
+
+        if self.live_log is not None:
+            return self.live_log
+        if self.bundle is not None:
+            return self.bundle / LOG_NAME
+        slug = re.sub(r"[^A-Za-z0-9._-]+", "_", self.model_uri.removeprefix(MODEL_URI_PREFIX)).strip("_")
+        return recsys_home() / "live" / f"{slug}.jsonl"
 
     @property
     def reference(self) -> str:

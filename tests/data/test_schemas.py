@@ -53,8 +53,8 @@ def test_mistyped_id_column(raw_catalog, write):
 
 
 def test_mistyped_timestamp_column(raw_interactions, write):
-    path = write(raw_interactions.with_columns(pl.col("timestamp").cast(pl.String)), "ts.parquet")
-    with pytest.raises(DataValidationError, match=r"ts\.parquet: column 'timestamp': has type String"):
+    path = write(raw_interactions.with_columns(pl.col("timestamp").cast(pl.Float64)), "ts.parquet")
+    with pytest.raises(DataValidationError, match=r"ts\.parquet: column 'timestamp': has type Float64"):
         read_interactions(path)
 
 
@@ -150,3 +150,18 @@ def test_item_id_type_mismatch(raw_catalog, raw_interactions):
     catalog = validate_catalog(raw_catalog.with_columns(pl.col("item_id").cast(pl.String)), "c")
     with pytest.raises(DataValidationError, match="disagrees"):
         check_items_in_catalog(validate_interactions(raw_interactions, "i"), catalog, "i")
+
+
+def test_text_timestamps_parse_and_garbage_names_its_own_rows():
+    from recsys.data.schemas import DataValidationError, validate_interactions
+
+    good = ["2026-11-01T08:00:00"] * 6
+    frame = pl.DataFrame({"user_id": ["u"] * 8, "item_id": [f"i{k}" for k in range(8)],
+                          "timestamp": [*good, "next tuesday", "1700000000"]})
+    with pytest.raises(DataValidationError) as err:
+        validate_interactions(frame, "events.csv")
+    message = str(err.value)
+    assert "events.csv: column 'timestamp': 1 value(s) are neither unix seconds nor an ISO 8601" in message
+    assert "next tuesday" in message and "2026-11-01" not in message  # the bad row, not the first five
+    parsed = validate_interactions(frame.filter(pl.col("timestamp") != "next tuesday"), "events.csv")
+    assert parsed["timestamp"].to_list()[-2:] == [1793520000, 1700000000]

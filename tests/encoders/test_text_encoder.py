@@ -88,3 +88,22 @@ def test_build_item_texts_format():
     assert texts[2] is None
     with pytest.raises(KeyError):
         build_item_texts(catalog, ["title", "nope"])
+
+
+def test_text_columns_are_picked_from_the_catalog_and_named():
+    from recsys.encoders.text import select_text_columns
+
+    catalog = pl.DataFrame({
+        "item_id": ["SKU-1", "SKU-2"], "title": ["Red shirt", "Pan"], "categories": [["Shirts"], ["Kitchen"]],
+        "description": ["Soft cotton.", None], "brand": ["Contoso", "Fabrikam"], "sku_id": ["x", "y"],
+        "image_url": ["https://cdn/1.jpg", None], "thumb": ["img/1.png", "img/2.png"], "alt_title": ["Shirt, red", "A pan"],
+        "updated_by": ["bot", "ann"], "source": ["feed", "feed"], "price": [9.5, 20.0],
+    })
+    columns = select_text_columns(catalog, None)
+    assert columns.used == ["title", "categories", "description", "brand"]
+    assert columns.ignored == {"sku_id": "an id", "image_url": "a path or link", "thumb": "paths or links",
+                               "alt_title": "another title", "updated_by": "record metadata", "source": "one value"}
+    assert "description" in columns.describe() and "image_url (a path or link)" in columns.describe()
+    assert select_text_columns(catalog, ["title", "brand"]).used == ["title", "brand"]
+    with pytest.raises(KeyError, match="encoders.text.fields names columns the catalog does not have: \\['plot'\\]"):
+        select_text_columns(catalog, ["title", "plot"])

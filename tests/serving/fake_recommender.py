@@ -133,7 +133,7 @@ class FakeRecommender:
             raise KeyError(item_id)
         return self._rank(self._items[item_id]["vector"], k, {item_id}, candidates, categories)
 
-    def search(self, query, k, *, candidates=None, categories=None) -> Recommendations:
+    def search(self, query, k, *, candidates=None, categories=None, user_id=None, taste_weight=0.1) -> Recommendations:
         words = set(query.lower().split())
         with self._lock:
             overlap = {i: len(words & set(f"{v['title']} {v['text']}".lower().split())) for i, v in self._items.items()}
