@@ -53,8 +53,10 @@ bench-serving: $(STAMP)  ## HTTP load test of `recsys serve` on the ml-100k bund
 	test -d artifacts/ml100k/bundle || $(BIN)/recsys train -c pipelines/configs/ml100k.yaml --out artifacts/ml100k/bundle -q
 	$(BIN)/python bench/serving/loadtest.py --bundle artifacts/ml100k/bundle
 
-dashboard: $(STAMP)  ## MLflow UI over the local store
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow/mlflow.db --workers 1 --host 127.0.0.1 --port 5000
+RECSYS_HOME ?= $(CURDIR)
+
+dashboard: $(STAMP)  ## MLflow UI over the store every command writes: $RECSYS_HOME/mlflow (default: this folder)
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(RECSYS_HOME)/mlflow/mlflow.db --workers 1 --host 127.0.0.1 --port 5000
 
 serve: $(STAMP)  ## the retrieval API over the demo bundle
 	$(BIN)/recsys serve --bundle artifacts/demo/bundle
