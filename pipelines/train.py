@@ -40,19 +40,6 @@ def user_histories(ordered: pl.DataFrame, trained_user_ids: np.ndarray) -> pl.Da
     )
 
 
-def title_vectors(cfg: PipelineConfig, catalog: pl.DataFrame) -> np.ndarray | None:
-    """The titles' frozen text embeddings, for text search (cached like the item texts); None
-    without a text encoder."""
-    if not cfg.encoders.text.enabled:
-        return None
-    from recsys.encoders.features import load_encoders
-    from recsys.encoders.store import FeatureStore
-    from recsys.search import embed_titles
-
-    encoder = load_encoders(cfg.encoders)["text"]
-    return embed_titles(encoder, catalog["item_id"].to_list(), catalog["title"].to_list(), FeatureStore(cfg.encoders.cache_dir))
-
-
 def build_bundle(
     cfg: PipelineConfig,
     out_dir: Path,
@@ -83,7 +70,6 @@ def build_bundle(
         users=user_histories(ordered, result.user_ids),
         catalog=catalog.select("item_id", "title", "categories"),
         popularity=popularity,
-        title_vectors=title_vectors(cfg, catalog),
         extra_meta={
             "valid": {result.valid_metric_name: result.best_metric},
             "valid_baselines": result.baselines,

@@ -14,8 +14,6 @@ never leaves a half-written bundle where a server could pick it up):
                          absent in older bundles): known users and their seen items
     catalog.parquet      item_id, title, categories: filters and display
     popularity.parquet   item_id, count: the fallback for unknown users
-    title_vectors.npy    frozen text embeddings of the titles alone, for text search (optional:
-                         absent without a text encoder and in older bundles)
 """
 
 from __future__ import annotations
@@ -98,7 +96,6 @@ def save_bundle(
     catalog: pl.DataFrame,
     popularity: pl.DataFrame,
     extra_meta: dict | None = None,
-    title_vectors: np.ndarray | None = None,
 ) -> Path:
     """Write a bundle atomically: build in a temp dir beside `out_dir`, then swap it in."""
     out_dir = Path(out_dir)
@@ -113,8 +110,6 @@ def save_bundle(
         users.write_parquet(staging / "users.parquet")
         catalog.write_parquet(staging / "catalog.parquet")
         popularity.write_parquet(staging / "popularity.parquet")
-        if title_vectors is not None:
-            np.save(staging / "title_vectors.npy", np.asarray(title_vectors, dtype=np.float32))
         (staging / "config.yaml").write_text(config.to_yaml())
         ids = np.asarray(features.item_ids)
         created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

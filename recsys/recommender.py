@@ -109,16 +109,13 @@ class Recommender:
 
     @staticmethod
     def _load_text_search(bundle: Bundle):
-        """Search rows for the catalog: its frozen text embeddings, plus title embeddings where the
-        bundle has them (older bundles: full text only). None without a text encoder."""
+        """Search rows for the catalog: its frozen text embeddings. None without a text encoder."""
         from recsys.search import TextSearch
 
         features = bundle.features
         if features.text is None:
             return None
-        titles_path = bundle.path / "title_vectors.npy"
-        titles = np.load(titles_path) if titles_path.exists() else None
-        return TextSearch(features.text, features.text_mask, titles)
+        return TextSearch(features.text, features.text_mask)
 
     # ------------------------------------------------------------------ info
     def info(self) -> dict:
@@ -340,7 +337,7 @@ class Recommender:
         )
         features = self._item_features(row)
         vector, bias = self.model.encode_items_with_bias(FeatureTensors.from_features(features))
-        text_row, title_row = self._search_rows(features, title)
+        text_row = None if features.text is None or not bool(features.text_mask[0]) else features.text[0]
         with self._lock:
             if self.has_item(item_id):  # added concurrently since the check above
                 raise ValueError(f"item_id {item_id!r} already exists")
@@ -359,23 +356,11 @@ class Recommender:
                 self._item_ids.append(item_id)
                 self._vectors = np.concatenate([self._vectors, vector])
             if self._text_search is not None:
-                self._text_search.set_row(self._row_of[item_id], text_row, title_row)
+                self._text_search.set_row(self._row_of[item_id], text_row)
             for cat in categories or []:
                 self._category_items.setdefault(cat, set()).add(item_id)
             self.index.add([item_id], retrieval_items(vector, bias))
         logger.info("added item %r to the live index (%d items)", item_id, len(self.index))
-
-    def _search_rows(self, features, title: str) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """A new item's frozen text embedding and, where the search indexes titles, its title's."""
-        if self._text_search is None or features.text is None:
-            return None, None
-        text_row = features.text[0] if bool(features.text_mask[0]) else None
-        title_row = None
-        if self._text_search.has_titles:
-            from recsys.search import embed_titles
-
-            title_row = embed_titles(self.encoders()["text"], [None], [title])[0]
-        return text_row, title_row
 
     def remove_item(self, item_id, *, log: bool = True) -> None:
         with self._lock:
