@@ -34,7 +34,7 @@ bench: $(STAMP)  ## encoder and index throughput (bench/results/*.json)
 	$(BIN)/python bench/encoders.py
 	$(BIN)/python bench/index.py
 
-bench-shared: $(STAMP)  ## slowdown beside a busy loop and beside a second copy (train, batch, API, demo); ~20 min
+bench-shared: $(STAMP)  ## slowdown beside a busy loop and beside a second copy (train, batch, API, demo); ~40 min
 	$(BIN)/python bench/shared_machine.py --sections train,batch,api,demo
 
 bench-quality: $(STAMP)  ## recsys vs peers on ml-100k (needs implicit, and LightFM: see bench/README.md)

@@ -95,18 +95,27 @@ class CodeTree:
 def run_timed(cmd: list[str], env: dict[str, str], cwd: Path, log_path: Path) -> float:
     start = time.perf_counter()
     with open(log_path, "wb") as out:
-        done = subprocess.run(cmd, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
+        done = subprocess.run(cmd, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
     seconds = time.perf_counter() - start
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} exited {done.returncode}; see {log_path}")
     return seconds
 
 
+def _die_with_parent() -> None:
+    """Children get SIGKILL when the benchmark dies (Linux prctl PR_SET_PDEATHSIG): an orphaned busy
+    loop would otherwise run on and skew every later measurement on the machine."""
+    import ctypes
+    import signal
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
+
+
 class BusyLoop:
     """One single-threaded process that never sleeps: the 'other job' on the machine."""
 
     def __enter__(self):
-        self.proc = subprocess.Popen([sys.executable, "-c", BUSY_LOOP])
+        self.proc = subprocess.Popen([sys.executable, "-c", BUSY_LOOP], preexec_fn=_die_with_parent)
         time.sleep(0.5)
         return self
 
