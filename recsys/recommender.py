@@ -276,9 +276,12 @@ class Recommender:
         allowed = self._allowed(candidates, categories)
         with self._lock:
             scores = self._text_search.scores(embedding[0])
-            live = [row for row, item in enumerate(self._item_ids) if item not in self._removed] if allowed is None else [
-                self._row_of[item] for item in allowed
-            ]
+            if allowed is None:  # every live row: a mask over the rows, not a Python pass over every id
+                keep = np.ones(len(self._item_ids), dtype=bool)
+                keep[[self._row_of[item] for item in self._removed]] = False
+                live = np.flatnonzero(keep)
+            else:
+                live = [self._row_of[item] for item in allowed]
             user_row = self._user_row.get(user_id) if user_id is not None else None
             if user_row is None or taste_weight == 0:
                 rows, values = self._text_search.top(scores, k, live)
