@@ -258,8 +258,9 @@ def section_demo(scratch: Path, after: CodeTree) -> dict:
                         "index, recommend, evaluate, MLflow)", **under_conditions("demo", job)}
 
 
-def section_recipe(scratch: Path, before: CodeTree, after: CodeTree) -> dict:
-    """Idle training time, before vs after, interleaved so drift on the machine hits both alike."""
+def section_recipe(scratch: Path, before: CodeTree, after: CodeTree, save: Callable[[dict], None]) -> dict:
+    """Idle training time, before vs after, interleaved so drift on the machine hits both alike.
+    `save` receives the partial result after each config, so a stopped run keeps what it measured."""
     out: dict = {}
     for name, config, data in (("demo", DEMO, []), ("ml100k", ML100K, ["--movielens", str(shared_data_dir() / "ml-100k")])):
         features = warm_features(after, scratch, config, data)
@@ -275,6 +276,7 @@ def section_recipe(scratch: Path, before: CodeTree, after: CodeTree) -> dict:
             log(f"recipe {name}: {label} {seconds:.0f}s, valid {entry[label]['valid']}")
         entry["speedup"] = round(entry["before"]["wall_s"] / entry["after"]["wall_s"], 2)
         out[name] = entry
+        save(dict(out))
     return out
 
 
@@ -370,24 +372,29 @@ def main() -> None:
             "sections": previous.get("sections", {}),
         }
         run_info = {"date": results["date"], "command": results["command"]}
+
+        def save(section: str, entry: dict) -> None:
+            """Write the results after every section (and every recipe config): a long run that is
+            stopped keeps what it measured."""
+            results["sections"][section] = {**entry, "run": run_info}
+            results["wall_s"] = round(time.perf_counter() - started, 1)
+            RESULTS.parent.mkdir(parents=True, exist_ok=True)
+            tmp = RESULTS.with_suffix(".json.tmp")
+            tmp.write_text(json.dumps(results, indent=2) + "\n")
+            tmp.replace(RESULTS)
+            write_doc(markdown(results))
+
         for section in sections:
             if section == "train":
-                results["sections"]["train"] = section_train(scratch, before, after)
+                save("train", section_train(scratch, before, after))
             elif section == "batch":
-                results["sections"]["batch"] = section_batch(scratch, after)
+                save("batch", section_batch(scratch, after))
             elif section == "api":
-                results["sections"]["api"] = section_api(scratch, after, args.rate, args.duration)
+                save("api", section_api(scratch, after, args.rate, args.duration))
             elif section == "demo":
-                results["sections"]["demo"] = section_demo(scratch, after)
+                save("demo", section_demo(scratch, after))
             elif section == "recipe":
-                results["sections"]["recipe"] = section_recipe(scratch, before, after)
-            results["sections"][section]["run"] = run_info
-        results["wall_s"] = round(time.perf_counter() - started, 1)
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        tmp = RESULTS.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(results, indent=2) + "\n")
-        tmp.replace(RESULTS)
-        write_doc(markdown(results))
+                save("recipe", section_recipe(scratch, before, after, lambda partial: save("recipe", partial)))
         print(markdown(results))
     finally:
         if args.keep:
