@@ -43,6 +43,7 @@ class BlockSearch:
         self.spectrum = functools.lru_cache(maxsize=1)(self._spectrum)
         self.factors = functools.lru_cache(maxsize=1)(self._factors)
         self.user_side = functools.lru_cache(maxsize=1)(self._user_side)
+        self.block_scores = functools.lru_cache(maxsize=1)(self._block_scores)
 
     def _spectrum(self, window: float) -> GramSpectrum:
         return GramSpectrum.of_sequences(self.data.sequences, len(self.data.index), self.max_items, window)
@@ -64,13 +65,18 @@ class BlockSearch:
         warm_scores = user_block @ q.T
         return user_block, warm_scores, float(self.tower_scores.std() / max(float(warm_scores.std()), 1e-12))
 
-    def scores(self, point: dict[str, Any]) -> np.ndarray:
-        """The blended scores of one grid point (the weight in units of the score spreads)."""
-        user_block, block_scores, spread = self.user_side(point["pair_window"], point["l2"], point["decay"])
-        unseen_rows = self.factors(point["pair_window"], point["l2"])[2][point["content_l2"]][1]
+    def _block_scores(self, window: float, l2: float, decay: float, content_l2: float | None) -> tuple[np.ndarray, float]:
+        """(the block's scores of every item, new items through the content map; the spread ratio)."""
+        user_block, block_scores, spread = self.user_side(window, l2, decay)
+        unseen_rows = self.factors(window, l2)[2][content_l2][1]
         if unseen_rows is not None and len(unseen_rows):
             block_scores = block_scores.copy()
             block_scores[:, self.unseen] = user_block @ unseen_rows.T
+        return block_scores, spread
+
+    def scores(self, point: dict[str, Any]) -> np.ndarray:
+        """The blended scores of one grid point (the weight in units of the score spreads)."""
+        block_scores, spread = self.block_scores(point["pair_window"], point["l2"], point["decay"], point["content_l2"])
         return self.tower_scores + point["weight"] * spread * block_scores
 
     def value(self, point: dict[str, Any]) -> float:
