@@ -136,7 +136,7 @@ class FactorScorer:
                 out[i] = self.user_factors[row]
         return out
 
-    def score(self, histories: list[np.ndarray], user_ids: np.ndarray, times: list[np.ndarray] | None = None) -> np.ndarray:
+    def score(self, histories: list[np.ndarray], user_ids: np.ndarray) -> np.ndarray:
         scores = self.user_vectors(histories, user_ids) @ self.item_factors.T
         if self.item_bias is not None:
             scores += self.item_bias[None, :]

@@ -37,21 +37,19 @@ def main() -> None:
     from recsys.encoders.store import FeatureStore
     from recsys.model import train as training
     from recsys.model.datamodule import SequenceDataModule
-    from recsys.model.module import TwoTowerModule
-    from recsys.model.two_tower import TwoTowerModel
+    from recsys.model.fitting import TowersFit
 
     cfg = load_config(args.config, {"tracking.enabled": False, "model.ensemble_size": 1, "model.item_item": "none"})
     catalog, interactions = load_dataset(cfg.data)
     features = build_item_features(catalog, cfg.encoders, store=FeatureStore(cfg.encoders.cache_dir), show_progress=False)
     train, valid = holdout_last(interactions, cfg.train.seed)
-    prepared = training._prepare(features, train, valid, cfg, None)
-    dims = [None if a is None else a.shape[1] for a in (features.text, features.image)]
-    model = TwoTowerModel(cfg.model, dims[0], dims[1], features.categories.shape[1], n_users=len(prepared.user_ids),
-                          item_id_vocab=np.asarray(features.item_ids)[prepared.popularity > 0])
-    module = TwoTowerModule(model, model.feature_tensors(features), cfg.train, prepared.popularity)
+    prepared = training.prepare_training_data(features, train, valid, cfg)
+    prepared.valid = None  # training steps only
+    fit = TowersFit(cfg)
+    model = fit.build(features, prepared)
+    module = fit.module(model, features, prepared)
     module.log = lambda *a, **k: None  # outside a Trainer
-    data = SequenceDataModule(prepared.sequences, np.arange(1, len(prepared.user_ids) + 1), None,
-                              cfg.model.max_history, cfg.train.batch_size, cfg.train.seed)
+    data = SequenceDataModule(prepared.sequences, cfg.model.max_history, cfg.train.batch_size, cfg.train.seed, False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr)
     batches = list(data.train_dataloader())
     model.train()

@@ -19,25 +19,10 @@ from recsys.eval.baselines import ContentKNNScorer, PopularityScorer, frozen_con
 from recsys.eval.protocol import build_queries, evaluate
 from recsys.eval.report import write_report
 from recsys.model.train import TrainResult, fit_two_tower, item_index_of, item_rows
+from recsys.model.two_tower import ModelScorer
 from recsys.tracking import Tracker
 
 logger = logging.getLogger(__name__)
-
-
-class TwoTowerScorer:
-    """Scores every catalog item for a batch of histories with a trained model."""
-
-    name = "recsys"
-
-    def __init__(self, result: TrainResult, features: ItemFeatures):
-        self.model = result.model
-        self.item_vectors, self.item_bias = result.model.encode_items_with_bias(result.model.feature_tensors(features))
-        self.user_index = {u: i + 1 for i, u in enumerate(result.user_ids.tolist())}
-
-    def score(self, histories: list[np.ndarray], user_ids: np.ndarray, times: list[np.ndarray] | None = None) -> np.ndarray:
-        index = np.asarray([self.user_index.get(u, 0) for u in np.asarray(user_ids).tolist()], dtype=np.int64)
-        users = self.model.encode_histories(self.item_vectors, histories, index, times=times)
-        return users @ self.item_vectors.T + self.item_bias
 
 
 def evaluate_split(
@@ -58,7 +43,7 @@ def evaluate_split(
     )
     queries = build_queries(split, item_index, "test")
     ks = tuple(cfg.eval.k)
-    scorers = [TwoTowerScorer(result, features)]
+    scorers = [ModelScorer(result.model, result.model.feature_tensors(features))]
     if "popularity" in cfg.eval.baselines:
         scorers.append(PopularityScorer(split.train, item_index))
     if "content_knn" in cfg.eval.baselines:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 
 from recsys.bundle import save_bundle
@@ -28,15 +27,11 @@ def holdout_last(interactions: pl.DataFrame, seed: int) -> tuple[pl.DataFrame, p
     return pl.concat([split.train, split.valid]), split.test
 
 
-def user_histories(ordered: pl.DataFrame, trained_user_ids: np.ndarray) -> pl.DataFrame:
+def user_histories(ordered: pl.DataFrame) -> pl.DataFrame:
     """user_id, history (item ids oldest first), history_times (their timestamps: the item-item block
-    ages items by them), user_index (row of the user-id embedding; 0 = none)."""
-    index_of = {u: i + 1 for i, u in enumerate(trained_user_ids.tolist())}
-    users = ordered.sort(["user_id", "pos"]).group_by("user_id", maintain_order=True).agg(
+    ages items by them)."""
+    return ordered.sort(["user_id", "pos"]).group_by("user_id", maintain_order=True).agg(
         pl.col("item_id").alias("history"), pl.col("timestamp").alias("history_times")
-    )
-    return users.with_columns(
-        pl.col("user_id").replace_strict(index_of, default=0, return_dtype=pl.Int64).alias("user_index")
     )
 
 
@@ -67,7 +62,7 @@ def build_bundle(
         index=index,
         item_vectors=item_vectors,
         item_bias=item_bias,
-        users=user_histories(ordered, result.user_ids),
+        users=user_histories(ordered),
         catalog=catalog.select("item_id", "title", "categories"),
         popularity=popularity,
         extra_meta={

@@ -35,6 +35,7 @@ from recsys import __version__
 from recsys.config import PipelineConfig, load_config
 from recsys.encoders.features import ItemFeatures
 from recsys.index import ItemIndex
+from recsys.model.modalities import MODALITIES, feature_widths
 from recsys.model.two_tower import RetrievalModel, build_model
 
 SCHEMA_VERSION = 2
@@ -152,6 +153,14 @@ def _check(condition: bool, path: Path, message: str) -> None:
         raise BundleError(f"bundle {path}: {message}")
 
 
+def _widths(shape: dict) -> dict:
+    """Each modality's feature width; bundles before the modality registry recorded text_dim, image_dim
+    and n_categories."""
+    if "widths" in shape:
+        return shape["widths"]
+    return {"text": shape.get("text_dim"), "image": shape.get("image_dim"), "categories": shape.get("n_categories") or None}
+
+
 def load_bundle(path: str | Path, expected_fingerprints: dict[str, str] | None = None) -> Bundle:
     """Load and cross-check a bundle; any disagreement raises BundleError naming what differs."""
     path = Path(path)
@@ -167,7 +176,7 @@ def load_bundle(path: str | Path, expected_fingerprints: dict[str, str] | None =
     )
     for name, digest in meta.get("files", {}).items():
         _check(_sha256(path / name) == digest, path, f"{name} does not match its recorded sha256 (corrupt or replaced)")
-    config = load_config(path / "config.yaml")
+    config = load_config(path / "config.yaml", saved=True)
     features = ItemFeatures.load(path / "item_features.npz")
     _check(
         dict(features.fingerprints) == dict(meta["encoder_fingerprints"]),
@@ -184,12 +193,16 @@ def load_bundle(path: str | Path, expected_fingerprints: dict[str, str] | None =
                 f"the loaded encoder is {fingerprint!r}; re-embed and retrain, or configure the same model",
             )
     shape = meta["model_shape"]
-    for modality in ("text", "image"):
-        dim = meta["encoder_dims"].get(modality)
+    widths, actual = _widths(shape), feature_widths(features)
+    for modality in config.model.modalities:
         _check(
-            dim == shape[f"{modality}_dim"] or not getattr(config.model, f"use_{modality}"),
+            modality in MODALITIES, path,
+            f"model.modalities names {modality!r}, which no loaded module registers (name its module in RECSYS_PLUGINS)",
+        )
+        _check(
+            not widths.get(modality) or actual.get(modality) == widths[modality],
             path,
-            f"{modality} feature dim {dim} != model {modality}_dim {shape[f'{modality}_dim']}",
+            f"{modality} feature width {actual.get(modality)} != the model's {widths.get(modality)}",
         )
     id_vocab = meta.get("item_id_vocab") or []
     _check(
@@ -202,9 +215,7 @@ def load_bundle(path: str | Path, expected_fingerprints: dict[str, str] | None =
         path,
         f"model_shape members {shape.get('members', 1)} != config model.ensemble_size {config.model.ensemble_size}",
     )
-    model = build_model(
-        config.model, shape["text_dim"], shape["image_dim"], shape["n_categories"], shape["n_users"], item_id_vocab=id_vocab
-    )
+    model = build_model(config.model, widths, item_id_vocab=id_vocab)
     state = torch.load(path / "model.pt", map_location="cpu", weights_only=True)
     try:
         model.load_state_dict(state)

@@ -63,6 +63,20 @@ def _start(quiet: bool = False, threads: int | None = None, *, role_default: int
     except ValueError as err:  # a bad RECSYS_THREADS / OMP_NUM_THREADS
         _fail(str(err))
     logger.info(plan.describe())
+    _load_plugins()
+
+
+def _load_plugins() -> None:
+    """Import the modules named in $RECSYS_PLUGINS (comma-separated): where a project registers its own
+    modalities and encoders (docs/architecture.md), before any config or bundle names them."""
+    import importlib
+
+    for name in filter(None, (part.strip() for part in os.environ.get("RECSYS_PLUGINS", "").split(","))):
+        try:
+            importlib.import_module(name)
+        except Exception as err:  # noqa: BLE001 - any failure to import names the plugin
+            _fail(f"RECSYS_PLUGINS: cannot import {name!r}: {err}")
+        logger.info("plugin %s loaded", name)
 
 
 def _config(path: Path | None, overrides: list[str] | None, extra: dict | None = None):

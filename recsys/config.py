@@ -74,19 +74,15 @@ class ModelConfig(_Section):
     dim: int = 64
     head_hidden: int = Field(default=0, description="0 = linear projection heads (transfer best to cold items).")
     head_dropout: float = 0.3
-    use_text: bool = True
-    use_image: bool = True
-    use_categories: bool = True
-    fusion: Literal["gate", "sum"] = "gate"
-    item_bias: bool = Field(
-        default=True,
-        description="A content-predicted scalar bias per item (a popularity prior that also covers cold items).",
+    modalities: list[str] = Field(
+        default_factory=lambda: ["text", "image", "categories"],
+        description="The content the item tower reads, of the modalities registered in recsys.model.modalities "
+        "(text, image, categories, and any a project adds); one the features lack is skipped.",
     )
     item_scale: bool = Field(
         default=False,
         description="A content-predicted length per item vector (unit vectors otherwise): how sharply an item's "
-        "score follows the user's taste, as item norms do in a dot-product factor model. With user_scale it "
-        "lifts ml-1m loo (docs/results.md); on ml-100k it did not help.",
+        "score follows the user's taste, as item norms do in a dot-product factor model.",
     )
     user_scale: bool = Field(
         default=False,
@@ -105,12 +101,6 @@ class ModelConfig(_Section):
     n_layers: int = 1
     n_heads: int = 2
     attn_dropout: float = 0.2
-    user_hidden: int = Field(
-        default=0, ge=0,
-        description="Hidden width of an MLP on the pooled history (0 = one linear layer). Lets the user tower "
-        "read interactions between the pooled features; on ml-1m it matched the linear layer (docs/results.md).",
-    )
-    user_id_embedding: bool = False
     item_id_embedding: bool = Field(
         default=False,
         description="Add a learned residual vector to items seen in training (hybrid: content + identity). "
@@ -139,13 +129,6 @@ class ModelConfig(_Section):
         "train.item_item_content_l2), so what known users' histories say about similar known items reaches "
         "new items too. A new item still adds nothing to a user's history.",
     )
-    item_item_ages: Literal["time", "position"] = Field(
-        default="time",
-        description="How model.item_item ages a history's items for its recency weights decay^age. time: by the "
-        "distinct timestamps after an item's own, where the history's timestamps are known (training, "
-        "evaluation, a bundle's known users), so items logged at the same time share a weight; positions "
-        "otherwise. position: always by position, ties in time weighed by their (arbitrary) order.",
-    )
 
 
 class TrainConfig(_Section):
@@ -154,17 +137,13 @@ class TrainConfig(_Section):
     lr: float = 2e-3
     weight_decay: float = 1e-4
     temperature: float = 0.05
-    num_uniform_negatives: int = 512
-    logq_correction: bool = True
+    num_uniform_negatives: int = Field(
+        default=512, ge=0,
+        description="Items drawn uniformly from the catalog as extra negatives of each step, beside the step's own "
+        "targets (in-batch), with logQ correction (recsys.model.negatives). A catalog no larger than this is "
+        "scored whole (full softmax).",
+    )
     patience: int = 10
-    lr_decay_factor: float = Field(
-        default=1.0, gt=0.0, le=1.0,
-        description="Multiply the learning rate by this when the validation metric has not improved for more "
-        "than lr_decay_patience epochs (1 = constant rate). Needs validation queries; ignored without them.",
-    )
-    lr_decay_patience: int = Field(
-        default=3, ge=0, description="Stalled epochs tolerated before each cut (2: the rate is cut after the 3rd)."
-    )
     ema_decay: float = Field(
         default=0.0, ge=0.0, lt=1.0,
         description="Validate and keep an exponential moving average of the weights (0 = off; e.g. 0.99).",
@@ -175,22 +154,11 @@ class TrainConfig(_Section):
         "logs). all_but_one: every item is predicted from all the other items of its window, as a set "
         "(unordered logs, e.g. ml-1m; needs model.user_pooling=mean).",
     )
-    content_loss_weight: float = Field(
-        default=0.0, ge=0.0, le=1.0,
-        description="Hybrid models (model.item_id_embedding): weight of a second loss that scores the same user "
-        "states against content-only item vectors, which is how new items are served (0 = hybrid loss only; "
-        "on ml-100k 0.5 helped new items a little and cost known ones more, see docs/results.md).",
-    )
     targets_per_window: int | None = Field(
         default=None, ge=1,
         description="Train on at most this many target positions per window, drawn at random each step (None = "
         "every position). Cuts the softmax, the bulk of a step on long windows; with all_but_one the user "
         "states of one window are near-identical, so most of their targets are redundant within a step.",
-    )
-    history_dropout: float = Field(
-        default=0.0, ge=0.0, lt=1.0,
-        description="Training-time probability of hiding each history item from the user tower (denoising, as in "
-        "Mult-DAE); every item stays a target. Measured on ml-1m and ml-100k, where it cost loo (docs/results.md).",
     )
     teacher: Literal["none", "ease"] = Field(
         default="none",
@@ -205,9 +173,6 @@ class TrainConfig(_Section):
     teacher_l2: float = Field(default=300.0, gt=0.0, description="EASE ridge penalty.")
     teacher_temperature: float = Field(
         default=0.02, gt=0.0, description="EASE scores are divided by this before the teacher's softmax."
-    )
-    teacher_max_items: int = Field(
-        default=20_000, ge=1, description="Refuse the EASE teacher above this catalog size (it inverts n x n)."
     )
     item_item_l2: list[float] = Field(
         default_factory=lambda: [300.0, 1000.0],
@@ -234,8 +199,10 @@ class TrainConfig(_Section):
         description="model.item_item_new_items=content: ridge values of the content map tried on validation "
         "(the first is kept when validation has no new items to tell them apart).",
     )
-    item_item_max_items: int = Field(
-        default=20_000, ge=1, description="Refuse model.item_item above this catalog size (an n x n eigen-decomposition)."
+    ease_max_items: int = Field(
+        default=20_000, ge=1,
+        description="Refuse EASE (model.item_item, train.teacher) above this catalog size: it needs an n x n "
+        "eigen-decomposition.",
     )
     seed: int = 42
     valid_metric: str = "ndcg@10"
@@ -373,6 +340,60 @@ class ConfigError(ValueError):
     """A config file or override is invalid; the message names the file and field."""
 
 
+# Fields that validation never picked, removed (docs/results.md has what each measured), with the one
+# behaviour that remains. A config or bundle that sets one to that value still loads; any other value
+# is refused, unless only training read it and the config is a saved bundle's (its model is unaffected).
+RETIRED: dict[str, tuple[Any, bool]] = {  # dotted key -> (the value that remains, whether serving reads it)
+    "model.fusion": ("gate", True),
+    "model.item_bias": (True, True),
+    "model.user_hidden": (0, True),
+    "model.user_id_embedding": (False, True),
+    "model.item_item_ages": ("time", True),
+    "train.logq_correction": (True, False),
+    "train.lr_decay_factor": (1.0, False),
+    "train.lr_decay_patience": (3, False),
+    "train.content_loss_weight": (0.0, False),
+    "train.history_dropout": (0.0, False),
+}
+RENAMED = {"train.teacher_max_items": "train.ease_max_items", "train.item_item_max_items": "train.ease_max_items"}
+
+
+def _upgrade(tree: dict[str, Any], source: str, saved: bool) -> None:
+    """Drop retired fields that hold the value that remains, and move renamed ones, in place."""
+    import logging
+
+    for dotted in list(RETIRED) + list(RENAMED):
+        section, name = dotted.split(".")
+        node = tree.get(section)
+        if not isinstance(node, dict) or name not in node:
+            continue
+        value = node.pop(name)
+        if dotted in RENAMED:
+            new_section, new_name = RENAMED[dotted].split(".")
+            tree.setdefault(new_section, {}).setdefault(new_name, value)
+            continue
+        kept, serving_reads_it = RETIRED[dotted]
+        if value == kept:
+            continue
+        if saved and not serving_reads_it:
+            logging.getLogger(__name__).info("%s: %s=%r was retired; the model it trained loads as is", source, dotted, value)
+            continue
+        raise ConfigError(
+            f"{source}: {dotted} was retired (validation never picked it; docs/results.md) and only {kept!r} "
+            f"remains, got {value!r}; remove the field"
+        )
+    model = tree.get("model")
+    switches = {"use_text": "text", "use_image": "image", "use_categories": "categories"}
+    if isinstance(model, dict) and switches.keys() & model.keys():  # the switches before model.modalities
+        if "modalities" in model:
+            raise ConfigError(f"{source}: model.use_text/use_image/use_categories were replaced by model.modalities; set that alone")
+        on = {name: bool(model.pop(key, True)) for key, name in switches.items()}
+        model["modalities"] = [name for name, used in on.items() if used]
+    train = tree.get("train")
+    if isinstance(train, dict) and train.get("num_uniform_negatives") == -1:  # the old "whole catalog" sentinel
+        train["num_uniform_negatives"] = 2**31 - 1
+
+
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     node = tree
     parts = dotted.split(".")
@@ -391,8 +412,11 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), yaml.safe_load(raw) if raw.strip() else None
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None) -> PipelineConfig:
-    """Load a YAML config (or defaults when `path` is None) and apply dotted overrides."""
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None, *, saved: bool = False
+) -> PipelineConfig:
+    """Load a YAML config (or defaults when `path` is None) and apply dotted overrides. `saved`: the
+    config is a bundle's record of how it was trained (retired training-only fields are tolerated)."""
     tree: dict[str, Any] = {}
     source = "defaults"
     if path is not None:
@@ -408,6 +432,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict[str,
     items = overrides.items() if isinstance(overrides, dict) else (parse_override(o) for o in overrides or [])
     for key, value in items:
         _set_dotted(tree, key, value)
+    _upgrade(tree, source, saved)
     try:
         return PipelineConfig.model_validate(tree)
     except ValidationError as err:

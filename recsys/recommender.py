@@ -20,6 +20,7 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from recsys.bundle import Bundle, BundleError, load_bundle
+from recsys.data.histories import Histories
 from recsys.live_catalog import LiveCatalogLog
 from recsys.model.two_tower import FeatureTensors, retrieval_items, retrieval_queries
 
@@ -64,13 +65,10 @@ class Recommender:
         self._user_row: dict = {u: i for i, u in enumerate(users["user_id"].to_list())}
         self._user_history: list[list] = users["history"].to_list()
         # The item-item block ages a known user's items by their timestamps (ties share an age).
-        all_times = users["history_times"].to_list() if "history_times" in users.columns else [None] * len(users)
-        known = [self._known_rows(h, ts) for h, ts in zip(self._user_history, all_times)]
-        histories = [rows for rows, _ in known]
-        times = [ts for _, ts in known] if "history_times" in users.columns else None
-        user_index = users["user_index"].to_numpy() if "user_index" in users.columns else None
+        all_times = users["history_times"].to_list() if "history_times" in users.columns else None
+        histories = self._known_histories(self._user_history, all_times)
         # Queries are [u, 1] so that faiss's inner product with the index rows [v, b] is u.v + b.
-        self._user_vectors = retrieval_queries(self.model.encode_histories(self._vectors, histories, user_index, times=times))
+        self._user_vectors = retrieval_queries(self.model.encode_histories(self._vectors, histories))
         popular = bundle.popularity.sort("count", descending=True)
         self._popular_ids: list = popular["item_id"].to_list()
         self._popular_scores: list[float] = [float(c) for c in popular["count"].to_list()]
@@ -224,15 +222,16 @@ class Recommender:
             if not known:
                 return None, known, unknown
             vectors = self._vectors
-            rows, known_times = self._known_rows(history, times)
-        return self.model.encode_histories(vectors, [rows], times=None if times is None else [known_times])[0], known, unknown
+            histories = self._known_histories([history], None if times is None else [times])
+        return self.model.encode_histories(vectors, histories)[0], known, unknown
 
-    def _known_rows(self, history: Sequence, times: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-        """Rows of the history's items the model knows, and those items' timestamps when given."""
-        keep = [i in self._row_of for i in history]
-        rows = np.asarray([self._row_of[i] for i, k in zip(history, keep) if k], dtype=np.int64)
-        kept_times = None if times is None else np.asarray([t for t, k in zip(times, keep) if k], dtype=np.int64)
-        return rows, kept_times
+    def _known_histories(self, histories: Sequence[Sequence], times: Sequence[Sequence[int]] | None) -> Histories:
+        """Rows of the items the model knows, per history, with those items' timestamps when given."""
+        keeps = [[i in self._row_of for i in history] for history in histories]
+        rows = [[self._row_of[i] for i, k in zip(history, keep) if k] for history, keep in zip(histories, keeps)]
+        if times is None:
+            return Histories(rows)
+        return Histories(rows, [[t for t, k in zip(stamps, keep) if k] for stamps, keep in zip(times, keeps)])
 
     def recommend_history(
         self, history: Sequence, k: int, *, times=None, exclude=None, candidates=None, categories=None

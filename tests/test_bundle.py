@@ -11,6 +11,7 @@ import polars as pl
 import pytest
 
 from recsys.bundle import SCHEMA_VERSION, BundleError, load_bundle
+from recsys.data.histories import Histories
 from recsys.recommender import Recommender
 
 
@@ -94,7 +95,7 @@ def test_not_a_bundle(tmp_path):
 @pytest.fixture(scope="module")
 def hybrid_bundle(tiny_data, tiny_features, tmp_path_factory, make_config) -> Path:
     """A bundle of a hybrid model (content + identity residuals for the items seen in training), shaped
-    like the ml-1m config: a mean user tower with an MLP, learned vector lengths, trained all-but-one on
+    like the ml-1m config: a mean user tower, MLP heads, learned vector lengths, trained all-but-one on
     sampled targets."""
     from pipelines.train import build_bundle, holdout_last
     from recsys.model.train import fit_two_tower
@@ -102,7 +103,7 @@ def hybrid_bundle(tiny_data, tiny_features, tmp_path_factory, make_config) -> Pa
     catalog, interactions = tiny_data
     tmp = tmp_path_factory.mktemp("hybrid")
     cfg = make_config(tmp, **{
-        "model.item_id_embedding": True, "model.user_pooling": "mean", "model.user_hidden": 16,
+        "model.item_id_embedding": True, "model.user_pooling": "mean", "model.head_hidden": 16,
         "model.item_scale": True, "model.user_scale": True,
         "train.objective": "all_but_one", "train.targets_per_window": 4,
     })
@@ -115,7 +116,7 @@ def test_hybrid_bundle_round_trip_keeps_identity_residuals(hybrid_bundle, tiny_d
     from recsys.model.two_tower import FeatureTensors
 
     bundle = load_bundle(hybrid_bundle)
-    assert bundle.model.user_tower.output[1].out_features == 16  # the user MLP comes back from the config
+    assert bundle.model.item_tower.heads["text"][1].out_features == 16  # the MLP heads come back from the config
     known = set(bundle.meta["item_id_vocab"])
     assert 0 < len(known) == bundle.meta["model_shape"]["n_id_items"]
     assert known <= {str(i) for i in tiny_data[1]["item_id"].unique().to_list()}  # only ids seen in training
@@ -194,24 +195,26 @@ def test_ensemble_bundle_serves_the_mean_score_through_one_index(tiny_data, tiny
         load_bundle(copy)
 
 
-@pytest.mark.parametrize("new_items", ["none", "content"])
+@pytest.mark.parametrize("new_items, members", [("none", 1), ("content", 2)])
 def test_item_item_bundle_serves_the_block_and_embeds_new_items_from_content(
-    tiny_data, tiny_features, tmp_path, make_config, new_items
+    tiny_data, tiny_features, tmp_path, make_config, new_items, members
 ):
     """model.item_item: the block (and its content map) is saved with the weights, reloaded, and served
-    through the same index."""
+    through the same index; with members=2 and the content map this is the shipped configuration's shape
+    (an ensemble wrapped with the block, new items scored through the map)."""
     from pipelines.train import build_bundle, holdout_last
     from recsys.model.train import fit_two_tower
     from recsys.model.two_tower import ItemItemBlend
 
     catalog, interactions = tiny_data
     cfg = make_config(tmp_path, **{"model.item_item": "ease", "model.item_item_rank": 8, "train.epochs": 1,
-                                   "model.item_item_new_items": new_items})
+                                   "model.item_item_new_items": new_items, "model.ensemble_size": members})
+    towers_dim = cfg.model.dim * members
     train, valid = holdout_last(interactions, cfg.train.seed)
     result = fit_two_tower(tiny_features, train, valid, cfg, show_progress=False)
     assert result.item_item["kept"]
     bundle = load_bundle(build_bundle(cfg, tmp_path / "bundle", catalog, interactions, tiny_features, result))
-    assert isinstance(bundle.model, ItemItemBlend) and bundle.item_vectors.shape[1] == cfg.model.dim + 8 + 1
+    assert isinstance(bundle.model, ItemItemBlend) and bundle.item_vectors.shape[1] == towers_dim + 8 + 1
     assert float(bundle.model.block_weight) == pytest.approx(result.item_item["weight"])
     assert bundle.meta["model_shape"]["item_item_rank"] == 8 and len(bundle.meta["item_id_vocab"]) > 0
     rec = Recommender(bundle)
@@ -224,7 +227,7 @@ def test_item_item_bundle_serves_the_block_and_embeds_new_items_from_content(
     for item, score in zip(top.item_ids, top.scores):
         assert score == pytest.approx(expected[rec._row_of[item]], abs=1e-4)
     # A known user's vector ages the history by its timestamps, saved with the bundle: items logged at
-    # the same time weigh alike (model.item_item_ages=time), here with a recency decay that shows it.
+    # the same time weigh alike, here with a recency decay that shows it.
     users = bundle.users
     tied_user = next(
         i for i, times in enumerate(users["history_times"].to_list()) if len(set(times)) < len(times) and len(times) > 2
@@ -232,13 +235,12 @@ def test_item_item_bundle_serves_the_block_and_embeds_new_items_from_content(
     bundle.model.block_decay.fill_(0.5)
     aged = Recommender(bundle)
     user_rows = np.asarray([aged._row_of[i] for i in users["history"][tied_user].to_list()])
-    user_index = users["user_index"][tied_user : tied_user + 1].to_numpy()
-    by_time = bundle.model.encode_histories(vectors, [user_rows], user_index, times=[users["history_times"][tied_user].to_numpy()])
+    by_time = bundle.model.encode_histories(vectors, Histories([user_rows], [users["history_times"][tied_user].to_numpy()]))
     np.testing.assert_allclose(aged._user_vectors[tied_user, :-1], by_time[0], atol=1e-5)
-    assert not np.allclose(by_time, bundle.model.encode_histories(vectors, [user_rows], user_index))
+    assert not np.allclose(by_time, bundle.model.encode_histories(vectors, [user_rows]))
     # An anonymous history with its timestamps is aged the same way (items unknown to the model dropped).
     tied = [7, 7, 7, 9, 9]
-    expected = bundle.model.encode_histories(vectors, [rows], times=[np.asarray(tied)])[0] @ vectors.T + bias
+    expected = bundle.model.encode_histories(vectors, Histories([rows], [tied]))[0] @ vectors.T + bias
     top = aged.recommend_history(history + ["no-such-item"], 5, times=tied + [11])
     for item, score in zip(top.item_ids, top.scores):
         assert score == pytest.approx(expected[aged._row_of[item]], abs=1e-4)
@@ -247,13 +249,15 @@ def test_item_item_bundle_serves_the_block_and_embeds_new_items_from_content(
     # A new item gets content only: a zero block, or with the content map a predicted item side (and
     # s = 0, so it adds nothing to histories); text search still finds it by its text.
     rec.add_item(50_000, "Galactic Heist (2024)", text="A crew of thieves robs a space station.")
-    new_block = rec._vectors[rec._row_of[50_000], cfg.model.dim :]
+    new_block = rec._vectors[rec._row_of[50_000], towers_dim:]
     if new_items == "none":
         assert not new_block.any()
     else:
         assert np.abs(new_block[:8]).sum() > 0 and new_block[8] == 0.0
         assert bundle.model.block_content_map.abs().sum() > 0
     hits = rec.search("Galactic Heist (2024). A crew of thieves robs a space station.", 3)
-    assert hits.item_ids[0] == 50_000
+    # Search scores are the frozen text cosine alone: no block term for the query (issue 19's fix).
+    assert hits.item_ids[0] == 50_000 and hits.scores[0] == pytest.approx(1.0, abs=1e-4)
+    assert all(-1.0 - 1e-4 <= score <= 1.0 + 1e-4 for score in hits.scores)
     similar = rec.similar_items(history[0], 3)
     assert history[0] not in similar.item_ids and len(similar.item_ids) == 3

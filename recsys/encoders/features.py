@@ -10,6 +10,7 @@ import logging
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -41,6 +42,9 @@ class ItemFeatures:
     categories: np.ndarray  # float32 multi-hot [n, n_cat]
     category_vocab: list[str]
     fingerprints: dict[str, str] = field(default_factory=dict)
+    # Features of further modalities ([n, d] each, zero rows where an item has none), by modality name:
+    # what an encoder a project adds fills, and its entry in recsys.model.modalities reads.
+    extra: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.item_ids)
@@ -57,6 +61,8 @@ class ItemFeatures:
             value = getattr(self, name)
             if value is not None:
                 arrays[name] = np.asarray(value)
+        for name, value in self.extra.items():
+            arrays[f"extra.{name}"] = np.asarray(value)
         savez_atomic(Path(path), **arrays)
 
     @classmethod
@@ -68,6 +74,7 @@ class ItemFeatures:
                 categories=data["categories"],
                 category_vocab=data["category_vocab"].tolist(),
                 fingerprints=json.loads(str(data["fingerprints"])),
+                extra={name[len("extra."):]: data[name] for name in data.files if name.startswith("extra.")},
                 **optional,
             )
 
@@ -98,6 +105,7 @@ class ItemFeatures:
             categories=self.categories[rows],
             category_vocab=list(self.category_vocab),
             fingerprints=dict(self.fingerprints),
+            extra={name: value[rows] for name, value in self.extra.items()},
         )
 
 
@@ -110,6 +118,19 @@ def _normalise_ids(ids: Any) -> np.ndarray:
 
 _ENCODERS: dict[tuple[str, str, str], FrozenEncoder] = {}
 _ENCODERS_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class EncoderEntry:
+    """A frozen encoder beyond text and image: how to build it, and what it reads of each catalog row
+    (one input per item, None where the item has nothing to encode). Its features go to
+    `ItemFeatures.extra[name]`."""
+
+    factory: Callable[[EncodersConfig], FrozenEncoder]
+    inputs: Callable[[pl.DataFrame], list]
+
+
+EXTRA_ENCODERS: dict[str, EncoderEntry] = {}  # filled by recsys.model.modalities.register
 
 
 def load_encoders(cfg: EncodersConfig) -> dict[str, FrozenEncoder]:
@@ -127,6 +148,11 @@ def load_encoders(cfg: EncodersConfig) -> dict[str, FrozenEncoder]:
             key = (modality, section.model_dump_json(exclude={"enabled", "batch_size"}), cfg.device)
             if key not in _ENCODERS:
                 _ENCODERS[key] = factory(section, device=cfg.device)
+            out[modality] = _ENCODERS[key]
+        for modality, entry in EXTRA_ENCODERS.items():
+            key = (modality, "", cfg.device)
+            if key not in _ENCODERS:
+                _ENCODERS[key] = entry.factory(cfg)
             out[modality] = _ENCODERS[key]
     return out
 
@@ -162,6 +188,7 @@ def build_item_features(
     encoders = load_encoders(cfg) if encoders is None else encoders
     ids = catalog["item_id"].to_numpy()
     arrays: dict[str, np.ndarray | None] = {name: None for name in _OPTIONAL}
+    extra: dict[str, np.ndarray] = {}
     for modality, encoder in encoders.items():
         if modality == "text":
             columns = select_text_columns(catalog, cfg.text.fields)
@@ -169,6 +196,8 @@ def build_item_features(
             inputs = build_item_texts(catalog, columns.used)
         elif modality == "image":
             inputs = catalog["image"].to_list() if "image" in catalog.columns else [None] * catalog.height
+        elif modality in EXTRA_ENCODERS:
+            inputs = EXTRA_ENCODERS[modality].inputs(catalog)
         else:
             raise ValueError(f"unknown encoder modality {modality!r}")
         if store is not None:
@@ -177,7 +206,10 @@ def build_item_features(
             emb, mask = encoder.encode(inputs, ids=ids.tolist(), show_progress=show_progress)
             stats = {"cached": 0, "encoded": len(inputs)}
         log.info("%s features: %d items, %d present, %s", modality, len(mask), int(mask.sum()), stats)
-        arrays[modality], arrays[f"{modality}_mask"] = emb, mask
+        if modality in _OPTIONAL:
+            arrays[modality], arrays[f"{modality}_mask"] = emb, mask
+        else:  # zero rows where an item has none
+            extra[modality] = np.where(np.asarray(mask, dtype=bool)[:, None], emb, 0.0).astype(np.float32)
 
     cats = catalog["categories"].to_list() if "categories" in catalog.columns else [None] * catalog.height
     if category_vocab is None:
@@ -187,5 +219,6 @@ def build_item_features(
         categories=category_multi_hot(cats, category_vocab),
         category_vocab=list(category_vocab),
         fingerprints={modality: enc.fingerprint for modality, enc in encoders.items()},
+        extra=extra,
         **arrays,
     )

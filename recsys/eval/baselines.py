@@ -31,7 +31,15 @@ class PopularityScorer:
             if idx is not None:
                 self.counts[idx] = count
 
-    def score(self, histories: list[np.ndarray], user_ids: np.ndarray, times: list[np.ndarray] | None = None) -> np.ndarray:
+    @classmethod
+    def from_counts(cls, counts: np.ndarray, name: str = "popularity") -> "PopularityScorer":
+        """From training interactions per catalog row, already counted."""
+        scorer = cls.__new__(cls)
+        scorer.name, scorer.n_items = name, len(counts)
+        scorer.counts = np.asarray(counts, dtype=np.float32)
+        return scorer
+
+    def score(self, histories: list[np.ndarray], user_ids: np.ndarray) -> np.ndarray:
         return np.broadcast_to(self.counts, (len(histories), self.n_items))
 
 
@@ -59,7 +67,7 @@ class ContentKNNScorer:
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         return out / np.where(norms > 0, norms, 1.0)
 
-    def score(self, histories: list[np.ndarray], user_ids: np.ndarray, times: list[np.ndarray] | None = None) -> np.ndarray:
+    def score(self, histories: list[np.ndarray], user_ids: np.ndarray) -> np.ndarray:
         return self.user_vectors(histories) @ self.embeddings.T
 
 
@@ -73,7 +81,7 @@ class RandomScorer:
         self.n_items = n_items
         self._rng = np.random.default_rng(seed)
 
-    def score(self, histories: list[np.ndarray], user_ids: np.ndarray, times: list[np.ndarray] | None = None) -> np.ndarray:
+    def score(self, histories: list[np.ndarray], user_ids: np.ndarray) -> np.ndarray:
         return self._rng.random((len(histories), self.n_items), dtype=np.float32)
 
 

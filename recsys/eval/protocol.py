@@ -2,13 +2,11 @@
 
 One code path for every model (two-tower, baselines) so numbers differ only by the model:
 chunked full-catalog scoring, seen items excluded, optional candidate restriction (cold items),
-and deterministic tie-breaking by a fixed random item permutation (breaking ties by item index
-would leak catalog order, e.g. ids assigned by release date, into the metrics).
+and one tie rule (a fixed random item permutation); validation ranks through the same `RankingJudge`.
 """
 
 from __future__ import annotations
 
-import inspect
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -18,22 +16,28 @@ from typing import Any, Literal, Protocol, runtime_checkable
 import numpy as np
 import polars as pl
 
+from recsys.data.histories import Histories, histories_by_user
 from recsys.eval.metrics import catalog_coverage, hit_rate_at_k, ndcg_at_k, recall_at_k
 
 log = logging.getLogger(__name__)
 
 Stage = Literal["valid", "test"]
+TIE_SEED = 0  # the tie order of every ranking in the project
 
 
 @dataclass
 class EvalQueries:
-    """Per-user inputs of one evaluation stage; all lists are aligned with `user_ids`."""
+    """Per-user inputs of one evaluation stage; all lists are aligned with `user_ids`. `histories`
+    carry their timestamps where the log has them (`Histories.times`)."""
 
     user_ids: np.ndarray
-    histories: list[np.ndarray]  # item indices, in time order
+    histories: Histories  # item indices, in time order
     targets: list[np.ndarray]  # item indices to retrieve
     exclude: list[np.ndarray]  # item indices never to recommend (the history)
-    history_times: list[np.ndarray] | None = None  # each history's timestamps, where the log has them
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.histories, Histories):
+            self.histories = Histories(self.histories)
 
     def __len__(self) -> int:
         return int(self.user_ids.shape[0])
@@ -44,11 +48,7 @@ class EvalQueries:
             return self
         keep = np.sort(np.random.default_rng(seed).choice(len(self), size=n, replace=False))
         return EvalQueries(
-            self.user_ids[keep],
-            [self.histories[i] for i in keep],
-            [self.targets[i] for i in keep],
-            [self.exclude[i] for i in keep],
-            None if self.history_times is None else [self.history_times[i] for i in keep],
+            self.user_ids[keep], self.histories.take(keep), [self.targets[i] for i in keep], [self.exclude[i] for i in keep],
         )
 
 
@@ -58,27 +58,10 @@ class Scorer(Protocol):
 
     name: str
 
-    def score(self, histories: list[np.ndarray], user_ids: np.ndarray, times: list[np.ndarray] | None = None) -> np.ndarray:
-        """[n_users, n_items] float32 scores; higher is better. `times`: each history's timestamps, where
-        the log has them (a scorer that reads only the order ignores them). A scorer whose `score`
-        takes no `times` is called without them."""
+    def score(self, histories: list[np.ndarray], user_ids: np.ndarray) -> np.ndarray:
+        """[n_users, n_items] float32 scores; higher is better. `histories` may be a `Histories`
+        carrying timestamps, for a scorer that reads them."""
         ...
-
-
-def _takes_times(scorer: Scorer) -> bool:
-    """Whether `scorer.score` accepts `times` (scorers written before it existed do not)."""
-    try:
-        parameters = inspect.signature(scorer.score).parameters
-    except (TypeError, ValueError):
-        return False
-    return "times" in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
-
-
-def _index_frame(item_index: Mapping[Any, int], dtype: pl.DataType) -> pl.DataFrame:
-    return pl.DataFrame(
-        {"item_id": list(item_index.keys()), "_idx": list(item_index.values())},
-        schema_overrides={"_idx": pl.Int64},
-    ).with_columns(pl.col("item_id").cast(dtype))
 
 
 def build_queries(split: Any, item_index: Mapping[Any, int], stage: Stage) -> EvalQueries:
@@ -100,72 +83,108 @@ def build_queries(split: Any, item_index: Mapping[Any, int], stage: Stage) -> Ev
         if missing:
             raise ValueError(f"split.{name}: missing columns {sorted(missing)}")
 
-    item_dtype = split.train.schema["item_id"]
-    index_df = _index_frame(item_index, item_dtype)
     with_times = all("timestamp" in f.columns for f in history_frames)
     cols = ["user_id", "item_id", "pos"] + (["timestamp"] if with_times else [])
-    history = pl.concat([f.select(cols) for f in history_frames if f.height], how="vertical_relaxed") \
-        if any(f.height for f in history_frames) else split.train.select(cols).clear()
-    targets = target_frame.select(cols)
+    history = pl.concat([f.select(cols) for f in history_frames], how="vertical_relaxed")
+    return queries_from(history, target_frame, item_index, stage)
 
-    n_unknown = 0
-    mapped = []
-    for frame in (history, targets):
-        joined = frame.join(index_df, on="item_id", how="inner")
-        n_unknown += frame.height - joined.height
-        mapped.append(joined)
-    history, targets = mapped
+
+def queries_from(history: pl.DataFrame, targets: pl.DataFrame, item_index: Mapping[Any, int], name: str = "queries") -> EvalQueries:
+    """One query per user of `targets` who has a history: the user's `history` rows (in `pos` order, with
+    timestamps where the frame has them) and their distinct target items. Rows of items missing from
+    `item_index` are dropped and counted in the log. Validation (while training) and test build theirs here."""
+    history_users, histories = histories_by_user(history, item_index)
+    target_users, target_items = histories_by_user(targets.select([c for c in ("user_id", "item_id", "pos") if c in targets.columns]), item_index)
+    n_unknown = history.height + targets.height - sum(map(len, histories)) - sum(map(len, target_items))
     if n_unknown:
-        log.warning("%s: dropped %d interactions with items missing from the item index", stage, n_unknown)
-
-    hist_by_user = history.sort(["user_id", "pos"]).group_by("user_id", maintain_order=True).agg(
-        pl.col("_idx").alias("history"), *([pl.col("timestamp").alias("history_times")] if with_times else [])
-    )
-    tgt_by_user = targets.sort(["user_id", "pos"]).group_by("user_id", maintain_order=True).agg(
-        pl.col("_idx").alias("targets")
-    )
-    n_target_users = tgt_by_user.height
-    joined = tgt_by_user.join(hist_by_user, on="user_id", how="inner").sort("user_id")
-    skipped = n_target_users - joined.height
+        log.warning("%s: dropped %d interactions with items missing from the item index", name, n_unknown)
+    row_of = {user: row for row, user in enumerate(history_users.tolist())}
+    pairs = sorted(((user, row_of[user], t) for user, t in zip(target_users.tolist(), target_items) if user in row_of),
+                   key=lambda pair: pair[0])
+    skipped = len(target_users) - len(pairs)
     if skipped:
-        log.info("%s: skipped %d of %d users without history", stage, skipped, n_target_users)
-
-    histories = [np.asarray(h, dtype=np.int64) for h in joined["history"].to_list()]
+        log.info("%s: skipped %d of %d users without history", name, skipped, len(target_users))
+    kept = histories.take([row for _, row, _ in pairs])
     return EvalQueries(
-        user_ids=joined["user_id"].to_numpy(),
-        histories=histories,
-        targets=[np.unique(np.asarray(t, dtype=np.int64)) for t in joined["targets"].to_list()],
-        exclude=[np.unique(h) for h in histories],
-        history_times=[np.asarray(t, dtype=np.int64) for t in joined["history_times"].to_list()] if with_times else None,
+        user_ids=np.asarray([user for user, _, _ in pairs]) if pairs else history_users[:0],
+        histories=kept,
+        targets=[np.unique(t) for _, _, t in pairs],
+        exclude=[np.unique(h) for h in kept],
     )
 
 
-def top_k_with_ties(scores: np.ndarray, k: int, tie_order: np.ndarray) -> np.ndarray:
-    """Top-k item indices per row [b, k], best first; equal scores ordered by `tie_order`.
+class RankingJudge:
+    """Ranks score matrices of one set of queries, and measures the ranking, the one way the project
+    does it: each query's history (`exclude`) and, when `candidates` (item indices) is given, every
+    other item are never ranked; equal scores follow a fixed random item order (`tie_order`). Test
+    (`evaluate`) and validation (early stopping, every pick made on validation) both go through it,
+    so a validation number and a test number on the same queries are the same number."""
 
-    `tie_order` is a permutation of item indices: among equal scores the item that appears earlier
-    in it wins. -inf scores (excluded items) are never returned: those slots are -1.
-    """
-    b, n = scores.shape
-    k_eff = min(k, n)
-    out = np.full((b, k), -1, dtype=np.int64)
-    if b == 0 or k_eff == 0:
+    def __init__(self, queries: EvalQueries, n_items: int, candidates: np.ndarray | None = None, seed: int = TIE_SEED):
+        self.queries, self.n_items = queries, n_items
+        self.order = tie_order(n_items, seed)
+        self.allowed = None
+        self.pool = n_items
+        if candidates is not None:
+            cand = np.asarray(candidates, dtype=np.int64)
+            if cand.size and (cand.min() < 0 or cand.max() >= n_items):
+                raise ValueError(f"candidates: item indices must lie in [0, {n_items})")
+            self.allowed = np.zeros(n_items, dtype=bool)
+            self.allowed[cand] = True
+            self.pool = max(int(np.unique(cand).size), 1)
+        lengths = np.fromiter((np.asarray(e).size for e in queries.exclude), dtype=np.int64, count=len(queries))
+        self._offsets = np.concatenate([[0], np.cumsum(lengths)])
+        self._excluded = np.concatenate([np.asarray(e, dtype=np.int64) for e in queries.exclude]) if len(queries) else np.zeros(0, np.int64)
+
+    def top_k(self, scores: np.ndarray, k: int, start: int = 0) -> np.ndarray:
+        """[b, k] item indices, best first (-1 padded), of `scores` [b, n_items] for queries start..start+b."""
+        stop = start + scores.shape[0]
+        scores = np.array(scores, dtype=np.float32, copy=True)  # never mutate the caller's array
+        scores[np.isnan(scores)] = -np.inf
+        if self.allowed is not None:
+            scores[:, ~self.allowed] = -np.inf
+        lo, hi = self._offsets[start], self._offsets[stop]
+        if hi > lo:
+            rows = np.repeat(np.arange(stop - start), np.diff(self._offsets[start : stop + 1]))
+            scores[rows, self._excluded[lo:hi]] = -np.inf
+        return top_k_with_ties(scores, k, self.order)
+
+    def metrics(self, ranked: np.ndarray, ks: Sequence[int]) -> dict[str, float]:
+        """Recall, NDCG, HR and coverage (over the candidates, else the catalog) at each k of `ranked`
+        (every query's top items)."""
+        out: dict[str, float] = {}
+        for k in sorted(ks):
+            out[f"recall@{k}"] = recall_at_k(ranked, self.queries.targets, k)
+            out[f"ndcg@{k}"] = ndcg_at_k(ranked, self.queries.targets, k)
+            out[f"hr@{k}"] = hit_rate_at_k(ranked, self.queries.targets, k)
+            out[f"coverage@{k}"] = catalog_coverage(ranked[:, :k], self.pool)
         return out
-    s = scores[:, tie_order]  # column j = item tie_order[j]; earlier columns win ties
-    kth = np.partition(s, n - k_eff, axis=1)[:, n - k_eff]  # k-th largest value per row
-    greater = s > kth[:, None]
-    equal = s == kth[:, None]
-    need = k_eff - greater.sum(axis=1)
-    take_equal = equal & (np.cumsum(equal, axis=1) <= need[:, None])
-    chosen = greater | take_equal  # exactly k_eff per row
-    cols = np.nonzero(chosen)[1].reshape(b, k_eff)  # ascending column = tie order
-    chosen_scores = np.take_along_axis(s, cols, axis=1)
-    order = np.argsort(-chosen_scores, axis=1, kind="stable")
-    cols = np.take_along_axis(cols, order, axis=1)
-    items = tie_order[cols]
-    items[np.isneginf(np.take_along_axis(chosen_scores, order, axis=1))] = -1
-    out[:, :k_eff] = items
-    return out
+
+    def value(self, scores: np.ndarray, metric: str) -> float:
+        """One metric ("ndcg@10") of a full score matrix [n_queries, n_items]."""
+        k = metric_cutoff(metric)
+        return self.metrics(self.top_k(scores, k), (k,))[metric]
+
+    def rank(self, scorer: Scorer, k: int, batch_size: int = 1024) -> np.ndarray:
+        """[n_queries, k] item indices from `scorer`, scoring the queries in chunks of `batch_size`."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
+        queries = self.queries
+        ranked = np.full((len(queries), k), -1, dtype=np.int64)
+        for start in range(0, len(queries), batch_size):
+            stop = min(start + batch_size, len(queries))
+            raw = scorer.score(queries.histories[start:stop], queries.user_ids[start:stop])
+            if raw.shape != (stop - start, self.n_items):
+                raise ValueError(f"scorer {scorer.name!r}: expected scores of shape {(stop - start, self.n_items)}, "
+                                 f"got {raw.shape}")
+            ranked[start:stop] = self.top_k(raw, k, start)
+        return ranked
+
+    def evaluate(self, scorer: Scorer, ks: Sequence[int], batch_size: int = 1024) -> dict[str, float]:
+        """`metrics` of `scorer`'s ranking at each k, plus n_users."""
+        if not ks or min(ks) < 1:
+            raise ValueError(f"ks: expected positive cutoffs, got {ks!r}")
+        return {**self.metrics(self.rank(scorer, max(ks), batch_size), ks), "n_users": len(self.queries)}
 
 
 def rank_items(
@@ -175,41 +194,10 @@ def rank_items(
     k: int,
     candidates: np.ndarray | None = None,
     batch_size: int = 1024,
-    seed: int = 0,
+    seed: int = TIE_SEED,
 ) -> np.ndarray:
     """[n_users, k] recommended item indices (-1 padded), scoring users in chunks of `batch_size`."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
-    tie_order = np.random.default_rng(seed).permutation(n_items)
-    allowed = None
-    if candidates is not None:
-        cand = np.asarray(candidates, dtype=np.int64)
-        if cand.size and (cand.min() < 0 or cand.max() >= n_items):
-            raise ValueError(f"candidates: item indices must lie in [0, {n_items})")
-        allowed = np.zeros(n_items, dtype=bool)
-        allowed[cand] = True
-    ranked = np.full((len(queries), k), -1, dtype=np.int64)
-    pass_times = queries.history_times is not None and _takes_times(scorer)
-    for start in range(0, len(queries), batch_size):
-        stop = min(start + batch_size, len(queries))
-        histories, user_ids = queries.histories[start:stop], queries.user_ids[start:stop]
-        if pass_times:
-            raw = scorer.score(histories, user_ids, times=queries.history_times[start:stop])
-        else:
-            raw = scorer.score(histories, user_ids)
-        if raw.shape != (stop - start, n_items):
-            raise ValueError(f"scorer {scorer.name!r}: expected scores of shape {(stop - start, n_items)}, "
-                             f"got {raw.shape}")
-        scores = np.array(raw, dtype=np.float32, copy=True)  # never mutate the scorer's array
-        scores[np.isnan(scores)] = -np.inf
-        if allowed is not None:
-            scores[:, ~allowed] = -np.inf
-        excl = queries.exclude[start:stop]
-        lens = np.fromiter((e.size for e in excl), dtype=np.int64, count=len(excl))
-        if lens.sum():
-            scores[np.repeat(np.arange(len(excl)), lens), np.concatenate(excl)] = -np.inf
-        ranked[start:stop] = top_k_with_ties(scores, k, tie_order)
-    return ranked
+    return RankingJudge(queries, n_items, candidates, seed).rank(scorer, k, batch_size)
 
 
 def evaluate(
@@ -219,27 +207,57 @@ def evaluate(
     ks: Sequence[int] = (10, 20),
     candidates: np.ndarray | None = None,
     batch_size: int = 1024,
-    seed: int = 0,
+    seed: int = TIE_SEED,
 ) -> dict[str, float]:
-    """Recall/NDCG/HR/coverage at each k, plus n_users.
+    """Recall/NDCG/HR/coverage at each k, plus n_users (`RankingJudge`).
 
     Excluded (history) items and, when `candidates` (item indices) is given, every non-candidate
     item are scored -inf, so they are never recommended. Coverage is over the candidate set when
     given, else over the catalog.
     """
-    if not ks or min(ks) < 1:
-        raise ValueError(f"ks: expected positive cutoffs, got {ks!r}")
     started = time.perf_counter()
-    max_k = max(ks)
-    ranked = rank_items(scorer, queries, n_items, max_k, candidates, batch_size, seed)
-    pool = n_items if candidates is None else max(int(np.unique(candidates).size), 1)
-    out: dict[str, float] = {}
-    for k in sorted(ks):
-        out[f"recall@{k}"] = recall_at_k(ranked, queries.targets, k)
-        out[f"ndcg@{k}"] = ndcg_at_k(ranked, queries.targets, k)
-        out[f"hr@{k}"] = hit_rate_at_k(ranked, queries.targets, k)
-        out[f"coverage@{k}"] = catalog_coverage(ranked[:, :k], pool)
-    out["n_users"] = len(queries)
+    out = RankingJudge(queries, n_items, candidates, seed).evaluate(scorer, ks, batch_size)
     log.info("evaluated %s on %d users in %.1fs: %s", scorer.name, len(queries), time.perf_counter() - started,
              {key: round(v, 4) for key, v in out.items()})
+    return out
+
+
+def metric_cutoff(metric: str) -> int:
+    """The k of a metric name ("ndcg@10" -> 10)."""
+    return int(metric.split("@")[1])
+
+
+def valid_monitor(metric: str) -> str:
+    """The logged key of a validation metric ("ndcg@10" -> "valid/ndcg_at_10")."""
+    return f"valid/{metric.replace('@', '_at_')}"
+
+
+def tie_order(n_items: int, seed: int = TIE_SEED) -> np.ndarray:
+    """A permutation of item indices: among equal scores the item that appears earlier wins (ordering
+    ties by item index would leak catalog order, such as ids assigned by release date, into metrics)."""
+    return np.random.default_rng(seed).permutation(n_items)
+
+
+def top_k_with_ties(scores: np.ndarray, k: int, order: np.ndarray) -> np.ndarray:
+    """Top-k item indices per row [b, k], best first; equal scores ordered by `order` (`tie_order`).
+    -inf scores (excluded items) are never returned: those slots are -1."""
+    b, n = scores.shape
+    k_eff = min(k, n)
+    out = np.full((b, k), -1, dtype=np.int64)
+    if b == 0 or k_eff == 0:
+        return out
+    s = scores[:, order]  # column j = item order[j]; earlier columns win ties
+    kth = np.partition(s, n - k_eff, axis=1)[:, n - k_eff]  # k-th largest value per row
+    greater = s > kth[:, None]
+    equal = s == kth[:, None]
+    need = k_eff - greater.sum(axis=1)
+    take_equal = equal & (np.cumsum(equal, axis=1) <= need[:, None])
+    chosen = greater | take_equal  # exactly k_eff per row
+    cols = np.nonzero(chosen)[1].reshape(b, k_eff)  # ascending column = tie order
+    chosen_scores = np.take_along_axis(s, cols, axis=1)
+    best_first = np.argsort(-chosen_scores, axis=1, kind="stable")
+    cols = np.take_along_axis(cols, best_first, axis=1)
+    items = order[cols]
+    items[np.isneginf(np.take_along_axis(chosen_scores, best_first, axis=1))] = -1
+    out[:, :k_eff] = items
     return out

@@ -12,7 +12,7 @@ Q_i = V_r[i] / (l2 d_i). That is what lets the block ride in the same faiss inde
 
 History weights x_j = decay^age_j (age 0 = the latest item) let the block follow the recent items of
 ordered logs; decay 1 reads the history as a set. When the history's timestamps are known
-(`model.item_item_ages=time`), an item's age counts the distinct timestamps after its own, so items
+(the histories carry them, `recsys.data.histories`), an item's age counts the distinct timestamps after its own, so items
 logged at the same time share a weight: their order within the tie carries no information (MovieLens
 logs half its ratings in bulk; the protocol orders ties at random), and counting positions would weigh
 them by that coin flip. On ordered logs the Gram matrix can count a pair of items by how close together
@@ -33,7 +33,20 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from recsys.model.teacher import interaction_gram
+from recsys.data.histories import times_of
+
+
+def interaction_gram(sequences: list[np.ndarray], n_items: int, users_per_chunk: int = 4096) -> np.ndarray:
+    """X^T X (float64 [n_items, n_items]) of the binary user x item matrix, built a chunk of users at a
+    time so the dense user rows never exceed `users_per_chunk` x n_items."""
+    gram = np.zeros((n_items, n_items), dtype=np.float64)
+    for start in range(0, len(sequences), users_per_chunk):
+        chunk = sequences[start : start + users_per_chunk]
+        rows = np.zeros((len(chunk), n_items), dtype=np.float32)
+        for r, items in enumerate(chunk):
+            rows[r, np.asarray(items, dtype=np.int64)] = 1.0  # repeats of an item count once
+        gram += rows.T.astype(np.float64) @ rows
+    return gram
 
 
 @dataclass
@@ -52,19 +65,31 @@ class GramSpectrum:
         catalogs above `max_items` are refused rather than left to run for hours."""
         if n_items > max_items:
             raise ValueError(
-                f"model.item_item=ease needs an {n_items} x {n_items} eigen-decomposition, above "
-                f"train.item_item_max_items={max_items}; raise the limit or set model.item_item=none"
+                f"EASE (model.item_item=ease, train.teacher=ease) needs an {n_items} x {n_items} eigen-decomposition, "
+                f"above train.ease_max_items={max_items}; raise the limit, or turn both off"
             )
         gram = windowed_gram(sequences, n_items, pair_window) if pair_window > 0 else interaction_gram(sequences, n_items)
         values, vectors = np.linalg.eigh(gram)
         return cls(np.clip(values, 0.0, None), vectors)
 
+    def _check_ridge(self, l2: float) -> None:
+        if l2 <= 0:
+            raise ValueError(f"EASE ridge values (train.item_item_l2, train.teacher_l2) must be > 0, got {l2}")
+
+    def ease_weights(self, l2: float) -> np.ndarray:
+        """The full EASE solution B (float32 [n, n], zero diagonal): a user with item set H scores item j
+        as sum_{i in H} B[i, j]. B = I - P / diag(P) column-wise, P = (G + l2 I)^-1 from the spectrum."""
+        self._check_ridge(l2)
+        precision = (self.eigenvectors / (self.eigenvalues + l2)) @ self.eigenvectors.T
+        weights = precision / -np.diag(precision)  # column j divided by -P[j, j]
+        weights[np.diag_indices_from(weights)] = 0.0
+        return weights.astype(np.float32)
+
     def factors(self, l2: float, rank: int) -> tuple[np.ndarray, np.ndarray]:
         """(Q [n, rank] float32, s [n] float32) of the rank-`rank` EASE model with ridge `l2`:
         score_i = (sum_j x_j s_j Q_j) . Q_i for an item i outside the history. Columns beyond the
         catalog size are zero."""
-        if l2 <= 0:
-            raise ValueError(f"train.item_item_l2: ridge values must be > 0, got {l2}")
+        self._check_ridge(l2)
         n = self.eigenvalues.shape[0]
         keep = min(rank, n)
         top = np.argsort(-self.eigenvalues, kind="stable")[:keep]
@@ -121,19 +146,12 @@ def history_weights(lengths: list[int], decay: float, times: list[np.ndarray] | 
     return [decay ** history_ages(length, None if times is None else times[i]) for i, length in enumerate(lengths)]
 
 
-def block_user_vectors(
-    histories: list[np.ndarray],
-    inputs: np.ndarray,
-    decay: float,
-    chunk_size: int = 1024,
-    times: list[np.ndarray] | None = None,
-) -> np.ndarray:
+def block_user_vectors(histories: list[np.ndarray], inputs: np.ndarray, decay: float, chunk_size: int = 1024) -> np.ndarray:
     """[n_users, rank]: sum_j decay^age_j inputs[h_j] per history (`inputs` = s_j Q_j rows of the
-    items, indexed by the histories; ages from `times` when given, see `history_ages`). Dense per
-    chunk of users over the rows the chunk uses."""
+    items, indexed by the histories; ages from the histories' timestamps where they carry them, see
+    `history_ages`). Dense per chunk of users over the rows the chunk uses."""
     rank = inputs.shape[1]
-    if times is not None and len(times) != len(histories):
-        raise ValueError(f"history times: expected one array per history ({len(histories)}), got {len(times)}")
+    times = times_of(histories)
     out = np.zeros((len(histories), rank), dtype=np.float32)
     for start in range(0, len(histories), chunk_size):
         chunk = [np.asarray(h, dtype=np.int64) for h in histories[start : start + chunk_size]]
@@ -142,7 +160,7 @@ def block_user_vectors(
         used, local = np.unique(np.concatenate(chunk), return_inverse=True)
         weights = np.zeros((len(chunk), len(used)), dtype=np.float64)
         rows = np.repeat(np.arange(len(chunk)), [len(h) for h in chunk])
-        chunk_times = None if times is None else list(times[start : start + chunk_size])
+        chunk_times = None if times is None else times[start : start + chunk_size]
         np.add.at(weights, (rows, local), np.concatenate(history_weights([len(h) for h in chunk], decay, chunk_times)))
         out[start : start + len(chunk)] = (weights @ inputs[used].astype(np.float64)).astype(np.float32)
     return out

@@ -5,7 +5,8 @@ other items. On collaborative signal alone it is a stronger ranker than a 64-d f
 with a softmax, but it is an n x n matrix over the training catalog: it cannot score an item it has
 not seen and does not fit the serving path. So it is used only while training, as a teacher: the
 student (the two towers) learns to match the teacher's ranking of the candidates as well as the
-held-out item itself. Serving, the bundle and new items are unchanged.
+held-out item itself (`DistillationTerm`, a loss term of recsys.model.module). Serving, the bundle
+and new items are unchanged.
 """
 
 from __future__ import annotations
@@ -15,41 +16,17 @@ import logging
 import numpy as np
 import torch
 
+from recsys.model.item_item import GramSpectrum
+
 logger = logging.getLogger(__name__)
 
 
-def interaction_gram(sequences: list[np.ndarray], n_items: int, users_per_chunk: int = 4096) -> np.ndarray:
-    """X^T X (float64 [n_items, n_items]) of the binary user x item matrix, built a chunk of users at a
-    time so the dense user rows never exceed `users_per_chunk` x n_items."""
-    gram = np.zeros((n_items, n_items), dtype=np.float64)
-    for start in range(0, len(sequences), users_per_chunk):
-        chunk = sequences[start : start + users_per_chunk]
-        rows = np.zeros((len(chunk), n_items), dtype=np.float32)
-        for r, items in enumerate(chunk):
-            rows[r, np.asarray(items, dtype=np.int64)] = 1.0  # repeats of an item count once
-        gram += rows.T.astype(np.float64) @ rows
-    return gram
-
-
 def ease_weights(sequences: list[np.ndarray], n_items: int, l2: float, max_items: int) -> torch.Tensor:
-    """EASE item-item weights B (float32 [n_items, n_items], zero diagonal): a user with item set H
-    scores item j as sum_{i in H} B[i, j]. `l2` is the ridge penalty; the closed form needs an
-    n_items x n_items inverse, so catalogs above `max_items` are refused rather than left to run out
-    of memory."""
-    if n_items > max_items:
-        raise ValueError(
-            f"train.teacher=ease needs an {n_items} x {n_items} matrix inverse; the catalog exceeds "
-            f"train.teacher_max_items={max_items} (raise it if memory allows, or set train.teacher=none)"
-        )
-    if l2 <= 0:
-        raise ValueError(f"train.teacher_l2 must be > 0, got {l2}")
-    gram = interaction_gram(sequences, n_items)
-    gram[np.diag_indices(n_items)] += l2
-    precision = np.linalg.inv(gram)
-    weights = precision / -np.diag(precision)  # column j divided by -P[j, j]
-    weights[np.diag_indices(n_items)] = 0.0
+    """EASE item-item weights B (float32 [n_items, n_items], zero diagonal) of the training sequences,
+    from the same solver as the item-item block (`GramSpectrum`); refused above `max_items`."""
+    weights = GramSpectrum.of_sequences(sequences, n_items, max_items).ease_weights(l2)
     logger.info("EASE teacher: %d items, l2=%g", n_items, l2)
-    return torch.as_tensor(weights, dtype=torch.float32)
+    return torch.as_tensor(weights)
 
 
 def distillation_loss(
@@ -65,3 +42,38 @@ def distillation_loss(
     teacher_log_p = torch.log_softmax(teacher_logits.masked_fill(excluded, -1e9), dim=-1)
     student_log_p = torch.log_softmax(student_logits.masked_fill(excluded, -1e9), dim=-1)
     return (teacher_log_p.exp() * (teacher_log_p - student_log_p)).sum(dim=-1).mean()
+
+
+class DistillationTerm:
+    """KL(teacher || student) over a step's candidates, for the same user states as the softmax: the
+    teacher scores what the tower read for that target (all_but_one: the rest of the window; next_item:
+    the items up to it), counting only items the tower saw. The window's other items and items the
+    teacher never saw (no training interactions: new items) are left out of both distributions; the
+    target stays in."""
+
+    name = "distill"
+
+    def __init__(self, weights: torch.Tensor, known: np.ndarray, weight: float, temperature: float, objective: str):
+        self.weights = weights  # [n_items, n_items] EASE B
+        self.known = torch.as_tensor(np.asarray(known, dtype=bool))
+        self.weight, self.temperature, self.objective = weight, temperature, objective
+
+    def __call__(self, step) -> torch.Tensor:
+        windows, inputs, seen, use = step.windows, step.inputs, step.seen, step.use
+        n_windows, n_items = windows.shape[0], self.weights.shape[0]
+        weights = self.weights[:, step.candidates]  # [n_items, C]
+        targets = windows[:, -inputs.shape[1] :][use]
+        window_of = torch.nonzero(use)[:, 0]  # each state's window, in the row-major order of the states
+        if self.objective == "all_but_one":
+            # Sum over the window, minus the target's own row: one [windows, n_items] x [n_items, C] product.
+            seen_rows = torch.zeros(n_windows, n_items, device=windows.device)
+            seen_rows.scatter_add_(1, inputs.clamp(min=0), seen.float())
+            teacher = (seen_rows @ weights)[window_of] - weights[targets] * seen[use].float().unsqueeze(1)
+        else:
+            # Prefix sums along the window: [windows, L, C], fine for the short windows of ordered logs.
+            teacher = (weights[inputs.clamp(min=0)] * seen.unsqueeze(-1)).cumsum(dim=1)[use]
+        members = torch.zeros(n_windows, n_items, device=windows.device)
+        members.scatter_add_(1, windows.clamp(min=0), (windows >= 0).float())
+        excluded = (members[:, step.candidates] > 0)[window_of] | ~self.known[step.candidates].unsqueeze(0)
+        excluded[torch.arange(len(step.labels), device=step.labels.device), step.labels] = False
+        return distillation_loss(step.logits, teacher / self.temperature, excluded)

@@ -71,7 +71,7 @@ def _mlp_layers(in_dim: int, hidden: int, out_dim: int, dropout: float) -> list[
     return [nn.Linear(in_dim, hidden), nn.GELU(), FastDropout(dropout), nn.Linear(hidden, out_dim)]
 
 
-def _head(in_dim: int, hidden: int, out_dim: int, dropout: float) -> nn.Module:
+def projection_head(in_dim: int, hidden: int, out_dim: int, dropout: float) -> nn.Module:
     """Projection head over one frozen modality. `hidden=0` gives a linear map (least memorisation)."""
     return nn.Sequential(FastDropout(dropout), *_mlp_layers(in_dim, hidden, out_dim, dropout))
 
@@ -89,30 +89,21 @@ class _Length(nn.Linear):
 
 
 class ItemTower(nn.Module):
-    """Projects each available modality into a shared space and fuses them into one unit vector
-    (of a content-predicted length with `model.item_scale`).
+    """Projects each modality's frozen features into a shared space (one head each, built from the
+    registry in recsys.model.modalities) and fuses them into one unit vector (of a content-predicted
+    length with `model.item_scale`).
 
-    Fusion "gate" learns, per item, how much to trust each modality (softmax over the modalities that
-    are present); "sum" adds the present ones. Missing modalities are masked out, never zero-filled in.
+    A gate learns, per item, how much to trust each modality (softmax over the modalities that are
+    present). Missing modalities are masked out, never zero-filled in.
     """
 
-    def __init__(
-        self, cfg: ModelConfig, text_dim: int | None, image_dim: int | None, n_categories: int, n_id_items: int = 0
-    ):
+    def __init__(self, cfg: ModelConfig, heads: dict[str, nn.Module], n_id_items: int = 0):
         super().__init__()
+        if not heads:
+            raise ValueError("ItemTower needs at least one modality head")
         self.dim = cfg.dim
-        self.fusion = cfg.fusion
-        self.text_head = _head(text_dim, cfg.head_hidden, cfg.dim, cfg.head_dropout) if text_dim and cfg.use_text else None
-        self.image_head = (
-            _head(image_dim, cfg.head_hidden, cfg.dim, cfg.head_dropout) if image_dim and cfg.use_image else None
-        )
-        self.category_head = (
-            nn.Linear(n_categories, cfg.dim, bias=False) if n_categories and cfg.use_categories else None
-        )
-        n_modalities = sum(h is not None for h in (self.text_head, self.image_head, self.category_head))
-        if n_modalities == 0:
-            raise ValueError("ItemTower needs at least one modality (model.use_text/use_image/use_categories)")
-        self.gate = nn.Linear(cfg.dim * n_modalities, n_modalities) if cfg.fusion == "gate" else None
+        self.heads = nn.ModuleDict(heads)
+        self.gate = nn.Linear(cfg.dim * len(heads), len(heads))
         # Used when an item has no content at all, so its vector is still defined.
         self.missing = nn.Parameter(torch.randn(cfg.dim) * 0.02)
         # Score = (user . item + bias) / temperature. The vectors are unit length, so without a bias
@@ -120,10 +111,9 @@ class ItemTower(nn.Module):
         # cold item carry a popularity prior too. A length (item_scale) says how sharply the item's
         # score follows the user's taste, as item norms do in a factor model; also from content.
         self.scale = _Length(cfg.dim) if cfg.item_scale else None
-        self.bias = nn.Linear(cfg.dim, 1) if cfg.item_bias else None
-        if self.bias is not None:
-            nn.init.zeros_(self.bias.weight)
-            nn.init.zeros_(self.bias.bias)
+        self.bias = nn.Linear(cfg.dim, 1)
+        nn.init.zeros_(self.bias.weight)
+        nn.init.zeros_(self.bias.bias)
         # Identity residual (row 0 = unknown item, always zero): lets warm items move away from what
         # their content alone predicts, as an ID model would. Zero-initialised, and dropped at random
         # while training, so a new item (residual 0) is scored by a content path trained to stand alone.
@@ -131,48 +121,29 @@ class ItemTower(nn.Module):
         self.id_embedding = nn.Embedding(n_id_items + 1, cfg.dim, padding_idx=0) if cfg.item_id_embedding and n_id_items else None
         if self.id_embedding is not None:
             nn.init.zeros_(self.id_embedding.weight)
+        self._register_load_state_dict_pre_hook(_rename_old_heads)
 
     @property
     def modalities(self) -> list[str]:
-        names = [("text", self.text_head), ("image", self.image_head), ("categories", self.category_head)]
-        return [name for name, head in names if head is not None]
+        return list(self.heads)
 
-    def forward(self, *features: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, values: dict[str, torch.Tensor], present: dict[str, torch.Tensor], id_index: torch.Tensor | None = None) -> torch.Tensor:
         """Item vectors; arguments as for `encode`."""
-        return self.encode(*features)[0]
+        return self.encode(values, present, id_index)[0]
 
     def encode(
-        self,
-        text: torch.Tensor | None,
-        text_mask: torch.Tensor | None,
-        image: torch.Tensor | None,
-        image_mask: torch.Tensor | None,
-        categories: torch.Tensor | None,
-        id_index: torch.Tensor | None = None,
+        self, values: dict[str, torch.Tensor], present: dict[str, torch.Tensor], id_index: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(item vectors [..., dim], scalar biases [...]). `id_index`: identity rows (0 = unknown).
-        The vectors are unit length unless `model.item_scale` gives each its own."""
-        parts: list[torch.Tensor] = []
-        masks: list[torch.Tensor] = []
-        if self.text_head is not None:
-            parts.append(self.text_head(text))
-            masks.append(text_mask)
-        if self.image_head is not None:
-            parts.append(self.image_head(image))
-            masks.append(image_mask)
-        if self.category_head is not None:
-            parts.append(self.category_head(categories))
-            masks.append(categories.sum(dim=-1) > 0)
-        stacked = torch.stack(parts, dim=-2)  # [..., M, dim]
-        present = torch.stack(masks, dim=-1).to(stacked.dtype)  # [..., M]
-        stacked = stacked * present.unsqueeze(-1)  # a missing modality must not steer the gate
-        if self.gate is not None:
-            logits = self.gate(stacked.flatten(-2)).masked_fill(present == 0, float("-inf"))
-            weights = torch.nan_to_num(torch.softmax(logits, dim=-1), nan=0.0)
-        else:
-            weights = present
+        """(item vectors [..., dim], scalar biases [...]) from each modality's features [..., width] and
+        presence [...] (bool). `id_index`: identity rows (0 = unknown). The vectors are unit length unless
+        `model.item_scale` gives each its own."""
+        stacked = torch.stack([head(values[name]) for name, head in self.heads.items()], dim=-2)  # [..., M, dim]
+        mask = torch.stack([present[name] for name in self.heads], dim=-1).to(stacked.dtype)  # [..., M]
+        stacked = stacked * mask.unsqueeze(-1)  # a missing modality must not steer the gate
+        logits = self.gate(stacked.flatten(-2)).masked_fill(mask == 0, float("-inf"))
+        weights = torch.nan_to_num(torch.softmax(logits, dim=-1), nan=0.0)
         fused = (weights.unsqueeze(-1) * stacked).sum(dim=-2)
-        has_any = present.sum(dim=-1, keepdim=True) > 0
+        has_any = mask.sum(dim=-1, keepdim=True) > 0
         fused = torch.where(has_any, fused, self.missing.expand_as(fused))
         if self.id_embedding is not None and id_index is not None:
             residual = self.id_embedding(id_index)
@@ -181,10 +152,21 @@ class ItemTower(nn.Module):
                 residual = residual * keep
             fused = fused + residual
         vector = F.normalize(fused, dim=-1)
-        bias = self.bias(fused).squeeze(-1) if self.bias is not None else vector.new_zeros(vector.shape[:-1])
+        bias = self.bias(fused).squeeze(-1)
         if self.scale is not None:
             vector = vector * self.scale(fused)
         return vector, bias
+
+
+_OLD_HEADS = {"text_head.": "heads.text.", "image_head.": "heads.image.", "category_head.": "heads.categories."}
+
+
+def _rename_old_heads(state_dict, prefix, *args) -> None:
+    """Bundles saved before the modality registry name the heads text_head, image_head, category_head."""
+    for key in [k for k in state_dict if k.startswith(prefix)]:
+        for old, new in _OLD_HEADS.items():
+            if key.startswith(prefix + old):
+                state_dict[prefix + new + key[len(prefix + old):]] = state_dict.pop(key)
 
 
 class UserTower(nn.Module):
@@ -192,10 +174,11 @@ class UserTower(nn.Module):
 
     "attention": causal self-attention (SASRec-style) so one forward pass yields a user vector after
     every prefix, which lets training use every position at once. "mean": causal running mean.
-    An optional user-id embedding is added when the user is known (id 0 = unknown/anonymous).
+    A user is their history alone (no user id), so a known user and an anonymous session with the same
+    history get the same vector.
     """
 
-    def __init__(self, cfg: ModelConfig, n_users: int = 0):
+    def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.pooling = cfg.user_pooling
         self.max_history = cfg.max_history
@@ -218,18 +201,15 @@ class UserTower(nn.Module):
             self.encoder = nn.TransformerEncoder(layer, num_layers=cfg.n_layers, enable_nested_tensor=False)
         else:
             self.encoder = None
-        self.output = nn.Sequential(nn.LayerNorm(dim), *_mlp_layers(dim, cfg.user_hidden, dim, cfg.attn_dropout))
+        self.output = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim))
         self.scale = _Length(dim) if cfg.user_scale else None
-        self.user_embedding = nn.Embedding(n_users + 1, dim, padding_idx=0) if cfg.user_id_embedding and n_users else None
         self.n_heads = cfg.n_heads
         self.register_buffer("_eye", torch.eye(cfg.max_history, dtype=torch.bool), persistent=False)
         self.register_buffer(
             "_causal", torch.triu(torch.ones(cfg.max_history, cfg.max_history, dtype=torch.bool), diagonal=1), persistent=False
         )
 
-    def forward(
-        self, history: torch.Tensor, valid: torch.Tensor, user_index: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def forward(self, history: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """history: [B, L, dim] item vectors; valid: [B, L] bool. Returns [B, L, dim] user vectors (unit,
         or of a learned length with model.user_scale), the user's state after each position (rows at
         padded positions are meaningless)."""
@@ -249,19 +229,14 @@ class UserTower(nn.Module):
         else:
             counts = valid.cumsum(dim=1).clamp(min=1).unsqueeze(-1).to(x.dtype)
             x = x.cumsum(dim=1) / counts
-        return self._state(x, user_index)
+        return self._state(x)
 
-    def _state(self, pooled: torch.Tensor, user_index: torch.Tensor | None) -> torch.Tensor:
-        """Pooled history [B, L, dim] -> unit user vectors (output layer, plus the user id if known)."""
-        out = self.output(pooled)
-        if self.user_embedding is not None and user_index is not None:
-            out = out + self.user_embedding(user_index).unsqueeze(1)
-        unit = F.normalize(out, dim=-1)
+    def _state(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Pooled history [B, L, dim] -> unit user vectors (of a learned length with model.user_scale)."""
+        unit = F.normalize(self.output(pooled), dim=-1)
         return unit if self.scale is None else unit * self.scale(pooled)
 
-    def leave_one_out(
-        self, history: torch.Tensor, valid: torch.Tensor, user_index: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def leave_one_out(self, history: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """[B, L, dim] user vectors: at each position, the state from every *other* valid item of the row,
         read as a set. Trains the mean tower for unordered logs exactly as it is used: a user vector is
         the mean of all the user's items, and the held-out item is any one of them. A mean of the
@@ -272,8 +247,8 @@ class UserTower(nn.Module):
         # A position outside `valid` (padding, or an item hidden while training) is in no one's mean, its own included.
         counts = (valid.sum(dim=1, keepdim=True) - valid.long()).clamp(min=1).unsqueeze(-1).to(x.dtype)
         others = (x.sum(dim=1, keepdim=True) - x) / counts
-        return self._state(others, user_index)
+        return self._state(others)
 
-    def encode_last(self, history: torch.Tensor, valid: torch.Tensor, user_index: torch.Tensor | None = None) -> torch.Tensor:
+    def encode_last(self, history: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """The user vector after the whole (left-padded) history: [B, dim]."""
-        return self.forward(history, valid, user_index)[:, -1]
+        return self.forward(history, valid)[:, -1]

@@ -17,68 +17,56 @@ from torch import nn
 from recsys.config import ModelConfig
 from recsys.encoders.features import ItemFeatures
 from recsys.model.item_item import block_user_vectors
+from recsys.model.modalities import MODALITIES, used_modalities
 from recsys.model.towers import ItemTower, UserTower
+
+CONTENT_MAP_MODALITIES = ("text", "categories")  # what the item-item block's content map reads (ItemItemBlend)
 
 
 @dataclass
 class FeatureTensors:
-    """Frozen item features as tensors, aligned with the catalog's row order (item index)."""
+    """Frozen item features as tensors, aligned with the catalog's row order (item index): per modality
+    (recsys.model.modalities) its values [n, width] and which items have it [n]."""
 
-    text: torch.Tensor | None
-    text_mask: torch.Tensor | None
-    image: torch.Tensor | None
-    image_mask: torch.Tensor | None
-    categories: torch.Tensor
+    values: dict[str, torch.Tensor]
+    present: dict[str, torch.Tensor]
+    n: int
     id_index: torch.Tensor | None = None  # identity rows of a hybrid model (0 = unknown); see TwoTowerModel.feature_tensors
 
     @classmethod
     def from_features(cls, features: ItemFeatures) -> "FeatureTensors":
-        def tensor(array, dtype=torch.float32):
-            return None if array is None else torch.as_tensor(np.asarray(array), dtype=dtype)
-
-        n = len(features.item_ids)
-        categories = features.categories if features.categories is not None else np.zeros((n, 0), np.float32)
-        return cls(
-            text=tensor(features.text),
-            text_mask=tensor(features.text_mask, torch.bool),
-            image=tensor(features.image),
-            image_mask=tensor(features.image_mask, torch.bool),
-            categories=tensor(categories),
-        )
+        values, present = {}, {}
+        for name, modality in MODALITIES.items():
+            array = modality.values(features)
+            if array is not None:
+                values[name] = torch.as_tensor(np.asarray(array), dtype=torch.float32)
+                present[name] = torch.as_tensor(np.asarray(modality.present(features), dtype=bool))
+        return cls(values, present, len(features.item_ids))
 
     def rows(self, index: torch.Tensor) -> "FeatureTensors":
-        def pick(t):
-            return None if t is None else t[index]
-
+        n = int(index.sum()) if index.dtype == torch.bool else len(index)
         return FeatureTensors(
-            pick(self.text), pick(self.text_mask), pick(self.image), pick(self.image_mask), self.categories[index],
-            pick(self.id_index),
+            {k: v[index] for k, v in self.values.items()}, {k: v[index] for k, v in self.present.items()}, n,
+            None if self.id_index is None else self.id_index[index],
         )
 
     def to(self, device: torch.device | str) -> "FeatureTensors":
-        def move(t):
-            return None if t is None else t.to(device)
-
         return FeatureTensors(
-            move(self.text), move(self.text_mask), move(self.image), move(self.image_mask), self.categories.to(device),
-            move(self.id_index),
+            {k: v.to(device) for k, v in self.values.items()}, {k: v.to(device) for k, v in self.present.items()}, self.n,
+            None if self.id_index is None else self.id_index.to(device),
         )
 
 
 class RetrievalModel(nn.Module):
-    """What training, evaluation, bundles and serving need from a model: item vectors and biases from
-    content features, user vectors from histories of item vectors; score = user . item + bias."""
+    """The one contract of everything that scores items: item vectors and biases from content features,
+    user vectors from histories of item vectors; score = user . item + bias. Training, evaluation,
+    bundles, the index and serving read a model through it alone, so the towers, an ensemble of them and
+    the towers wrapped with the item-item block are interchangeable (each is fit by its own
+    `recsys.model.fitting` component)."""
 
     dim: int
     item_id_vocab: list[str]  # items with an identity residual (hybrid model), else []
-    text_dim: int | None
-    image_dim: int | None
-    n_categories: int
-
-    @property
-    def has_text_head(self) -> bool:
-        """Whether free text can be projected into the item space (text search)."""
-        raise NotImplementedError
+    widths: dict[str, int | None]  # each modality's feature width (None: not in the features)
 
     def shape_info(self) -> dict:
         """What a bundle records to rebuild the model before loading its weights."""
@@ -94,16 +82,11 @@ class RetrievalModel(nn.Module):
         raise NotImplementedError
 
     def encode_histories(
-        self,
-        item_vectors: np.ndarray | torch.Tensor,
-        histories: list[np.ndarray],
-        user_index: np.ndarray | None = None,
-        batch_size: int = 1024,
-        times: list[np.ndarray] | None = None,
+        self, item_vectors: np.ndarray | torch.Tensor, histories: list[np.ndarray], batch_size: int = 1024
     ) -> np.ndarray:
-        """User vectors from histories of item indices (oldest first), for these item vectors.
-        `times`: each history's timestamps, where the model weighs items by age (ItemItemBlend: items
-        logged at the same time share an age); the towers read the order alone and ignore them."""
+        """User vectors from histories of item indices (oldest first), for these item vectors. A
+        `Histories` may carry timestamps, for a model that weighs items by age (ItemItemBlend); the
+        towers read the order alone."""
         raise NotImplementedError
 
     def similarity_queries(self, item_vectors: np.ndarray) -> np.ndarray:
@@ -119,7 +102,7 @@ class RetrievalModel(nn.Module):
         """(item vectors [n, dim], biases [n]) for every row of `features` (eval mode, no grad)."""
         if self.training:
             self.eval()
-        n = features.categories.shape[0]
+        n = features.n
         vectors, biases = [], []
         for start in range(0, n, batch_size):
             v, b = self.item_vectors_and_bias(features.rows(torch.arange(start, min(start + batch_size, n))))
@@ -140,69 +123,45 @@ class TwoTowerModel(RetrievalModel):
     def __init__(
         self,
         cfg: ModelConfig,
-        text_dim: int | None,
-        image_dim: int | None,
-        n_categories: int,
-        n_users: int = 0,
+        widths: dict[str, int | None],
         item_id_vocab: Sequence | None = None,
     ):
-        """`item_id_vocab`: the item ids seen in training, which get an identity residual when
-        `cfg.item_id_embedding` is on (ignored otherwise)."""
+        """`widths`: each modality's feature width (`feature_widths`); the tower reads those in
+        model.modalities. `item_id_vocab`: the item ids seen in training, which get an identity residual
+        when `cfg.item_id_embedding` is on (ignored otherwise)."""
         super().__init__()
         self.cfg = cfg
-        self.text_dim = text_dim
-        self.image_dim = image_dim
-        self.n_categories = n_categories
-        self.n_users = n_users
+        self.widths = {name: widths.get(name) for name in MODALITIES} | dict(widths)
         self.item_id_vocab = [str(i) for i in item_id_vocab] if cfg.item_id_embedding and item_id_vocab is not None else []
         self._id_row = {item: row + 1 for row, item in enumerate(self.item_id_vocab)}
-        self.item_tower = ItemTower(cfg, text_dim, image_dim, n_categories, n_id_items=len(self.item_id_vocab))
-        self.user_tower = UserTower(cfg, n_users)
+        heads = {name: MODALITIES[name].head(self.widths[name], cfg) for name in used_modalities(cfg, self.widths)}
+        self.item_tower = ItemTower(cfg, heads, n_id_items=len(self.item_id_vocab))
+        self.user_tower = UserTower(cfg)
 
     @property
     def dim(self) -> int:
         return self.cfg.dim
 
     def shape_info(self) -> dict:
-        return {
-            "dim": self.cfg.dim,
-            "text_dim": self.text_dim,
-            "image_dim": self.image_dim,
-            "n_categories": self.n_categories,
-            "n_users": self.n_users,
-            "n_id_items": len(self.item_id_vocab),
-        }
+        return {"dim": self.cfg.dim, "widths": dict(self.widths), "n_id_items": len(self.item_id_vocab)}
 
     def feature_tensors(self, features: ItemFeatures) -> FeatureTensors:
         """Tensors of `features` for this model: adds the identity rows of a hybrid model, so an id
         seen in training finds its residual and any other id (a new item) gets none."""
         tensors = FeatureTensors.from_features(features)
         if self._id_row:
-            rows = [self._id_row.get(str(item), 0) for item in np.asarray(features.item_ids).tolist()]
-            tensors.id_index = torch.as_tensor(rows, dtype=torch.long)
+            tensors.id_index = identity_rows(self._id_row, features.item_ids)
         return tensors
-
-    @property
-    def has_text_head(self) -> bool:
-        return self.item_tower.text_head is not None
 
     def item_vectors_and_bias(
         self, features: FeatureTensors, use_identity: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """`use_identity=False` gives the content-only vectors, what a new item gets."""
-        return self.item_tower.encode(
-            features.text, features.text_mask, features.image, features.image_mask, features.categories,
-            features.id_index if use_identity else None,
-        )
+        return self.item_tower.encode(features.values, features.present, features.id_index if use_identity else None)
 
     @torch.inference_mode()
     def encode_histories(
-        self,
-        item_vectors: np.ndarray | torch.Tensor,
-        histories: list[np.ndarray],
-        user_index: np.ndarray | None = None,
-        batch_size: int = 1024,
-        times: list[np.ndarray] | None = None,
+        self, item_vectors: np.ndarray | torch.Tensor, histories: list[np.ndarray], batch_size: int = 1024
     ) -> np.ndarray:
         """User vectors from histories of item indices (oldest first); only the last
         `max_history` items are read. An empty history gives the tower's prior vector."""
@@ -215,10 +174,7 @@ class TwoTowerModel(RetrievalModel):
             chunk = histories[start : start + batch_size]
             padded, valid = left_pad([np.asarray(h, dtype=np.int64)[-max_len:] for h in chunk], max_len)
             seq = vectors[torch.as_tensor(padded).clamp(min=0)]
-            users = None
-            if user_index is not None and self.user_tower.user_embedding is not None:
-                users = torch.as_tensor(user_index[start : start + batch_size], dtype=torch.long)
-            results.append(self.user_tower.encode_last(seq, torch.as_tensor(valid), users).numpy())
+            results.append(self.user_tower.encode_last(seq, torch.as_tensor(valid)).numpy())
         return np.concatenate(results).astype(np.float32) if results else np.zeros((0, self.dim), np.float32)
 
 
@@ -240,18 +196,13 @@ class TwoTowerEnsemble(RetrievalModel):
                 raise ValueError(f"ensemble member {k} differs in shape or identity vocabulary from member 0")
         self.members = nn.ModuleList(members)
         self.cfg = first.cfg
-        self.text_dim, self.image_dim = first.text_dim, first.image_dim
-        self.n_categories, self.n_users = first.n_categories, first.n_users
+        self.widths = first.widths
         self.item_id_vocab = first.item_id_vocab
         self._scale = 1.0 / math.sqrt(len(members))
 
     @property
     def dim(self) -> int:
         return len(self.members) * self.cfg.dim
-
-    @property
-    def has_text_head(self) -> bool:
-        return self.members[0].has_text_head
 
     def shape_info(self) -> dict:
         return {**self.members[0].shape_info(), "dim": self.dim, "members": len(self.members)}
@@ -268,12 +219,7 @@ class TwoTowerEnsemble(RetrievalModel):
 
     @torch.inference_mode()
     def encode_histories(
-        self,
-        item_vectors: np.ndarray | torch.Tensor,
-        histories: list[np.ndarray],
-        user_index: np.ndarray | None = None,
-        batch_size: int = 1024,
-        times: list[np.ndarray] | None = None,
+        self, item_vectors: np.ndarray | torch.Tensor, histories: list[np.ndarray], batch_size: int = 1024
     ) -> np.ndarray:
         """Each member reads its own slice of the ensemble's item vectors (unscaled back). Only the
         rows the histories use are unscaled: a single request must not copy the whole catalog."""
@@ -283,7 +229,7 @@ class TwoTowerEnsemble(RetrievalModel):
         vectors = torch.as_tensor(item_vectors)[torch.as_tensor(used)] / self._scale
         d = self.cfg.dim
         users = [
-            member.encode_histories(vectors[:, k * d : (k + 1) * d].contiguous(), local_histories, user_index, batch_size)
+            member.encode_histories(vectors[:, k * d : (k + 1) * d].contiguous(), local_histories, batch_size)
             for k, member in enumerate(self.members)
         ]
         return (np.concatenate(users, axis=1) * self._scale).astype(np.float32)
@@ -310,8 +256,7 @@ class ItemItemBlend(RetrievalModel):
             raise ValueError(f"model.item_item_rank must be >= 1, got {rank}")
         self.base = base
         self.cfg = base.cfg
-        self.text_dim, self.image_dim = base.text_dim, base.image_dim
-        self.n_categories, self.n_users = base.n_categories, getattr(base, "n_users", 0)
+        self.widths = base.widths
         self.item_id_vocab = vocab
         self._row = {item: row + 1 for row, item in enumerate(vocab)}
         self.rank = rank
@@ -322,7 +267,7 @@ class ItemItemBlend(RetrievalModel):
         self.register_buffer("block_decay", torch.ones(()))
         self.predicts_new_items = self.cfg.item_item_new_items == "content"
         if self.predicts_new_items:
-            design_dim = (self.text_dim or 0) + self.n_categories + 1
+            design_dim = sum(self.widths.get(name) or 0 for name in CONTENT_MAP_MODALITIES) + 1
             self.register_buffer("block_content_map", torch.zeros(design_dim, rank))
 
     def set_block(
@@ -344,33 +289,27 @@ class ItemItemBlend(RetrievalModel):
                 raise ValueError(f"content map shape {content_map.shape} != {tuple(self.block_content_map.shape)}")
             self.block_content_map.copy_(torch.as_tensor(content_map, dtype=torch.float32))
 
-    def block_times(self, times: list[np.ndarray] | None) -> list[np.ndarray] | None:
-        """The history timestamps the block ages items by: `times` with model.item_item_ages=time, else
-        None (ages by position)."""
-        return times if self.cfg.item_item_ages == "time" else None
-
     def content_design(self, features: FeatureTensors) -> torch.Tensor:
-        """[n, text dim + categories + 1]: what the content map reads (text zeroed where an item has none).
-        Posters are left out: in the towers they cost 0.10-0.14 NDCG@10 on new items (docs/results.md); the
-        map was not tried with them."""
-        n = features.categories.shape[0]
+        """[n, text width + categories + 1]: what the content map reads (zeros where an item lacks a
+        modality). Posters are left out: they hurt new items in the towers (docs/results.md), and the map
+        was not tried with them."""
+        device = features.id_index.device if features.id_index is not None else None
         parts = []
-        if self.text_dim:
-            if features.text is None:
-                parts.append(torch.zeros(n, self.text_dim, device=features.categories.device))
+        for name in CONTENT_MAP_MODALITIES:
+            width = self.widths.get(name)
+            if not width:
+                continue
+            values = features.values.get(name)
+            if values is None:
+                parts.append(torch.zeros(features.n, width, device=device))
             else:
-                text = features.text.float()
-                parts.append(text if features.text_mask is None else text * features.text_mask.unsqueeze(-1).float())
-        parts += [features.categories.float(), torch.ones(n, 1, device=features.categories.device)]
+                parts.append(values.float() * features.present[name].unsqueeze(-1).float())
+        parts.append(torch.ones(features.n, 1, device=parts[0].device if parts else device))
         return torch.cat(parts, dim=1)
 
     @property
     def dim(self) -> int:
         return self.base.dim + self.rank + 1
-
-    @property
-    def has_text_head(self) -> bool:
-        return self.base.has_text_head
 
     def shape_info(self) -> dict:
         return {**self.base.shape_info(), "dim": self.dim, "n_id_items": len(self.item_id_vocab), "item_item_rank": self.rank}
@@ -378,8 +317,7 @@ class ItemItemBlend(RetrievalModel):
     def feature_tensors(self, features: ItemFeatures) -> FeatureTensors:
         tensors = self.base.feature_tensors(features)
         if tensors.id_index is None and self._row:
-            rows = [self._row.get(str(item), 0) for item in np.asarray(features.item_ids).tolist()]
-            tensors.id_index = torch.as_tensor(rows, dtype=torch.long)
+            tensors.id_index = identity_rows(self._row, features.item_ids)
         return tensors
 
     def item_vectors_and_bias(
@@ -401,20 +339,15 @@ class ItemItemBlend(RetrievalModel):
 
     @torch.inference_mode()
     def encode_histories(
-        self,
-        item_vectors: np.ndarray | torch.Tensor,
-        histories: list[np.ndarray],
-        user_index: np.ndarray | None = None,
-        batch_size: int = 1024,
-        times: list[np.ndarray] | None = None,
+        self, item_vectors: np.ndarray | torch.Tensor, histories: list[np.ndarray], batch_size: int = 1024
     ) -> np.ndarray:
         """The towers read their slice of the item vectors; the block sums s_j Q_j over the whole
-        history with recency weights decay^age (ages from `times` when given)."""
+        history with recency weights decay^age (ages from the histories' timestamps where they carry them)."""
         vectors = item_vectors.numpy() if isinstance(item_vectors, torch.Tensor) else np.asarray(item_vectors)
         d = self.base.dim
-        users = self.base.encode_histories(vectors[:, :d], histories, user_index, batch_size)
+        users = self.base.encode_histories(vectors[:, :d], histories, batch_size)
         inputs = _RowProduct(vectors, d, self.rank)
-        block = block_user_vectors(histories, inputs, float(self.block_decay), batch_size, self.block_times(times))
+        block = block_user_vectors(histories, inputs, float(self.block_decay), batch_size)
         block *= float(self.block_weight)
         return np.concatenate([users, block, np.zeros((len(histories), 1), np.float32)], axis=1).astype(np.float32)
 
@@ -443,21 +376,37 @@ class _RowProduct:
 
 def build_model(
     cfg: ModelConfig,
-    text_dim: int | None,
-    image_dim: int | None,
-    n_categories: int,
-    n_users: int = 0,
+    widths: dict[str, int | None],
     item_id_vocab: Sequence | None = None,
 ) -> RetrievalModel:
     """One two-tower model, or `cfg.ensemble_size` of the same shape (weights from the torch RNG state),
     wrapped with an item-item block over `item_id_vocab` when `cfg.item_item` is set."""
     members = [
-        TwoTowerModel(cfg, text_dim, image_dim, n_categories, n_users, item_id_vocab) for _ in range(cfg.ensemble_size)
+        TwoTowerModel(cfg, widths, item_id_vocab) for _ in range(cfg.ensemble_size)
     ]
     model = members[0] if len(members) == 1 else TwoTowerEnsemble(members)
     if cfg.item_item == "none":
         return model
     return ItemItemBlend(model, item_id_vocab if item_id_vocab is not None else [], cfg.item_item_rank)
+
+
+class ModelScorer:
+    """A model as an evaluation `Scorer` (recsys.eval.protocol): every catalog item scored for a batch
+    of histories, through the same code that serves it. Validation and test both score through it."""
+
+    name = "recsys"
+
+    def __init__(self, model: RetrievalModel, features: FeatureTensors):
+        self.model = model
+        self.item_vectors, self.item_bias = model.encode_items_with_bias(features)
+
+    def score(self, histories: list[np.ndarray], user_ids: np.ndarray | None = None) -> np.ndarray:
+        return self.model.encode_histories(self.item_vectors, histories) @ self.item_vectors.T + self.item_bias
+
+
+def identity_rows(row_of: dict, item_ids) -> torch.Tensor:
+    """Each item's identity row (ids as strings; 0 = an id the model never saw: a new item)."""
+    return torch.as_tensor([row_of.get(str(item), 0) for item in np.asarray(item_ids).tolist()], dtype=torch.long)
 
 
 def left_pad(sequences: list[np.ndarray], length: int, pad: int = -1) -> tuple[np.ndarray, np.ndarray]:

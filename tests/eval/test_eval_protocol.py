@@ -67,7 +67,7 @@ class FixedScorer:
         self.name = name
         self.scores = np.asarray(scores, dtype=np.float32)
 
-    def score(self, histories, user_ids, times=None):
+    def score(self, histories, user_ids):
         return np.tile(self.scores, (len(histories), 1))
 
 
@@ -78,29 +78,37 @@ def test_build_queries_test_stage(split) -> None:
     assert [t.tolist() for t in q.targets] == [[3], [4]]
     assert [e.tolist() for e in q.exclude] == [[0, 1, 2], [0, 2, 3]]
     # Each history's timestamps ride along, aligned item for item (the item-item block ages by them).
-    assert [t.tolist() for t in q.history_times] == [[0, 10, 20], [0, 10, 20, 30]]
-    assert [t.tolist() for t in q.subset(1, seed=0).history_times] in ([[0, 10, 20]], [[0, 10, 20, 30]])
+    assert [t.tolist() for t in q.histories.times] == [[0, 10, 20], [0, 10, 20, 30]]
+    assert [t.tolist() for t in q.subset(1, seed=0).histories.times] in ([[0, 10, 20]], [[0, 10, 20, 30]])
 
 
-def test_scorers_receive_the_history_times_of_their_chunk(split) -> None:
+def test_scorers_receive_histories_carrying_the_times_of_their_chunk(split) -> None:
     q = build_queries(split, ITEM_INDEX, "test")
     seen = []
 
     class Recording(FixedScorer):
-        def score(self, histories, user_ids, times=None):
-            seen.append([t.tolist() for t in times])
+        def score(self, histories, user_ids):
+            seen.append([t.tolist() for t in histories.times])
             return super().score(histories, user_ids)
 
     evaluate(Recording(np.arange(len(ITEMS), dtype=np.float32)), q, len(ITEMS), ks=(2,), batch_size=1)
     assert seen == [[[0, 10, 20]], [[0, 10, 20, 30]]]
 
-    class Untimed:  # a scorer written before `times` existed is still called, without them
-        name = "untimed"
 
-        def score(self, histories, user_ids):
-            return np.tile(np.arange(len(ITEMS), dtype=np.float32), (len(histories), 1))
+def test_ties_follow_one_fixed_order_in_validation_and_test(split) -> None:
+    """Every item scores the same: the tie order alone ranks them, and a target is not favoured by a tie.
+    The judge that validation uses and `evaluate` give one number."""
+    from recsys.eval.protocol import RankingJudge, tie_order
 
-    assert evaluate(Untimed(), q, len(ITEMS), ks=(2,)) == evaluate(FixedScorer(np.arange(len(ITEMS), dtype=np.float32)), q, len(ITEMS), ks=(2,))
+    q = build_queries(split, ITEM_INDEX, "test")
+    flat = FixedScorer(np.zeros(len(ITEMS), dtype=np.float32))
+    ranked = rank_items(flat, q, len(ITEMS), k=len(ITEMS))
+    order = [i for i in tie_order(len(ITEMS)).tolist()]
+    for row, excluded in enumerate(q.exclude):
+        assert [i for i in ranked[row].tolist() if i >= 0] == [i for i in order if i not in excluded.tolist()]
+    judge = RankingJudge(q, len(ITEMS))
+    scores = np.zeros((len(q), len(ITEMS)), dtype=np.float32)
+    assert judge.value(scores, "ndcg@2") == evaluate(flat, q, len(ITEMS), ks=(2,))["ndcg@2"]
 
 
 def test_build_queries_valid_stage(split) -> None:

@@ -15,8 +15,9 @@ from recsys.model.item_item import (
     history_weights,
     windowed_gram,
 )
+from recsys.data.histories import Histories
 from recsys.model.teacher import ease_weights
-from recsys.model.train import _prepare, fit_two_tower, validation_score
+from recsys.model.train import fit_two_tower, prepare_training_data, validation_score
 from recsys.model.two_tower import ItemItemBlend
 
 
@@ -50,7 +51,7 @@ def test_full_rank_block_scores_every_item_outside_the_history_as_ease_does():
     low, low_scale = spectrum.factors(l2=5.0, rank=6)
     truncated = block_user_vectors([history], low * low_scale[:, None], 1.0) @ low.T
     assert np.corrcoef(truncated[0, outside[:7]], as_set[0, outside[:7]])[0, 1] > 0.8
-    with pytest.raises(ValueError, match="item_item_max_items=5"):
+    with pytest.raises(ValueError, match="train.ease_max_items=5"):
         GramSpectrum.of_sequences(sequences, n, max_items=5)
 
 
@@ -65,17 +66,19 @@ def test_items_logged_at_the_same_time_share_an_age():
     rng = np.random.default_rng(2)
     inputs = rng.normal(size=(6, 4)).astype(np.float32)
     histories, times = [np.array([0, 3, 5, 1]), np.array([2, 4])], [np.array([1, 4, 4, 4]), np.array([3, 8])]
-    got = block_user_vectors(histories, inputs, 0.5, chunk_size=1, times=times)
+    got = block_user_vectors(Histories(histories, times), inputs, 0.5, chunk_size=1)
     np.testing.assert_allclose(got[0], 0.5 * inputs[0] + inputs[3] + inputs[5] + inputs[1], rtol=1e-6)
     np.testing.assert_allclose(got[1], 0.5 * inputs[2] + inputs[4], rtol=1e-6)
     # Reordering inside the tie changes nothing; by position it would.
     swapped = [np.array([0, 1, 5, 3]), histories[1]]
-    np.testing.assert_allclose(block_user_vectors(swapped, inputs, 0.5, times=times), got, rtol=1e-6)
+    np.testing.assert_allclose(block_user_vectors(Histories(swapped, times), inputs, 0.5), got, rtol=1e-6)
     assert not np.allclose(block_user_vectors(swapped, inputs, 0.5), block_user_vectors(histories, inputs, 0.5))
     with pytest.raises(ValueError, match="history times: expected 3 timestamps"):
         history_ages(3, np.array([1, 2]))
     with pytest.raises(ValueError, match="one array per history"):
-        block_user_vectors(histories, inputs, 0.5, times=times[:1])
+        Histories(histories, times[:1])
+    with pytest.raises(ValueError, match="history 0 has 4 items but 3 timestamps"):
+        Histories(histories, [times[0][:3], times[1]])
 
 
 def test_pair_window_counts_items_consumed_close_together_more_and_keeps_the_ease_identity():
@@ -115,24 +118,20 @@ def test_training_keeps_the_block_where_validation_rises_and_drops_it_on_cold_it
     # On these warm users the block lifts validation well above the towers alone (2 epochs of training).
     assert picked["kept"] and picked["weight"] > 0 and result.best_metric > picked["towers_valid"] + 0.02
     # The reported score is the blended model's, ranked exactly as early stopping ranks.
-    prepared = _prepare(tiny_features, split.train, split.valid, cfg, None)
-    score = validation_score(result.model, tiny_features, prepared.valid_queries, prepared.exclude, "ndcg@10")
+    judge = prepare_training_data(tiny_features, split.train, split.valid, cfg).valid
+    score = validation_score(result.model, tiny_features, judge, "ndcg@10")
     assert score == pytest.approx(result.best_metric, abs=1e-6)
-    # The served model ages a history by its timestamps (model.item_item_ages=time), as the search did.
-    queries = prepared.valid_queries
-    assert queries.times is not None and all(len(t) == len(h) for t, h in zip(queries.times, queries.histories))
+    # The served model ages a history by the timestamps it carries, as the search did.
+    queries = judge.queries.histories
+    assert queries.times is not None and all(len(t) == len(h) for t, h in zip(queries.times, queries))
     vectors, _ = result.model.encode_items_with_bias(result.model.feature_tensors(tiny_features))
-    history, times = queries.histories[0], queries.times[0]
-    tied = np.full(len(history), times[-1])  # one bulk log: every item the latest
+    history, times = queries[0], queries.times[0]
+    tied = Histories([history], [np.full(len(history), times[-1])])  # one bulk log: every item the latest
     model = result.model
     model.block_decay.fill_(1.0)  # decay 1 reads the history as a set: the same as every item tied
-    np.testing.assert_allclose(model.encode_histories(vectors, [history], times=[tied]), model.encode_histories(vectors, [history]))
+    np.testing.assert_allclose(model.encode_histories(vectors, tied), model.encode_histories(vectors, [history]))
     model.block_decay.fill_(0.5)  # with recency, a tie weighs its items alike, positions would not
-    assert not np.allclose(model.encode_histories(vectors, [history], times=[tied]), model.encode_histories(vectors, [history]))
-    result.model.cfg = result.model.cfg.model_copy(update={"item_item_ages": "position"})
-    np.testing.assert_allclose(
-        result.model.encode_histories(vectors, [history], times=[tied]), result.model.encode_histories(vectors, [history])
-    )
+    assert not np.allclose(model.encode_histories(vectors, tied), model.encode_histories(vectors, [history]))
 
     # Cold validation items were held out of training: no block rows, no gain, so the weight is 0.
     cold = cold_item_split(interactions, tiny_features.item_ids, fraction=0.2, seed=0, valid_fraction=0.2)
@@ -179,8 +178,8 @@ def test_a_content_map_lets_the_block_score_cold_validation_items(tiny_data, tin
     picked = result.item_item
     assert picked["content_l2"] in (1.0, 10.0)
     assert result.model.block_content_map.abs().sum() > 0
-    prepared = _prepare(tiny_features, cold.train, cold.valid, cfg, valid_candidates)
-    score = validation_score(result.model, tiny_features, prepared.valid_queries, prepared.exclude, "ndcg@10")
+    judge = prepare_training_data(tiny_features, cold.train, cold.valid, cfg, valid_candidates).valid
+    score = validation_score(result.model, tiny_features, judge, "ndcg@10")
     assert score == pytest.approx(result.best_metric, abs=1e-6)
     # On these items the map's rows lift cold validation above the towers alone, so the block is kept.
     assert picked["kept"] and score > picked["towers_valid"]
@@ -202,12 +201,12 @@ def test_without_a_time_order_the_decay_search_is_skipped(tiny_data, tiny_featur
                                    "train.item_item_l2": [20.0], "train.item_item_decays": [0.7, 0.9, 1.0]})
     untimed = interactions.with_columns(pl.lit(0, dtype=pl.Int64).alias("timestamp"))
     split = loo_split(untimed, seed=0)
-    with caplog.at_level(logging.INFO, logger="recsys.model.train"):
+    with caplog.at_level(logging.INFO, logger="recsys.model.item_item_fit"):
         result = fit_two_tower(tiny_features, split.train, split.valid, cfg, show_progress=False)
     assert result.item_item["decay"] == 0.7 and "decay 0.7 stands for them all" in caplog.text
     n_combinations = len(cfg.train.item_item_pair_windows) * len(cfg.train.item_item_weights)  # one ridge, one decay
     assert f"rank 8, {n_combinations} combinations" in caplog.text
-    prepared = _prepare(tiny_features, split.train, split.valid, cfg, None)
-    assert all(np.unique(t).tolist() == [0] for t in prepared.valid_queries.times)
-    score = validation_score(result.model, tiny_features, prepared.valid_queries, prepared.exclude, "ndcg@10")
+    judge = prepare_training_data(tiny_features, split.train, split.valid, cfg).valid
+    assert all(np.unique(t).tolist() == [0] for t in judge.queries.histories.times)
+    score = validation_score(result.model, tiny_features, judge, "ndcg@10")
     assert score == pytest.approx(result.best_metric, abs=1e-6)

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from recsys.data.splits import loo_split
-from recsys.model.teacher import distillation_loss, ease_weights, interaction_gram
+from recsys.model.item_item import interaction_gram
+from recsys.model.teacher import DistillationTerm, distillation_loss, ease_weights
 from recsys.model.train import fit_two_tower
 
 
@@ -36,7 +37,7 @@ def test_ease_is_the_zero_diagonal_ridge_regression_of_each_item_on_the_others()
 
 
 def test_ease_refuses_a_catalog_above_its_limit_by_name():
-    with pytest.raises(ValueError, match="train.teacher_max_items=5"):
+    with pytest.raises(ValueError, match="train.ease_max_items=5"):
         ease_weights([np.array([0, 1])], 6, l2=1.0, max_items=5)
 
 
@@ -72,22 +73,22 @@ def test_training_with_the_ease_teacher_lowers_both_losses(tiny_data, tiny_featu
     assert not any(name.startswith("teacher") for name in result.model.state_dict())  # never served
 
 
+def _step(windows, inputs, seen, use, candidates, labels):
+    from recsys.model.module import Step
+
+    return Step(windows, inputs, seen, use, candidates, labels, torch.zeros(len(labels), len(candidates)), None)
+
+
 def test_teacher_scores_each_target_from_the_rest_of_its_window_as_the_tower_saw_it(tiny_features, monkeypatch):
-    import recsys.model.module as module_lib
-    from recsys.config import ModelConfig, TrainConfig
-    from recsys.model.module import TwoTowerModule
-    from recsys.model.two_tower import FeatureTensors, TwoTowerModel
+    import recsys.model.teacher as teacher_lib
 
     n = len(tiny_features)
-    popularity = np.ones(n)
-    popularity[n - 1] = 0  # an item with no training interactions: the teacher knows nothing of it
+    known = np.ones(n, dtype=bool)
+    known[n - 1] = False  # an item with no training interactions: the teacher knows nothing of it
     weights = torch.randn(n, n)
-    cfg = TrainConfig(objective="all_but_one", teacher="ease", teacher_temperature=0.5)
-    model = TwoTowerModel(ModelConfig(dim=8, head_hidden=0, max_history=4, user_pooling="mean"), 384, None,
-                          len(tiny_features.category_vocab))
-    module = TwoTowerModule(model, FeatureTensors.from_features(tiny_features), cfg, popularity, teacher_weights=weights)
+    term = DistillationTerm(weights, known, weight=0.5, temperature=0.5, objective="all_but_one")
     captured = {}
-    monkeypatch.setattr(module_lib, "distillation_loss",
+    monkeypatch.setattr(teacher_lib, "distillation_loss",
                         lambda s, t, e: captured.update(teacher=t, excluded=e) or torch.tensor(0.0))
     inputs = torch.tensor([[-1, 0, 1, 2, 3], [4, 5, 6, 7, 8]])
     seen = inputs >= 0
@@ -95,8 +96,7 @@ def test_teacher_scores_each_target_from_the_rest_of_its_window_as_the_tower_saw
     use = torch.zeros_like(seen)
     use[0, 2] = use[1, 0] = use[1, 3] = True  # targets 1, 4 (hidden), 7
     candidates = torch.tensor([0, 1, 4, 7, 9, n - 1])
-    labels = torch.tensor([1, 2, 3])
-    module._distillation(inputs, inputs, seen, use, candidates, labels, torch.zeros(3, len(candidates)))
+    term(_step(inputs, inputs, seen, use, candidates, torch.tensor([1, 2, 3])))
     expected = torch.stack([
         weights[[0, 2, 3]][:, candidates].sum(0),     # target 1: the rest of window 0
         weights[[5, 6, 7, 8]][:, candidates].sum(0),  # target 4 was hidden: the whole seen window
@@ -111,15 +111,14 @@ def test_teacher_scores_each_target_from_the_rest_of_its_window_as_the_tower_saw
     ]
 
     # next_item: a target's state is the seen items before it, and the teacher scores that prefix.
-    next_item = TwoTowerModule(model, FeatureTensors.from_features(tiny_features),
-                               TrainConfig(teacher="ease", teacher_temperature=0.5), popularity, teacher_weights=weights)
+    next_item = DistillationTerm(weights, known, weight=0.5, temperature=0.5, objective="next_item")
     windows = torch.tensor([[-1, 0, 1, 2, 3], [4, 5, 6, 7, 8]])
     inputs, seen = windows[:, :-1], windows[:, :-1] >= 0
     seen[1, 1] = False  # item 5 hidden
     use = torch.zeros_like(seen)
     use[0, 1] = use[1, 3] = True  # targets 1 (after item 0) and 8 (after 4, 5, 6, 7)
     candidates = torch.tensor([0, 1, 4, 7, 8, n - 1])
-    next_item._distillation(windows, inputs, seen, use, candidates, torch.tensor([1, 4]), torch.zeros(2, len(candidates)))
+    next_item(_step(windows, inputs, seen, use, candidates, torch.tensor([1, 4])))
     expected = torch.stack([weights[[0]][:, candidates].sum(0), weights[[4, 6, 7]][:, candidates].sum(0)]) / 0.5
     torch.testing.assert_close(captured["teacher"], expected)
     assert captured["excluded"].tolist() == [

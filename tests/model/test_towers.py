@@ -11,29 +11,34 @@ from recsys.config import ModelConfig
 from recsys.model.two_tower import FeatureTensors, TwoTowerModel
 
 
+WIDTHS = {"text": 16, "image": 8, "categories": 3}
+
+
 def _features(n: int, text_dim: int = 16, image_dim: int = 8, n_cat: int = 3, seed: int = 0) -> FeatureTensors:
     g = torch.Generator().manual_seed(seed)
-    return FeatureTensors(
-        text=torch.randn(n, text_dim, generator=g),
-        text_mask=torch.ones(n, dtype=torch.bool),
-        image=torch.randn(n, image_dim, generator=g),
-        image_mask=torch.ones(n, dtype=torch.bool),
-        categories=(torch.rand(n, n_cat, generator=g) > 0.5).float(),
-    )
+    values = {
+        "text": torch.randn(n, text_dim, generator=g),
+        "image": torch.randn(n, image_dim, generator=g),
+        "categories": (torch.rand(n, n_cat, generator=g) > 0.5).float(),
+    }
+    present = {"text": torch.ones(n, dtype=torch.bool), "image": torch.ones(n, dtype=torch.bool)}
+    present["categories"] = values["categories"].sum(dim=1) > 0
+    return FeatureTensors(values, present, n)
 
 
 def _model(**overrides) -> TwoTowerModel:
     cfg = ModelConfig(dim=8, head_hidden=16, max_history=6, n_heads=2, **overrides)
-    return TwoTowerModel(cfg, text_dim=16, image_dim=8, n_categories=3, n_users=5)
+    return TwoTowerModel(cfg, WIDTHS)
 
 
 def test_trainable_parameters_are_exactly_the_towers():
-    model = _model(user_id_embedding=True)
-    names = {".".join(name.split(".")[:2]) for name, p in model.named_parameters() if p.requires_grad}
+    model = _model()
+    names = {".".join(name.split(".")[:3]) if ".heads." in name else ".".join(name.split(".")[:2])
+             for name, p in model.named_parameters() if p.requires_grad}
     assert names == {
-        "item_tower.text_head",
-        "item_tower.image_head",
-        "item_tower.category_head",
+        "item_tower.heads.text",
+        "item_tower.heads.image",
+        "item_tower.heads.categories",
         "item_tower.gate",
         "item_tower.missing",
         "item_tower.bias",
@@ -41,7 +46,6 @@ def test_trainable_parameters_are_exactly_the_towers():
         "user_tower.input_norm",
         "user_tower.encoder",
         "user_tower.output",
-        "user_tower.user_embedding",
     }
     # Frozen encoder features are inputs, not parameters or persistent buffers of the model.
     assert all(not name.startswith(("text_encoder", "image_encoder")) for name in model.state_dict())
@@ -57,21 +61,17 @@ def test_item_vectors_are_unit_and_need_no_interactions():
 def test_missing_modalities_are_masked_not_fatal():
     model = _model()
     features = _features(4)
-    features.text_mask[:] = False
-    features.image_mask[1] = False
-    features.categories[2] = 0
-    features.image_mask[2] = False  # item 2 has no content at all
+    features.present["text"][:] = False
+    features.present["image"][1] = False
+    features.present["categories"][2] = False
+    features.present["image"][2] = False  # item 2 has no content at all
     vectors = model.encode_items(features)
     assert np.isfinite(vectors).all()
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
     # A masked modality's values must not matter.
     changed = _features(4)
-    changed.text = features.text + 100.0
-    changed.text_mask[:] = False
-    changed.image_mask[1] = False
-    changed.categories[2] = 0
-    changed.image_mask[2] = False
-    changed.image, changed.categories = features.image, features.categories
+    changed.values = dict(features.values, text=features.values["text"] + 100.0)
+    changed.present = {name: mask.clone() for name, mask in features.present.items()}
     np.testing.assert_allclose(model.encode_items(changed), vectors, atol=1e-6)
 
 
@@ -118,7 +118,7 @@ def _hybrid(dropout: float = 0.5) -> TwoTowerModel:
     cfg = ModelConfig(
         dim=8, head_hidden=0, head_dropout=0.0, max_history=6, item_id_embedding=True, item_id_dropout=dropout
     )
-    return TwoTowerModel(cfg, text_dim=16, image_dim=8, n_categories=3, item_id_vocab=["a", "b", "c"])
+    return TwoTowerModel(cfg, WIDTHS, item_id_vocab=["a", "b", "c"])
 
 
 def test_identity_residual_moves_only_known_items():
@@ -142,37 +142,32 @@ def test_identity_residual_is_dropped_only_while_training():
         model.item_tower.id_embedding.weight[1:] = torch.randn(3, 8)
     features = _features(600)
     features.id_index = torch.ones(600, dtype=torch.long)
-    content = model.item_tower.train().encode(*_args(features, with_ids=False))[0]
+    content = model.item_tower.train().encode(features.values, features.present)[0]
     torch.manual_seed(0)
-    trained = model.item_tower.train().encode(*_args(features, with_ids=True))[0]
+    trained = model.item_tower.train().encode(features.values, features.present, features.id_index)[0]
     dropped = torch.isclose(trained, content, atol=1e-6).all(dim=1).float().mean().item()
     assert 0.4 < dropped < 0.6
     model.eval()
     with torch.no_grad():
-        evaluated = model.item_tower.encode(*_args(features, with_ids=True))[0]
+        evaluated = model.item_tower.encode(features.values, features.present, features.id_index)[0]
     assert not torch.isclose(evaluated, content, atol=1e-6).all(dim=1).any()
-
-
-def _args(features: FeatureTensors, with_ids: bool):
-    return (features.text, features.text_mask, features.image, features.image_mask, features.categories,
-            features.id_index if with_ids else None)
 
 
 def test_feature_tensors_map_ids_seen_in_training_and_nothing_else(tiny_features):
     seen = list(tiny_features.item_ids[:5])
     cfg = ModelConfig(dim=8, head_hidden=0, max_history=6, item_id_embedding=True)
-    model = TwoTowerModel(cfg, 384, None, len(tiny_features.category_vocab), item_id_vocab=seen)
+    widths = {"text": 384, "categories": len(tiny_features.category_vocab)}
+    model = TwoTowerModel(cfg, widths, item_id_vocab=seen)
     rows = model.feature_tensors(tiny_features).id_index.tolist()
     assert rows[:5] == [1, 2, 3, 4, 5]
     assert set(rows[5:]) == {0}
     # Off by default: a content-only model has no identity table and no identity rows.
-    plain = TwoTowerModel(ModelConfig(dim=8), 384, None, len(tiny_features.category_vocab), item_id_vocab=seen)
+    plain = TwoTowerModel(ModelConfig(dim=8), widths, item_id_vocab=seen)
     assert plain.item_tower.id_embedding is None and plain.feature_tensors(tiny_features).id_index is None
 
 
-@pytest.mark.parametrize("user_hidden", [0, 16])
-def test_leave_one_out_state_is_the_tower_over_every_other_item(user_hidden):
-    model = _model(user_pooling="mean", user_hidden=user_hidden)
+def test_leave_one_out_state_is_the_tower_over_every_other_item():
+    model = _model(user_pooling="mean")
     model.eval()
     history = torch.randn(2, 6, 8)
     valid = torch.tensor([[False, False, True, True, True, True], [True] * 6])
@@ -216,8 +211,8 @@ def test_learned_vector_lengths_start_at_one_and_train():
 
 
 def test_leave_one_out_with_hidden_items_reads_only_the_visible_others():
-    """train.history_dropout hides items from the tower by leaving them out of `valid`: no state reads
-    a hidden item, and a hidden item's own state (it stays a target) is the tower over every visible one."""
+    """An item left out of `valid` (padding, or an item the step hides) is read by no state, and its own
+    state is the tower over every visible one."""
     model = _model(user_pooling="mean")
     model.eval()
     history = torch.randn(1, 6, 8)
@@ -238,7 +233,7 @@ def test_ensemble_score_is_the_mean_of_its_members_scores():
 
     torch.manual_seed(0)
     cfg = ModelConfig(dim=8, head_hidden=16, max_history=6, item_scale=True, user_scale=True, ensemble_size=3)
-    ensemble = build_model(cfg, text_dim=16, image_dim=8, n_categories=3)
+    ensemble = build_model(cfg, WIDTHS)
     assert isinstance(ensemble, TwoTowerEnsemble) and ensemble.dim == 24
     with torch.no_grad():  # non-zero biases, so that their mean is checked too
         for member in ensemble.members:
@@ -255,7 +250,7 @@ def test_ensemble_score_is_the_mean_of_its_members_scores():
         expected += member.encode_histories(member_vectors, histories) @ member_vectors.T + member_bias
     np.testing.assert_allclose(users @ vectors.T + bias, expected / 3, atol=1e-5)
     # Members with different shapes cannot be averaged this way.
-    other = TwoTowerModel(ModelConfig(dim=4, max_history=6), text_dim=16, image_dim=8, n_categories=3)
+    other = TwoTowerModel(ModelConfig(dim=4, max_history=6), WIDTHS)
     with pytest.raises(ValueError, match="member 1 differs"):
         TwoTowerEnsemble([ensemble.members[0], other])
 
@@ -265,7 +260,7 @@ def test_item_item_blend_adds_the_block_score_and_leaves_new_items_to_the_towers
 
     torch.manual_seed(0)
     cfg = ModelConfig(dim=8, head_hidden=16, max_history=6, item_item="ease", item_item_rank=4)
-    model = build_model(cfg, text_dim=16, image_dim=8, n_categories=3, item_id_vocab=["a", "b", "c", "d"])
+    model = build_model(cfg, WIDTHS, item_id_vocab=["a", "b", "c", "d"])
     assert isinstance(model, ItemItemBlend) and model.dim == 8 + 4 + 1
     rng = np.random.default_rng(0)
     q = rng.normal(size=(4, 4)).astype(np.float32)
@@ -301,7 +296,7 @@ def test_item_item_content_map_gives_new_items_a_predicted_block_row_and_keeps_h
     torch.manual_seed(0)
     cfg = ModelConfig(dim=8, head_hidden=16, max_history=6, item_item="ease", item_item_rank=4,
                       item_item_new_items="content")
-    model = build_model(cfg, text_dim=16, image_dim=8, n_categories=3, item_id_vocab=["a", "b", "c", "d"])
+    model = build_model(cfg, WIDTHS, item_id_vocab=["a", "b", "c", "d"])
     assert isinstance(model, ItemItemBlend) and model.predicts_new_items
     rng = np.random.default_rng(1)
     q = rng.normal(size=(4, 4)).astype(np.float32)
@@ -311,12 +306,12 @@ def test_item_item_content_map_gives_new_items_a_predicted_block_row_and_keeps_h
         model.set_block(q, s, weight=2.0, decay=0.5)
     model.set_block(q, s, weight=2.0, decay=0.5, content_map=content_map)
     features = _features(6)
-    features.text_mask = torch.tensor([True, True, True, True, True, False])  # item 5 has no text
+    features.present["text"] = torch.tensor([True, True, True, True, True, False])  # item 5 has no text
     features.id_index = torch.tensor([1, 2, 3, 4, 0, 0])  # rows 4 and 5 are new items
     vectors, bias = model.encode_items_with_bias(features)
     # Known items keep their EASE rows; new items get [text, categories, 1] @ map (text zeroed when absent), s = 0.
     np.testing.assert_allclose(vectors[:4, 8:12], q, atol=1e-6)
-    design = np.concatenate([features.text.numpy(), features.categories.numpy(), np.ones((6, 1))], axis=1)
+    design = np.concatenate([features.values["text"].numpy(), features.values["categories"].numpy(), np.ones((6, 1))], axis=1)
     design[5, :16] = 0.0
     np.testing.assert_allclose(vectors[4:, 8:12], design[4:] @ content_map, rtol=1e-4, atol=1e-4)
     assert not vectors[4:, 12].any()

@@ -1,5 +1,6 @@
 """Training on tiny real data: the loss falls, early stopping keeps the best epoch, the frozen
-encoder is untouched, and the sampled-softmax logQ correction behaves."""
+encoder is untouched, the negative samplers' logQ correction behaves, and validation is the test
+ranking."""
 
 from __future__ import annotations
 
@@ -11,26 +12,11 @@ import torch
 
 from recsys.data.splits import loo_split
 from recsys.model.datamodule import training_windows
-from recsys.model.module import TwoTowerModule, exclusion_mask, keep_random_positions, ranking_metrics, target_ranks
-from recsys.model.train import fit_two_tower, validation_score
-from recsys.model.two_tower import FeatureTensors, TwoTowerEnsemble
-
-
-def test_validation_ranks_leave_out_excluded_items_and_count_only_strictly_higher_scores():
-    scores = torch.tensor([[0.9, 0.5, 0.7, 0.5], [0.1, 0.8, 0.3, 0.2]])
-    # Row 0: target 1 (0.5); item 0 is excluded, item 2 outranks it, item 3 ties (a tie does not count).
-    # Row 1: target 2 (0.3); nothing excluded, item 1 outranks it.
-    excluded = [np.array([0]), np.array([], dtype=np.int64)]
-    rank = target_ranks(scores.clone(), torch.tensor([1, 2]), excluded)
-    assert rank.tolist() == [1, 1]
-    # The same exclusions as a precomputed mask rank identically.
-    mask = exclusion_mask(excluded, 4)
-    assert mask.tolist() == [[True, False, False, False], [False] * 4]
-    assert target_ranks(scores.clone(), torch.tensor([1, 2]), mask).tolist() == [1, 1]
-    metrics = ranking_metrics(torch.tensor([0, 1, 10]), (1, 10))
-    assert metrics["recall@1"] == pytest.approx(1 / 3)
-    assert metrics["recall@10"] == pytest.approx(2 / 3)
-    assert metrics["ndcg@10"] == pytest.approx((1 + 1 / math.log2(3)) / 3)
+from recsys.eval.protocol import build_queries, evaluate
+from recsys.model.module import TwoTowerModule, keep_random_positions
+from recsys.model.negatives import InBatchAndUniform, WholeCatalog, negative_sampler
+from recsys.model.train import fit_two_tower, item_index_of, prepare_training_data, validation_score
+from recsys.model.two_tower import FeatureTensors, ModelScorer, TwoTowerEnsemble
 
 
 def test_training_windows_cover_every_position():
@@ -69,38 +55,13 @@ def test_training_leaves_the_frozen_encoder_unchanged(tiny_data, tiny_features, 
         assert torch.equal(p0, p1)
 
 
-def test_learning_rate_decays_only_after_a_stalled_epoch(tiny_data, tiny_features, tmp_path, make_config):
-    _, interactions = tiny_data
-    split = loo_split(interactions, seed=0)
-    # A rate so small that validation barely moves: the plateau rule must fire, and only where it should.
-    cfg = make_config(tmp_path, **{"train.epochs": 5, "train.patience": 10, "train.lr": 1e-6,
-                                   "train.lr_decay_factor": 0.5, "train.lr_decay_patience": 0})
-    result = fit_two_tower(tiny_features, split.train, split.valid, cfg, show_progress=False)
-    rates = [h["train/lr"] for h in result.history]
-    metrics = [h[result.valid_metric_name] for h in result.history]
-    assert rates[0] == pytest.approx(1e-6) and len(rates) == 5  # logged as float32
-    best = -math.inf
-    for epoch in range(4):
-        improved = metrics[epoch] > best * (1 + 1e-4)  # ReduceLROnPlateau's default relative threshold
-        best = max(best, metrics[epoch])
-        assert rates[epoch + 1] == pytest.approx(rates[epoch] * (1.0 if improved else 0.5), rel=1e-5), epoch
-    assert rates[-1] < rates[0]
-    # Off by default: a constant rate.
-    plain = fit_two_tower(tiny_features, split.train, split.valid, make_config(tmp_path, **{"train.epochs": 3}), show_progress=False)
-    assert [h["train/lr"] for h in plain.history] == pytest.approx([make_config(tmp_path).train.lr] * 3)
-
-
 def test_logq_correction_is_inclusion_probability(tiny_features):
-    from recsys.config import ModelConfig, TrainConfig
-    from recsys.model.two_tower import TwoTowerModel
-
     n = len(tiny_features)
     popularity = np.arange(1, n + 1, dtype=np.float64)
-    cfg = TrainConfig(num_uniform_negatives=8)
-    model = TwoTowerModel(ModelConfig(dim=8, head_hidden=0, max_history=4), 384, None, len(tiny_features.category_vocab))
-    module = TwoTowerModule(model, FeatureTensors.from_features(tiny_features), cfg, popularity)
+    sampler = negative_sampler(popularity, 8)
+    assert isinstance(sampler, InBatchAndUniform)
     targets = torch.tensor([0, 1, n - 1, n - 1])
-    candidates, log_q = module._candidates(targets)
+    candidates, log_q = sampler.candidates(targets)
     assert set(targets.tolist()) <= set(candidates.tolist())
     assert len(candidates) == len(set(candidates.tolist()))
     p = popularity / popularity.sum()
@@ -110,10 +71,15 @@ def test_logq_correction_is_inclusion_probability(tiny_features):
     # Popular items are likelier to be in the set, so they get the larger correction.
     j = candidates.tolist().index(0)
     assert log_q[i] > log_q[j]
-    # A full softmax needs no correction.
-    full = TwoTowerModule(model, FeatureTensors.from_features(tiny_features), TrainConfig(num_uniform_negatives=-1), popularity)
-    all_items, none = full._candidates(targets)
-    assert none is None and len(all_items) == n
+    # A catalog no larger than the uniform draw is scored whole, and a full softmax needs no correction.
+    whole = negative_sampler(popularity, n)
+    assert isinstance(whole, WholeCatalog)
+    all_items, none = whole.candidates(targets)
+    assert none is None and all_items.tolist() == list(range(n))
+
+
+def _module(model, tiny_features, cfg):
+    return TwoTowerModule(model, FeatureTensors.from_features(tiny_features), cfg, WholeCatalog(len(tiny_features)))
 
 
 def test_ema_validates_the_averaged_weights_and_trains_the_live_ones(tiny_features):
@@ -122,8 +88,8 @@ def test_ema_validates_the_averaged_weights_and_trains_the_live_ones(tiny_featur
     from recsys.config import ModelConfig, TrainConfig
     from recsys.model.two_tower import TwoTowerModel
 
-    model = TwoTowerModel(ModelConfig(dim=8, head_hidden=0, max_history=4), 384, None, len(tiny_features.category_vocab))
-    module = TwoTowerModule(model, FeatureTensors.from_features(tiny_features), TrainConfig(ema_decay=0.9), np.ones(len(tiny_features)))
+    model = TwoTowerModel(ModelConfig(dim=8, head_hidden=0, max_history=4), {"text": 384, "categories": len(tiny_features.category_vocab)})
+    module = _module(model, tiny_features, TrainConfig(ema_decay=0.9))
     trainer = SimpleNamespace(sanity_checking=False, global_step=1000)
     module._trainer = trainer
     module.on_fit_start()
@@ -140,7 +106,7 @@ def test_ema_validates_the_averaged_weights_and_trains_the_live_ones(tiny_featur
     module.on_validation_end()
     assert torch.equal(model.state_dict()[name], live[name])
     # Off by default: nothing is swapped.
-    plain = TwoTowerModule(model, FeatureTensors.from_features(tiny_features), TrainConfig(), np.ones(len(tiny_features)))
+    plain = _module(model, tiny_features, TrainConfig())
     plain._trainer = trainer
     plain.on_fit_start()
     plain.on_validation_start()
@@ -203,49 +169,6 @@ def test_all_but_one_objective_needs_a_mean_tower(tmp_path, make_config):
         make_config(tmp_path, **{"train.objective": "all_but_one"})
 
 
-def test_hybrid_model_can_also_train_its_content_path_alone(tiny_data, tiny_features, tmp_path, make_config):
-    _, interactions = tiny_data
-    split = loo_split(interactions, seed=0)
-    cfg = make_config(
-        tmp_path, **{"train.epochs": 3, "model.item_id_embedding": True, "train.content_loss_weight": 0.5}
-    )
-    result = fit_two_tower(tiny_features, split.train, split.valid, cfg, show_progress=False)
-    content_losses = [h["train/content_loss"] for h in result.history if "train/content_loss" in h]
-    assert len(content_losses) == 3 and content_losses[-1] < content_losses[0]
-    assert result.model.item_tower.id_embedding is not None
-    # Off by default: a hybrid model trains on the hybrid loss only.
-    plain = fit_two_tower(
-        tiny_features, split.train, split.valid,
-        make_config(tmp_path, **{"train.epochs": 1, "model.item_id_embedding": True}), show_progress=False,
-    )
-    assert not any("train/content_loss" in h for h in plain.history)
-
-
-def test_history_dropout_hides_about_that_share_of_the_items_from_the_tower(
-    tiny_data, tiny_features, tmp_path, make_config, monkeypatch
-):
-    import recsys.model.module as module
-    from recsys.model.towers import UserTower
-
-    targets, seen = [], []
-    monkeypatch.setattr(module, "keep_random_positions", lambda use, k: targets.append(use) or use)
-    real = UserTower.leave_one_out
-    monkeypatch.setattr(UserTower, "leave_one_out", lambda self, h, valid, u=None: seen.append(valid) or real(self, h, valid, u))
-    _, interactions = tiny_data
-    split = loo_split(interactions, seed=0)
-    cfg = make_config(tmp_path, **{
-        "train.epochs": 3, "model.user_pooling": "mean", "train.objective": "all_but_one",
-        "train.targets_per_window": 1000, "train.history_dropout": 0.5,
-    })
-    result = fit_two_tower(tiny_features, split.train, split.valid, cfg, show_progress=False)
-    losses = [h["train/loss"] for h in result.history if "train/loss" in h]
-    assert len(losses) == 3 and losses[-1] < losses[0]
-    assert len(seen) == len(targets) > 0
-    # Every item is still a target; about half of them are visible to the tower in a given step.
-    visible = sum(int((v & t).sum()) for v, t in zip(seen, targets)) / sum(int(t.sum()) for t in targets)
-    assert 0.4 < visible < 0.6, visible
-
-
 def test_ensemble_members_train_with_their_own_seeds_and_are_scored_together(
     tiny_data, tiny_features, tmp_path, make_config
 ):
@@ -264,14 +187,22 @@ def test_ensemble_members_train_with_their_own_seeds_and_are_scored_together(
     assert [h["member"] for h in result.history] == [1, 1, 1, 2, 2, 2]
     assert len(result.member_best_epochs) == 2 and result.epochs_run == 6
     # The ensemble's validation score is computed the way early stopping computes a single model's.
-    assert validation_score(single.model, tiny_features, *_valid_queries(tiny_features, split, cfg), "ndcg@10") == (
-        pytest.approx(single.best_metric, abs=1e-6)
-    )
+    judge = prepare_training_data(tiny_features, split.train, split.valid, cfg).valid
+    assert validation_score(single.model, tiny_features, judge, "ndcg@10") == pytest.approx(single.best_metric, abs=1e-6)
     assert 0.0 < result.best_metric <= 1.0
 
 
-def _valid_queries(features, split, cfg):
-    from recsys.model.train import _prepare
-
-    prepared = _prepare(features, split.train, split.valid, cfg, None)
-    return prepared.valid_queries, prepared.exclude
+def test_validation_and_evaluation_give_the_same_number_on_the_same_model_and_queries(
+    tiny_data, tiny_features, tmp_path, make_config
+):
+    _, interactions = tiny_data
+    split = loo_split(interactions, seed=0)
+    cfg = make_config(tmp_path, **{"train.epochs": 2, "train.valid_max_users": None})
+    result = fit_two_tower(tiny_features, split.train, split.valid, cfg, show_progress=False)
+    # Test queries built from the validation stage of the split: the same users, histories and targets.
+    queries = build_queries(split, item_index_of(np.asarray(tiny_features.item_ids)), "valid")
+    scorer = ModelScorer(result.model, result.model.feature_tensors(tiny_features))
+    tested = evaluate(scorer, queries, len(tiny_features), ks=(10,))["ndcg@10"]
+    assert result.best_metric == pytest.approx(tested, abs=1e-6)  # early stopping's copy went through a float32 log
+    judge = prepare_training_data(tiny_features, split.train, split.valid, cfg).valid
+    assert validation_score(result.model, tiny_features, judge, "ndcg@10") == pytest.approx(tested, abs=1e-12)

@@ -58,7 +58,7 @@ def tiny_config(tmp: Path, seed: int):
     return PipelineConfig.model_validate(
         {
             "encoders": {"image": {"enabled": False}, "cache_dir": str(tmp / "features")},
-            "model": {"use_image": False, "dim": 32, "head_hidden": 64},
+            "model": {"modalities": ["text", "categories"], "dim": 32, "head_hidden": 64},
             "train": {"epochs": 1, "batch_size": 256, "num_uniform_negatives": 64, "seed": seed, "patience": 1},
             "tracking": {"enabled": False},
             "output_dir": str(tmp / "run"),

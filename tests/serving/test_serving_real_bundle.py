@@ -107,6 +107,16 @@ def test_history_recommendations_list_unknown_ids(client: TestClient) -> None:
     assert not {"m50", "m181", "m1"} & set(ids)
 
 
+def test_history_with_timestamps_is_served_as_the_recommender_scores_it(client: TestClient) -> None:
+    body = {"history": ["m50", "m181", "nope"], "timestamps": [10, 10, 12], "k": 5}
+    r = client.post("/v1/recommendations", json=body)
+    recommender = client.app.state.model_state.current.recommender
+    expected = recommender.recommend_history(body["history"], 5, times=body["timestamps"])
+    assert _ids(r) == list(expected.item_ids) and r.json()["unknown_items"] == ["nope"]
+    r = client.post("/v1/recommendations", json={"history": ["m50", "m181"], "timestamps": [10], "k": 3})
+    assert r.status_code == 422 and "timestamps: expected one per history item (2), got 1" in r.text
+
+
 def test_history_of_only_unknown_items_falls_back(client: TestClient) -> None:
     r = client.post("/v1/recommendations", json={"history": ["x1", "x2"], "k": 3})
     assert r.json()["fallback"] == "popular" and r.json()["unknown_items"] == ["x1", "x2"] and len(_ids(r)) == 3

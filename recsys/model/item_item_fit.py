@@ -1,0 +1,150 @@
+"""`ItemItemFit`: the towers wrapped with the closed-form item-item block, and the fit that owns both.
+
+It fits the towers it wraps (one model or an ensemble), then searches the block's pair window, ridge,
+history decay, content-map ridge (model.item_item_new_items=content) and weight on the validation
+queries, as one flat loop over a `Grid`; the towers are not changed. The block is kept only if it
+raises validation (on cold validation items it has no rows, so without a content map it never does).
+Without validation each range's first value is used. The math is in recsys.model.item_item.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import time
+from typing import Any
+
+import numpy as np
+
+from recsys.config import PipelineConfig
+from recsys.data.histories import times_of
+from recsys.encoders.features import ItemFeatures
+from recsys.model.fitting import Fit, TrainingData, TrainResult, validation_score
+from recsys.model.grid import Grid, Trial, best, search
+from recsys.model.item_item import GramSpectrum, block_user_vectors, fit_content_map
+from recsys.model.two_tower import ItemItemBlend, ModelScorer
+
+logger = logging.getLogger(__name__)
+
+
+class BlockSearch:
+    """Scores every grid point on the validation queries. Each level of the grid keeps its last result
+    (an eigen-decomposition per window, factors and content maps per ridge, user vectors per decay), so
+    the flat loop costs what nested loops would."""
+
+    def __init__(self, data: TrainingData, design: np.ndarray | None, histories: list, tower_scores: np.ndarray, cfg: PipelineConfig):
+        self.data, self.design, self.histories, self.tower_scores = data, design, histories, tower_scores
+        self.rank, self.max_items = cfg.model.item_item_rank, cfg.train.ease_max_items
+        self.metric = cfg.train.valid_metric
+        self.unseen = data.popularity == 0
+        self.seen_rows = np.flatnonzero(~self.unseen)
+        self.content_l2s = tuple(cfg.train.item_item_content_l2) if design is not None else (None,)
+        self.spectrum = functools.lru_cache(maxsize=1)(self._spectrum)
+        self.factors = functools.lru_cache(maxsize=1)(self._factors)
+        self.user_side = functools.lru_cache(maxsize=1)(self._user_side)
+        self.block_scores = functools.lru_cache(maxsize=1)(self._block_scores)
+
+    def _spectrum(self, window: float) -> GramSpectrum:
+        return GramSpectrum.of_sequences(self.data.sequences, len(self.data.index), self.max_items, window)
+
+    def _factors(self, window: float, l2: float) -> tuple[np.ndarray, np.ndarray, dict]:
+        """(Q, s) of the known items (rows of unseen items zero) and, per content ridge, (map, the unseen items' Q rows)."""
+        q, s = self.spectrum(window).factors(l2, self.rank)
+        q[self.unseen], s[self.unseen] = 0.0, 0.0  # only items seen in training carry a block
+        maps: dict = {None: (None, None)}
+        if self.design is not None:
+            fitted = fit_content_map(self.design[self.seen_rows], q[self.seen_rows], list(self.content_l2s))
+            maps = {l2_map: (m, self.design[self.unseen] @ m) for l2_map, m in zip(self.content_l2s, fitted)}
+        return q, s, maps
+
+    def _user_side(self, window: float, l2: float, decay: float) -> tuple[np.ndarray, np.ndarray, float]:
+        """(block user vectors, the known items' block scores, tower spread / block spread)."""
+        q, s, _ = self.factors(window, l2)
+        user_block = block_user_vectors(self.histories, q * s[:, None], decay)
+        warm_scores = user_block @ q.T
+        return user_block, warm_scores, float(self.tower_scores.std() / max(float(warm_scores.std()), 1e-12))
+
+    def _block_scores(self, window: float, l2: float, decay: float, content_l2: float | None) -> tuple[np.ndarray, float]:
+        """(the block's scores of every item, new items through the content map; the spread ratio)."""
+        user_block, block_scores, spread = self.user_side(window, l2, decay)
+        unseen_rows = self.factors(window, l2)[2][content_l2][1]
+        if unseen_rows is not None and len(unseen_rows):
+            block_scores = block_scores.copy()
+            block_scores[:, self.unseen] = user_block @ unseen_rows.T
+        return block_scores, spread
+
+    def scores(self, point: dict[str, Any]) -> np.ndarray:
+        """The blended scores of one grid point (the weight in units of the score spreads)."""
+        block_scores, spread = self.block_scores(point["pair_window"], point["l2"], point["decay"], point["content_l2"])
+        return self.tower_scores + point["weight"] * spread * block_scores
+
+    def value(self, point: dict[str, Any]) -> float:
+        return self.data.valid.value(self.scores(point), self.metric)
+
+
+class ItemItemFit:
+    """The wrapped towers' fit, then the block's (model.item_item=ease)."""
+
+    def __init__(self, towers: Fit, cfg: PipelineConfig):
+        self.towers, self.cfg = towers, cfg
+
+    def grid(self, histories: list, predicts_new_items: bool) -> Grid:
+        train = self.cfg.train
+        grid = Grid({
+            "pair_window": tuple(train.item_item_pair_windows), "l2": tuple(train.item_item_l2),
+            "decay": tuple(train.item_item_decays),
+            "content_l2": tuple(train.item_item_content_l2) if predicts_new_items else (None,),
+            "weight": tuple(train.item_item_weights),
+        })
+        times = times_of(histories)
+        if times is not None and all(np.unique(t).size <= 1 for t in times):
+            # No history has two timestamps (ml-1m logs none): every item is age 0 and every decay the same.
+            logger.info("item-item block: no validation history has a time order; decay %g stands for them all", grid.ranges["decay"][0])
+            grid = grid.pin(decay=grid.ranges["decay"][0])
+        return grid
+
+    def fit(self, features: ItemFeatures, data: TrainingData) -> TrainResult:
+        towers = self.towers.fit(features, data)
+        started = time.perf_counter()
+        model = ItemItemBlend(towers.model, np.asarray(features.item_ids)[data.popularity > 0], self.cfg.model.item_item_rank)
+        model.eval()
+        # Without validation the weight is still scaled by the score spreads, measured on training histories.
+        histories = data.sequences[:2000] if data.valid is None else data.valid.queries.histories
+        tower_scores = ModelScorer(towers.model, towers.model.feature_tensors(features)).score(histories)
+        design = model.content_design(model.feature_tensors(features)).numpy() if model.predicts_new_items else None
+        block = BlockSearch(data, design, histories, tower_scores, self.cfg)
+        grid = self.grid(histories, model.predicts_new_items)
+        trials = search(grid, block.value) if data.valid is not None else [Trial(grid.first(), float("nan"))]
+        chosen = best(trials) if data.valid is not None else trials[0]
+        towers_valid = data.valid.value(tower_scores, self.cfg.train.valid_metric) if data.valid is not None else float("nan")
+        picked = self._install(model, block, chosen, towers_valid)
+        blended = validation_score(model, features, data.valid, self.cfg.train.valid_metric) if data.valid is not None else towers.best_metric
+        self._log(len(trials), time.perf_counter() - started, blended, picked)
+        return dataclasses.replace(
+            towers, model=model, best_metric=blended, item_item=picked,
+            train_seconds=towers.train_seconds + (time.perf_counter() - started),
+        )
+
+    def _install(self, model: ItemItemBlend, block: BlockSearch, chosen: Trial, towers_valid: float) -> dict:
+        """Set the chosen block in the model (weight 0 when it does not beat the towers); the picks."""
+        point = chosen.point
+        keep = np.isnan(towers_valid) or chosen.value > towers_valid
+        q, s, maps = block.factors(point["pair_window"], point["l2"])
+        spread = block.user_side(point["pair_window"], point["l2"], point["decay"])[2]
+        weight = point["weight"] * spread if keep else 0.0
+        rows = block.seen_rows
+        model.set_block(q[rows], s[rows], weight, point["decay"], maps[point["content_l2"]][0])
+        picked = {"pair_window": point["pair_window"], "l2": point["l2"], "decay": point["decay"],
+                  "weight_relative": point["weight"], "weight": weight, "kept": keep, "towers_valid": towers_valid}
+        return picked if point["content_l2"] is None else {**picked, "content_l2": point["content_l2"]}
+
+    def _log(self, n_tried: int, seconds: float, blended: float, picked: dict) -> None:
+        logger.info(
+            "item-item block (rank %d, %d combinations in %.1fs): %s=%.4f with the block (pair window %g, l2 %g, "
+            "decay %g, weight %g x spread%s) vs %.4f for the towers alone%s",
+            self.cfg.model.item_item_rank, n_tried, seconds, self.cfg.train.valid_metric, blended, picked["pair_window"],
+            picked["l2"], picked["decay"], picked["weight_relative"],
+            f", new items from content with ridge {picked['content_l2']:g}" if "content_l2" in picked else "",
+            picked["towers_valid"], "" if picked["kept"] else ": not kept (weight 0)",
+        )
