@@ -341,16 +341,31 @@ def serve(
         Optional[int],
         typer.Option("--threads", min=1, help="Threads for torch and faiss (default: $RECSYS_THREADS, else 1: per-request work is tiny)."),
     ] = None,
+    admin_token_file: Annotated[
+        Optional[Path],
+        typer.Option("--admin-token-file", help="File whose first line is the admin endpoints' bearer token (default: $RECSYS_ADMIN_TOKEN; neither: admin endpoints disabled)."),
+    ] = None,
+    bundle_root: Annotated[
+        Optional[Path], typer.Option("--bundle-root", help="Reloads may name bundles under this folder only (default: the served bundle's folder).")
+    ] = None,
+    image_root: Annotated[
+        Optional[Path], typer.Option("--image-root", help="A new item's image_path must lie under this folder (default: image paths refused).")
+    ] = None,
 ) -> None:
     """Serve the retrieval API (FastAPI + uvicorn) over a bundle or a registered model."""
     _start(threads=threads, role_default=1)
     if (bundle is None) == (model is None):
         _fail("give exactly one of --bundle DIR or --model models:/NAME@ALIAS")
     from recsys.serving.app import serve as serve_app
+    from recsys.serving.auth import read_admin_token
 
+    try:
+        token = read_admin_token(admin_token_file)
+    except ValueError as err:
+        _fail(str(err))
     serve_app(
         bundle=bundle, model_uri=model, host=host, port=port, poll_seconds=poll_seconds, max_body_bytes=max_body_bytes,
-        threads=threads, live_log=live_log,
+        threads=threads, live_log=live_log, admin_token=token, bundle_root=bundle_root, image_root=image_root,
     )
 
 

@@ -18,6 +18,9 @@ from fastapi.testclient import TestClient
 
 from recsys.serving import ServingSettings, create_app
 
+ADMIN_TOKEN = "shop-admin-token"
+ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
 pytestmark = pytest.mark.slow
 
 KINDS = {
@@ -94,7 +97,7 @@ def test_added_item_is_found_survives_reload_and_restart_and_reaches_the_batch_j
         assert response.status_code == 200, response.text
         return [item["item_id"] for item in response.json()["items"]]
 
-    with TestClient(create_app(ServingSettings(bundle=bundle))) as client:
+    with TestClient(create_app(ServingSettings(bundle=bundle, admin_token=ADMIN_TOKEN)), headers=ADMIN_HEADERS) as client:
         assert client.get("/v1/model").json()["live_changes"] == 0
         assert client.post("/v1/items", json=new).status_code == 201
         assert search(client, "waterproof hiking boots")[0] == "SKU-9001"  # by its title
@@ -105,7 +108,7 @@ def test_added_item_is_found_survives_reload_and_restart_and_reaches_the_batch_j
         assert info["live_changes"] == 1 and info["live_log"] == str(bundle / "live_catalog.jsonl")
         assert search(client, "waterproof hiking boots")[0] == "SKU-9001"
 
-    with TestClient(create_app(ServingSettings(bundle=bundle))) as client:  # a restart
+    with TestClient(create_app(ServingSettings(bundle=bundle, admin_token=ADMIN_TOKEN)), headers=ADMIN_HEADERS) as client:  # a restart
         assert search(client, "waterproof hiking boots")[0] == "SKU-9001"
         users = tmp_path / "users.csv"
         pl.DataFrame({"user_id": ["u001", "u002"]}).write_csv(users)

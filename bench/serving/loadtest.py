@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import secrets
 import os
 import platform
 import random
@@ -50,9 +51,10 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def http(method: str, url: str, body: dict | None = None, timeout: float = 60) -> tuple[int, dict]:
+def http(method: str, url: str, body: dict | None = None, timeout: float = 60, token: str | None = None) -> tuple[int, dict]:
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method=method, headers={"content-type": "application/json"})
+    headers = {"content-type": "application/json", **({"authorization": f"Bearer {token}"} if token else {})}
+    request = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, json.loads(response.read() or b"{}")
@@ -64,7 +66,8 @@ class Server:
     def __init__(self, bundle: Path, log_path: Path) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
+        self.admin_token = secrets.token_urlsafe(16)  # the benchmark is the operator: it reloads mid-run
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true", "RECSYS_ADMIN_TOKEN": self.admin_token}
         self.log = open(log_path, "wb")
         self.proc = subprocess.Popen(
             [str(BIN / "recsys"), "serve", "--bundle", str(bundle), "--port", str(self.port)],
@@ -98,13 +101,13 @@ class Server:
         self.log.close()
 
 
-def reload_at(url: str, bundle: Path, delay_s: float, out: dict) -> threading.Thread:
+def reload_at(url: str, bundle: Path, delay_s: float, out: dict, token: str | None = None) -> threading.Thread:
     """POST /admin/reload after `delay_s`, in a thread; the outcome lands in `out`."""
 
     def run() -> None:
         time.sleep(delay_s)
         start = time.perf_counter()
-        status, body = http("POST", f"{url}/admin/reload", {"bundle": str(bundle)}, timeout=120)
+        status, body = http("POST", f"{url}/admin/reload", {"bundle": str(bundle)}, timeout=120, token=token)
         out.update(status=status, wall_ms=round((time.perf_counter() - start) * 1000, 1), server_ms=body.get("duration_ms"))
 
     thread = threading.Thread(target=run, daemon=True)
@@ -311,7 +314,7 @@ def main() -> None:
             for rate, with_reload in phases:
                 tag = f"{generator}_{rate}{'_reload' if with_reload else ''}"
                 reload: dict = {}
-                thread = reload_at(server.url, bundle, args.duration / 2, reload) if with_reload else None
+                thread = reload_at(server.url, bundle, args.duration / 2, reload, server.admin_token) if with_reload else None
                 if generator == "locust":
                     result = run_locust(server.url, bundle, rate, args.duration, work, tag)
                 else:

@@ -12,15 +12,17 @@ import logging
 from pathlib import Path
 from typing import AsyncIterator
 
-from fastapi import FastAPI, Response
+from fastapi import Depends, FastAPI, Response
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.routing import BaseRoute
 
 from recsys import __version__
+from recsys.serving.auth import admin_guard, path_under
 from recsys.serving.errors import ApiError, error_responses, install_error_handlers
 from recsys.serving.limits import BodySizeLimitMiddleware
 from recsys.serving.metrics import MetricsMiddleware, ServingMetrics
+from recsys.serving.request_id import RequestIdMiddleware
 from recsys.serving.reloader import Loader, ReloadFailed, Reloader, Resolver, default_loader, resolve_model_uri
 from recsys.serving.routes import build_router
 from recsys.serving.schemas import HealthResponse, ReadyResponse, ReloadRequest, ReloadResponse
@@ -79,7 +81,12 @@ def create_app(
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     known_routes: list[BaseRoute] = []  # filled below; lets metrics label requests rejected before routing
     app.add_middleware(MetricsMiddleware, metrics=metrics, routes=known_routes)
-    v1 = build_router(state, settings.max_k)
+    app.add_middleware(RequestIdMiddleware)  # outermost: every answer, the early 413s too, carries the id
+    token = settings.admin_token.get_secret_value() if settings.admin_token is not None else None
+    require_admin = admin_guard(token)
+    if token is None:
+        logger.warning("admin endpoints (reload, add and delete items) are disabled: no admin token is configured")
+    v1 = build_router(state, settings.max_k, require_admin, settings.image_root)
     app.include_router(v1)
 
     @app.get("/healthz", response_model=HealthResponse, tags=["ops"], summary="Liveness: the process answers")
@@ -120,17 +127,17 @@ def create_app(
     @app.post(
         "/admin/reload",
         response_model=ReloadResponse,
-        responses=error_responses(409, 413, 422),
+        responses=error_responses(401, 403, 409, 413, 422),
         tags=["ops"],
-        summary="Load a bundle or registry model beside the current one and swap atomically",
+        summary="Load a bundle (under the bundle root) or registry model beside the current one and swap atomically. Admin token.",
+        dependencies=[Depends(require_admin)],
     )
     async def admin_reload(body: ReloadRequest | None = None) -> ReloadResponse:
         current = state.current
-        reference = (
-            (body.bundle if body else None)
-            or (body.model if body else None)
-            or (current.source if current else settings.reference)
-        )
+        if body is not None and body.bundle is not None:
+            reference = str(path_under(body.bundle, settings.reload_root, "bundle"))
+        else:
+            reference = (body.model if body else None) or (current.source if current else settings.reference)
         try:
             result = await reloader.reload(reference)
         except ReloadFailed as exc:
@@ -158,6 +165,9 @@ def serve(
     log_level: str = "info",
     threads: int | None = None,
     live_log: Path | None = None,
+    admin_token: str | None = None,
+    bundle_root: Path | None = None,
+    image_root: Path | None = None,
 ) -> None:
     """Run the API with uvicorn (one worker: the model lives in this process's memory).
 
@@ -173,7 +183,8 @@ def serve(
     import uvicorn  # lazy: only the server entry point needs it
 
     settings = ServingSettings(
-        bundle=bundle, model_uri=model_uri, poll_seconds=poll_seconds, max_body_bytes=max_body_bytes, live_log=live_log
+        bundle=bundle, model_uri=model_uri, poll_seconds=poll_seconds, max_body_bytes=max_body_bytes, live_log=live_log,
+        admin_token=admin_token, bundle_root=bundle_root, image_root=image_root,
     )
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     uvicorn.run(create_app(settings), host=host, port=port, workers=1, log_level=log_level, access_log=False)

@@ -10,12 +10,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from recsys.serving.request_id import request_id_of
 from recsys.serving.schemas import ErrorResponse
 
 logger = logging.getLogger(__name__)
 
 _HTTP_CODES = {
     400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
     409: "conflict",
@@ -29,16 +32,19 @@ _HTTP_CODES = {
 class ApiError(Exception):
     """Raised by handlers for an expected client-facing error."""
 
-    def __init__(self, status_code: int, error: str, message: str) -> None:
+    def __init__(self, status_code: int, error: str, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status_code = status_code
         self.error = error
         self.message = message
+        self.headers = headers
 
 
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses=` entries for the given error statuses, all documented as ErrorResponse."""
     descriptions = {
+        401: "No admin token sent (Authorization: Bearer <token>).",
+        403: "Wrong admin token, admin endpoints disabled, or a path outside the configured root.",
         404: "Unknown id.",
         409: "Conflict with the current state (duplicate item, failed reload).",
         413: "Request body larger than the configured limit.",
@@ -56,7 +62,14 @@ def _current_version(request: Request) -> str | None:
 
 
 def _body(request: Request, error: str, message: str, details: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    return {"error": error, "message": message, "details": details, "model_version": _current_version(request)}
+    return {"error": error, "message": message, "details": details, "model_version": _current_version(request),
+            "request_id": request_id_of(request.scope)}
+
+
+def _answer(request: Request, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> JSONResponse:
+    """The error response, and its line in the server log under the same request id."""
+    logger.info("request %s: %s %s -> %d %s", body["request_id"], request.method, request.url.path, status, body["error"])
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -64,7 +77,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(_body(request, exc.error, exc.message), status_code=exc.status_code)
+        return _answer(request, exc.status_code, _body(request, exc.error, exc.message), exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -78,16 +91,14 @@ def install_error_handlers(app: FastAPI) -> None:
             "validation_error",
             "; ".join(f"{'.'.join(d['loc'])}: {d['msg']}" for d in details[:5]) or "invalid request",
         )
-        return JSONResponse(_body(request, error, message, details), status_code=422)
+        return _answer(request, 422, _body(request, error, message, details))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = _HTTP_CODES.get(exc.status_code, "http_error")
-        return JSONResponse(
-            _body(request, code, str(exc.detail)), status_code=exc.status_code, headers=getattr(exc, "headers", None)
-        )
+        return _answer(request, exc.status_code, _body(request, code, str(exc.detail)), getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
     async def _bug(request: Request, exc: Exception) -> JSONResponse:
-        logger.exception("unhandled error on %s %s", request.method, request.url.path)
+        logger.exception("request %s: unhandled error on %s %s", request_id_of(request.scope), request.method, request.url.path)
         return JSONResponse(_body(request, "internal_error", "internal server error"), status_code=500)

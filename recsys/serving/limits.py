@@ -12,6 +12,8 @@ import logging
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from recsys.serving.request_id import request_id_of
+
 logger = logging.getLogger(__name__)
 
 
@@ -22,8 +24,11 @@ class BodyTooLarge(HTTPException):
         super().__init__(status_code=413, detail=f"request body exceeds {limit} bytes")
 
 
-async def _send_error(send: Send, status: int, error: str, message: str) -> None:
-    body = json.dumps({"error": error, "message": message, "details": None, "model_version": None}).encode()
+async def _send_error(send: Send, status: int, error: str, message: str, scope: Scope | None = None) -> None:
+    request_id = request_id_of(scope) if scope is not None else None
+    if scope is not None:
+        logger.info("request %s: %s %s -> %d %s", request_id, scope.get("method"), scope.get("path"), status, error)
+    body = json.dumps({"error": error, "message": message, "details": None, "model_version": None, "request_id": request_id}).encode()
     await send(
         {
             "type": "http.response.start",
@@ -46,11 +51,11 @@ class BodySizeLimitMiddleware:
         limit = self.max_body_bytes
         declared = _content_length(scope)
         if declared == -1:
-            await _send_error(send, 400, "bad_request", "invalid Content-Length header")
+            await _send_error(send, 400, "bad_request", "invalid Content-Length header", scope)
             return
         if declared is not None and declared > limit:
             logger.info("rejecting %s %s: Content-Length %d > %d", scope.get("method"), scope.get("path"), declared, limit)
-            await _send_error(send, 413, "payload_too_large", f"request body exceeds {limit} bytes")
+            await _send_error(send, 413, "payload_too_large", f"request body exceeds {limit} bytes", scope)
             return
 
         received = 0
@@ -76,7 +81,7 @@ class BodySizeLimitMiddleware:
         except BodyTooLarge as exc:  # body read outside FastAPI's handler (which maps it itself)
             if started:
                 raise
-            await _send_error(send, 413, "payload_too_large", str(exc.detail))
+            await _send_error(send, 413, "payload_too_large", str(exc.detail), scope)
 
 
 def _content_length(scope: Scope) -> int | None:

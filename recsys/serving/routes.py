@@ -14,6 +14,7 @@ from typing import Annotated, Any
 import pydantic_core
 from fastapi import APIRouter, Depends, Path, Query, Response
 
+from recsys.serving.auth import admin_guard, path_under
 from recsys.serving.errors import ApiError, error_responses
 from recsys.serving.protocol import user_id_type
 from recsys.serving.schemas import (
@@ -123,8 +124,11 @@ def recommendations_json(result: Any, k: int, model: LoadedModel, **extra: Any) 
 # ---------------------------------------------------------------- router
 
 
-def build_router(state: ModelState, max_k: int) -> APIRouter:
-    """All /v1 routes, bound to one app's model state and k limit."""
+def build_router(state: ModelState, max_k: int, require_admin=None, image_root=None) -> APIRouter:
+    """All /v1 routes, bound to one app's model state and k limit. `require_admin` guards the routes
+    that change the catalog (recsys.serving.auth); `image_root` is where a new item's image may lie."""
+    if require_admin is None:
+        require_admin = admin_guard(None)
 
     def live_model() -> LoadedModel:
         model = state.current  # read once: this request keeps this model even if a reload swaps
@@ -254,17 +258,19 @@ def build_router(state: ModelState, max_k: int) -> APIRouter:
         "/items",
         status_code=201,
         response_model=ItemMutationResponse,
-        responses=error_responses(409, 413, 422),
-        summary="Add a cold item (embedded from its content; no index rebuild)",
+        responses=error_responses(401, 403, 409, 413, 422),
+        summary="Add a cold item (embedded from its content; no index rebuild). Admin token.",
         tags=["items"],
+        dependencies=[Depends(require_admin)],
     )
     def add_item(model: Model, body: AddItemRequest) -> ItemMutationResponse:
         rec = model.recommender
         iid = parse_id(body.item_id, rec.id_type, "item_id")
         if rec.has_item(iid):
             raise ApiError(409, "item_exists", f"item {iid!r} already exists")
+        image = None if body.image_path is None else str(path_under(body.image_path, image_root, "image"))
         try:
-            rec.add_item(iid, body.title, text=body.text, image_path=body.image_path, categories=body.categories)
+            rec.add_item(iid, body.title, text=body.text, image_path=image, categories=body.categories)
         except ValueError as exc:
             if rec.has_item(iid):  # lost a race with a concurrent add
                 raise ApiError(409, "item_exists", f"item {iid!r} already exists") from None
@@ -279,9 +285,10 @@ def build_router(state: ModelState, max_k: int) -> APIRouter:
     @router.delete(
         "/items/{item_id}",
         response_model=ItemMutationResponse,
-        responses=error_responses(404, 422),
-        summary="Remove an item from retrieval",
+        responses=error_responses(401, 403, 404, 422),
+        summary="Remove an item from retrieval. Admin token.",
         tags=["items"],
+        dependencies=[Depends(require_admin)],
     )
     def remove_item(
         model: Model, item_id: Annotated[str, Path(max_length=MAX_ID_LEN, description="Item id.", examples=["7"])]

@@ -37,11 +37,13 @@ class ErrorResponse(BaseModel):
     message: str = Field(description="Human-readable reason.")
     details: list[dict[str, Any]] | None = Field(default=None, description="Per-field validation errors.")
     model_version: str | None = None
+    request_id: str | None = Field(default=None, description="Also in the X-Request-ID header and the server log.")
 
     model_config = ConfigDict(
         json_schema_extra={
             "examples": [
-                {"error": "item_not_found", "message": "unknown item id: 42", "details": None, "model_version": "7"}
+                {"error": "item_not_found", "message": "unknown item id: 42", "details": None, "model_version": "7",
+                 "request_id": "3f2b9c0e8d1a4b6c9e7f5a2d1c0b8a9e"}
             ]
         }
     )
@@ -157,7 +159,10 @@ class AddItemRequest(_Strict):
     item_id: ItemId
     title: str = Field(min_length=1, max_length=1000)
     text: str | None = Field(default=None, max_length=100_000)
-    image_path: str | None = Field(default=None, max_length=4096, description="Path readable by the server process.")
+    image_path: str | None = Field(
+        default=None, max_length=4096,
+        description="An image file under the server's image root (--image-root); relative paths are read from that root.",
+    )
     categories: list[Category] | None = Field(default=None, max_length=100)
 
     model_config = ConfigDict(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from recsys.serving.schemas import MAX_K
 
@@ -32,6 +32,18 @@ class ServingSettings(BaseModel):
         "$RECSYS_HOME/live/<name>.jsonl.",
     )
 
+    admin_token: SecretStr | None = Field(
+        default=None, description="Bearer token of the admin endpoints (reload, add and delete items); None disables them."
+    )
+    bundle_root: Path | None = Field(
+        default=None,
+        description="A reload may name only bundles under this folder (registry URIs always). None: the served "
+        "bundle's parent folder, or no bundle paths at all when serving a models:/ URI.",
+    )
+    image_root: Path | None = Field(
+        default=None, description="A new item's image_path must lie under this folder; None: image paths are refused."
+    )
+
     model_config = ConfigDict(frozen=True, protected_namespaces=())
 
     @model_validator(mode="after")
@@ -54,6 +66,13 @@ class ServingSettings(BaseModel):
             return self.bundle / LOG_NAME
         slug = re.sub(r"[^A-Za-z0-9._-]+", "_", self.model_uri.removeprefix(MODEL_URI_PREFIX)).strip("_")
         return recsys_home() / "live" / f"{slug}.jsonl"
+
+    @property
+    def reload_root(self) -> Path | None:
+        """Where bundles named by a reload may live."""
+        if self.bundle_root is not None:
+            return self.bundle_root
+        return None if self.bundle is None else Path(self.bundle).resolve().parent
 
     @property
     def reference(self) -> str:

@@ -8,19 +8,21 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from fake_recommender import FakeRecommender, Recommendations, make_loader  # noqa: F401  (re-exported)
+from fake_recommender import ADMIN_HEADERS, ADMIN_TOKEN, FakeRecommender, Recommendations, make_loader  # noqa: F401  (re-exported)
 from recsys.serving import ServingSettings, create_app
 
 
 @pytest.fixture
 def settings() -> ServingSettings:
-    return ServingSettings(bundle=Path("/bundles/v1"), max_body_bytes=4096)
+    return ServingSettings(bundle=Path("/bundles/v1"), max_body_bytes=4096, admin_token=ADMIN_TOKEN)
 
 
 @pytest.fixture
 def client(settings: ServingSettings):
+    """A client of the fake-model app that sends the admin token (tests/serving/test_serving_auth.py
+    covers requests without it)."""
     loader, _ = make_loader()
-    with TestClient(create_app(settings, loader)) as test_client:
+    with TestClient(create_app(settings, loader), headers=ADMIN_HEADERS) as test_client:
         yield test_client
 
 

@@ -16,7 +16,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+
 DIM = 8
+ADMIN_TOKEN = "test-admin-token"  # what the serving tests configure as the operator's token
+ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
 @dataclass
@@ -41,6 +44,7 @@ class FakeRecommender:
         self.id_type = id_type
         self._lock = threading.Lock()
         self._items: dict[Any, dict] = {}
+        self.image_paths: dict[Any, str | None] = {}
         for n in range(1, 21):
             cat = ["Drama", "Comedy", "Action"][n % 3]
             self._add(self._id(n), f"item {n} {cat.lower()}", [cat])
@@ -146,6 +150,7 @@ class FakeRecommender:
             if item_id in self._items:
                 raise ValueError(f"item {item_id!r} exists")
             self._add(item_id, title, categories, text)
+            self.image_paths[item_id] = image_path  # what the server let through, for the path tests
 
     def remove_item(self, item_id) -> None:
         with self._lock:

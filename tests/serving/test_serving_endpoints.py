@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastapi.testclient import TestClient
+from fake_recommender import ADMIN_HEADERS, ADMIN_TOKEN
 
 from fake_recommender import make_loader
 from recsys.serving import ServingSettings, create_app
@@ -118,7 +119,7 @@ def test_model_info_health_ready(client: TestClient) -> None:
 
 def test_string_ids() -> None:
     loader, _ = make_loader(id_type=str)
-    with TestClient(create_app(ServingSettings(bundle=Path("b/v9")), loader)) as client:
+    with TestClient(create_app(ServingSettings(bundle=Path("b/v9"), admin_token=ADMIN_TOKEN), loader), headers=ADMIN_HEADERS) as client:
         r = client.get("/v1/users/i100/recommendations?k=2")
         assert r.status_code == 200 and r.json()["user_id"] == "i100" and r.json()["fallback"] is None
         assert client.get("/v1/items/i3/similar?k=2").status_code == 200

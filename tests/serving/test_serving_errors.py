@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from fake_recommender import ADMIN_HEADERS, ADMIN_TOKEN
 
 from fake_recommender import FakeRecommender
 from recsys.serving import ServingSettings, create_app
@@ -28,7 +29,7 @@ def test_k_boundaries_accepted(client: TestClient) -> None:
 
 
 def test_settings_max_k_lowers_limit() -> None:
-    app = create_app(ServingSettings(bundle=Path("b/v1"), max_k=5), lambda ref: FakeRecommender("v1"))
+    app = create_app(ServingSettings(bundle=Path("b/v1"), max_k=5, admin_token=ADMIN_TOKEN), lambda ref: FakeRecommender("v1"))
     with TestClient(app) as client:
         assert client.get("/v1/users/1/recommendations?k=6").status_code == 422
         assert client.post("/v1/recommendations", json={"history": [1], "k": 6}).status_code == 422
@@ -149,7 +150,7 @@ class BuggyRecommender(FakeRecommender):
 
 
 def test_genuine_bug_gives_500_json() -> None:
-    app = create_app(ServingSettings(bundle=Path("b/v1")), lambda ref: BuggyRecommender("v1"))
+    app = create_app(ServingSettings(bundle=Path("b/v1"), admin_token=ADMIN_TOKEN), lambda ref: BuggyRecommender("v1"))
     with TestClient(app, raise_server_exceptions=False) as client:
         r = client.get("/v1/users/100/recommendations")
         assert r.status_code == 500
@@ -162,9 +163,26 @@ def test_no_model_loaded_is_503() -> None:
     def broken(ref: str):
         raise OSError("disk on fire")
 
-    with TestClient(create_app(ServingSettings(bundle=Path("b/v1")), broken)) as client:
+    with TestClient(create_app(ServingSettings(bundle=Path("b/v1"), admin_token=ADMIN_TOKEN), broken), headers=ADMIN_HEADERS) as client:
         r = client.get("/v1/users/1/recommendations")
         assert r.status_code == 503 and r.json()["error"] == "model_not_loaded"
         ready = client.get("/readyz")
         assert ready.status_code == 503 and "disk on fire" in ready.json()["last_error"]
         assert client.get("/healthz").status_code == 200
+
+
+def test_every_error_carries_a_request_id_that_is_also_in_the_log(client: TestClient, caplog) -> None:
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="recsys.serving"):
+        r = client.get("/v1/items/12345/similar")  # 404 from a handler
+        assert r.status_code == 404 and r.json()["request_id"] == r.headers["x-request-id"]
+        assert f"request {r.json()['request_id']}: GET /v1/items/12345/similar -> 404 item_not_found" in caplog.text
+        mine = client.get("/v1/users/1/recommendations?k=0", headers={"X-Request-ID": "shop-checkout-42"})  # 422
+        assert mine.json()["request_id"] == "shop-checkout-42" == mine.headers["x-request-id"]
+        odd = client.get("/v1/items/12345/similar", headers={"X-Request-ID": "no spaces\tor tabs " * 9})
+        assert odd.json()["request_id"] != "no spaces" and len(odd.json()["request_id"]) == 32  # replaced
+        big = client.post("/v1/search", content=b"x" * 5000, headers={"content-type": "application/json"})  # 413 before routing
+        assert big.status_code == 413 and big.json()["request_id"] == big.headers["x-request-id"]
+        assert f"request {big.json()['request_id']}: POST /v1/search -> 413 payload_too_large" in caplog.text
+    assert client.get("/healthz").headers["x-request-id"]  # successes carry it too

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from fake_recommender import ADMIN_HEADERS, ADMIN_TOKEN
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -24,7 +25,8 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def base_url():
     port = _free_port()
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
+           "RECSYS_ADMIN_TOKEN": ADMIN_TOKEN}
     proc = subprocess.Popen(
         [sys.executable, str(Path(__file__).with_name("serve_fake.py")), str(port)],
         env=env,
@@ -69,5 +71,7 @@ def test_real_server_round_trip(base_url: str) -> None:
             headers={"content-type": "application/json"},
         )
         assert chunked.status_code == 413
-        assert http.post("/admin/reload", json={"bundle": "/bundles/v2"}).json()["model_version"] == "v2"
+        assert http.post("/admin/reload", json={"bundle": "/bundles/v2"}).status_code == 401  # no token
+        reloaded = http.post("/admin/reload", json={"bundle": "/bundles/v2"}, headers=ADMIN_HEADERS)
+        assert reloaded.json()["model_version"] == "v2"
         assert 'recsys_http_requests_total{endpoint="/v1/search"' in http.get("/metrics").text

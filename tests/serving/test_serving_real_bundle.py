@@ -7,12 +7,14 @@ same one `recsys serve` uses. Items are str ids ("m50") and users int ids, as bu
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
 import polars as pl
 import pytest
 from fastapi.testclient import TestClient
+from fake_recommender import ADMIN_HEADERS, ADMIN_TOKEN
 
 from recsys.bundle import SCHEMA_VERSION
 from recsys.serving import ServingSettings, create_app
@@ -26,7 +28,7 @@ def _version(bundle: Path) -> str:
 
 @pytest.fixture(scope="module")
 def client(tiny_bundles):
-    with TestClient(create_app(ServingSettings(bundle=tiny_bundles.first))) as test_client:
+    with TestClient(create_app(ServingSettings(bundle=tiny_bundles.first, admin_token=ADMIN_TOKEN)), headers=ADMIN_HEADERS) as test_client:
         yield test_client
 
 
@@ -194,7 +196,9 @@ def test_reload_swaps_and_broken_reload_keeps_serving(tiny_bundles, tmp_path: Pa
     shutil.copytree(second, broken)
     (broken / "model.pt").write_bytes(b"not a model")  # sha256 no longer matches bundle.json
 
-    with TestClient(create_app(ServingSettings(bundle=first))) as client:
+    root = Path(os.path.commonpath([first, tmp_path]))  # where the operator keeps bundles: both sit under it
+    settings = ServingSettings(bundle=first, admin_token=ADMIN_TOKEN, bundle_root=root)
+    with TestClient(create_app(settings), headers=ADMIN_HEADERS) as client:
         r = client.post("/admin/reload", json={"bundle": str(second)})
         assert r.status_code == 200, r.text
         assert r.json()["model_version"] == _version(second) and r.json()["previous_version"] == _version(first)

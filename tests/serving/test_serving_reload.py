@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from fastapi.testclient import TestClient
+from fake_recommender import ADMIN_HEADERS, ADMIN_TOKEN
 
 from fake_recommender import FakeRecommender, make_loader
 from recsys.serving import ServingSettings, create_app
@@ -36,7 +37,7 @@ def test_failing_reload_keeps_old_model_and_readyz_reports_it(client: TestClient
 
 def test_empty_reload_reloads_current_source() -> None:
     loader, calls = make_loader()
-    with TestClient(create_app(ServingSettings(bundle=Path("/b/v1")), loader)) as client:
+    with TestClient(create_app(ServingSettings(bundle=Path("/b/v1"), admin_token=ADMIN_TOKEN), loader), headers=ADMIN_HEADERS) as client:
         assert client.post("/admin/reload").status_code == 200
         assert client.post("/admin/reload", json={}).status_code == 200
     assert calls == ["/b/v1"] * 3
@@ -44,9 +45,9 @@ def test_empty_reload_reloads_current_source() -> None:
 
 def test_model_uri_is_resolved_then_loaded() -> None:
     loader, calls = make_loader()
-    settings = ServingSettings(model_uri="models:/recsys@champion")
+    settings = ServingSettings(model_uri="models:/recsys@champion", admin_token=ADMIN_TOKEN)
     app = create_app(settings, loader, resolver=lambda uri: Path("/registry/v7"))
-    with TestClient(app) as client:
+    with TestClient(app, headers=ADMIN_HEADERS) as client:
         assert client.get("/v1/model").json()["source"] == "models:/recsys@champion"
         assert client.get("/v1/model").json()["model_version"] == "v7"
         r = client.post("/admin/reload", json={"model": "models:/recsys@challenger"})
@@ -57,7 +58,7 @@ def test_model_uri_is_resolved_then_loaded() -> None:
 def test_polling_follows_alias_and_skips_broken_versions() -> None:
     loader, calls = make_loader()
     target = {"path": Path("/registry/v1")}
-    settings = ServingSettings(model_uri="models:/recsys@champion", poll_seconds=0.02)
+    settings = ServingSettings(model_uri="models:/recsys@champion", poll_seconds=0.02, admin_token=ADMIN_TOKEN)
     app = create_app(settings, loader, resolver=lambda uri: target["path"])
 
     def wait_for(predicate, timeout: float = 5.0) -> None:
@@ -96,7 +97,7 @@ def test_in_flight_request_finishes_on_old_model() -> None:
     def loader(ref: str) -> FakeRecommender:
         return SlowRecommender("old") if ref.endswith("old") else FakeRecommender("new")
 
-    with TestClient(create_app(ServingSettings(bundle=Path("/b/old")), loader)) as client:
+    with TestClient(create_app(ServingSettings(bundle=Path("/b/old"), admin_token=ADMIN_TOKEN), loader), headers=ADMIN_HEADERS) as client:
         result: dict = {}
         worker = threading.Thread(target=lambda: result.update(client.get("/v1/users/100/recommendations").json()))
         worker.start()
