@@ -18,7 +18,6 @@ from pathlib import Path
 
 import recsys  # noqa: F401  (sizes the thread pools before torch loads)
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 

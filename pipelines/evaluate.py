@@ -18,7 +18,7 @@ from recsys.encoders.features import ItemFeatures
 from recsys.eval.baselines import ContentKNNScorer, PopularityScorer, frozen_content_embeddings
 from recsys.eval.protocol import build_queries, evaluate
 from recsys.eval.report import write_report
-from recsys.model.train import TrainResult, fit_two_tower, item_index_of, item_rows
+from recsys.model.train import fit_two_tower, item_index_of, item_rows
 from recsys.model.two_tower import ModelScorer
 from recsys.tracking import Tracker
 

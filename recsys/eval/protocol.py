@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 Stage = Literal["valid", "test"]
 TIE_SEED = 0  # the tie order of every ranking in the project
+_METRICS = {"recall": recall_at_k, "ndcg": ndcg_at_k, "hr": hit_rate_at_k}
 
 
 @dataclass
@@ -149,21 +150,26 @@ class RankingJudge:
             scores[rows, self._excluded[lo:hi]] = -np.inf
         return top_k_with_ties(scores, k, self.order)
 
-    def metrics(self, ranked: np.ndarray, ks: Sequence[int]) -> dict[str, float]:
-        """Recall, NDCG, HR and coverage (over the candidates, else the catalog) at each k of `ranked`
-        (every query's top items)."""
+    def measure(self, ranked: np.ndarray, names: Sequence[str]) -> dict[str, float]:
+        """The named metrics ("ndcg@10", "recall@20", "hr@10", "coverage@10") of `ranked` (every
+        query's top items); coverage is over the candidates, else the catalog. Only what is named is
+        computed: the block search asks for one metric per combination."""
         out: dict[str, float] = {}
-        for k in sorted(ks):
-            out[f"recall@{k}"] = recall_at_k(ranked, self.queries.targets, k)
-            out[f"ndcg@{k}"] = ndcg_at_k(ranked, self.queries.targets, k)
-            out[f"hr@{k}"] = hit_rate_at_k(ranked, self.queries.targets, k)
-            out[f"coverage@{k}"] = catalog_coverage(ranked[:, :k], self.pool)
+        for name in names:
+            kind, k = name.split("@")[0], metric_cutoff(name)
+            if kind == "coverage":
+                out[name] = catalog_coverage(ranked[:, :k], self.pool)
+            else:
+                out[name] = _METRICS[kind](ranked, self.queries.targets, k)
         return out
+
+    def metrics(self, ranked: np.ndarray, ks: Sequence[int]) -> dict[str, float]:
+        """Recall, NDCG, HR and coverage at each k of `ranked`."""
+        return self.measure(ranked, [f"{kind}@{k}" for k in sorted(ks) for kind in ("recall", "ndcg", "hr", "coverage")])
 
     def value(self, scores: np.ndarray, metric: str) -> float:
         """One metric ("ndcg@10") of a full score matrix [n_queries, n_items]."""
-        k = metric_cutoff(metric)
-        return self.metrics(self.top_k(scores, k), (k,))[metric]
+        return self.measure(self.top_k(scores, metric_cutoff(metric)), [metric])[metric]
 
     def rank(self, scorer: Scorer, k: int, batch_size: int = 1024) -> np.ndarray:
         """[n_queries, k] item indices from `scorer`, scoring the queries in chunks of `batch_size`."""

@@ -149,8 +149,9 @@ class TowersFit:
             terms.append(DistillationTerm(weights, data.popularity > 0, train.teacher_weight, train.teacher_temperature, train.objective))
         validate = None
         if data.valid is not None:
-            ks = tuple(sorted({10, metric_cutoff(train.valid_metric)}))
-            validate = lambda m: data.valid.evaluate(ModelScorer(m, tensors), ks)  # noqa: E731
+            ks = sorted({10, metric_cutoff(train.valid_metric)})
+            names = [f"{kind}@{k}" for k in ks for kind in ("recall", "ndcg")]  # what the epoch logs
+            validate = lambda m: data.valid.measure(data.valid.rank(ModelScorer(m, tensors), max(ks)), names)  # noqa: E731
         return TwoTowerModule(model, tensors, train, negative_sampler(data.popularity, train.num_uniform_negatives), validate, terms)
 
     def trainer(self, keeper: _KeepBest, validate: bool) -> pl_lightning.Trainer:

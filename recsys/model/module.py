@@ -166,5 +166,4 @@ class TwoTowerModule(pl.LightningModule):
         if self.validate is None:
             return
         for name, value in self.validate(self.model).items():
-            if "@" in name and name.split("@")[0] in ("ndcg", "recall"):
-                self.log(valid_monitor(name), value, prog_bar=name == self.cfg.valid_metric, batch_size=1)
+            self.log(valid_monitor(name), value, prog_bar=name == self.cfg.valid_metric, batch_size=1)

@@ -57,7 +57,7 @@ def path_under(raw: str, root: Path | None, what: str) -> Path:
     if root is None:
         raise ApiError(403, f"{what}_not_allowed", f"{what} paths are not accepted: the operator has configured no {what} root")
     base = Path(root).resolve()
-    path = (base / raw).resolve() if not Path(raw).is_absolute() else Path(raw).resolve()
+    path = (base / raw).resolve()  # an absolute `raw` replaces `base`
     if path != base and base not in path.parents:
         raise ApiError(403, f"{what}_not_allowed", f"{what} path {raw!r} is outside the configured {what} root")
     return path

@@ -24,10 +24,9 @@ class BodyTooLarge(HTTPException):
         super().__init__(status_code=413, detail=f"request body exceeds {limit} bytes")
 
 
-async def _send_error(send: Send, status: int, error: str, message: str, scope: Scope | None = None) -> None:
-    request_id = request_id_of(scope) if scope is not None else None
-    if scope is not None:
-        logger.info("request %s: %s %s -> %d %s", request_id, scope.get("method"), scope.get("path"), status, error)
+async def _send_error(send: Send, status: int, error: str, message: str, scope: Scope) -> None:
+    request_id = request_id_of(scope)
+    logger.info("request %s: %s %s -> %d %s", request_id, scope.get("method"), scope.get("path"), status, error)
     body = json.dumps({"error": error, "message": message, "details": None, "model_version": None, "request_id": request_id}).encode()
     await send(
         {
