@@ -65,7 +65,10 @@ from recsys.tracking import Tracker  # noqa: E402
 log = logging.getLogger("bench.quality")
 
 DATASETS = ("ml-100k", "ml-1m")
-DEFAULT_CONFIGS = {"ml-100k": ROOT / "pipelines/configs/ml100k.yaml", "ml-1m": ROOT / "bench/configs/ml1m.yaml"}
+DEFAULT_CONFIGS = {"ml-100k": ROOT / "pipelines/configs/ml100k.yaml", "ml-1m": ROOT / "pipelines/configs/ml1m.yaml"}
+# The hand-written configs the recipe replaced (train.tune false), kept as the reference it must reach.
+HAND_CONFIGS = {"ml-100k": ROOT / "bench/configs/hand_ml100k.yaml", "ml-1m": ROOT / "bench/configs/hand_ml1m.yaml"}
+DEVELOPMENT_SPLIT = 42  # eval.seed of every split looked at while developing; any other seed is a reporting split
 RESULTS_DIR = ROOT / "bench" / "results"
 DOC = ROOT / "docs" / "results.md"
 COLUMNS = ("recall@10", "ndcg@10", "recall@20", "ndcg@20")
@@ -143,30 +146,28 @@ def tune_and_test(
     }
 
 
-def run_recsys(cfg: PipelineConfig, split, features, seeds: list[int], tracker: Tracker, quick: bool) -> dict[str, Any]:
-    """recsys via the pipeline's own evaluate_split, once per model seed (the split is fixed)."""
+def run_recsys(cfg: PipelineConfig, split, features, seeds: list[int], tracker: Tracker, quick: bool,
+               name: str = "recsys", config_name: str = "see recsys_config") -> dict[str, Any]:
+    """recsys via the pipeline's own evaluate_split, once per model seed (the split is fixed). The
+    config keeps its record of which fields it sets, so the recipe (train.tune) chooses the rest."""
     from pipelines.evaluate import evaluate_split
+    from recsys.model.recipe import with_values
 
     runs = []
     for seed in seeds:
-        overrides = {"train": {"seed": seed}, "eval": {"baselines": []}}
-        if quick:
-            overrides["train"]["epochs"] = 2
-        tree = cfg.model_dump(mode="json")
-        for section, values in overrides.items():
-            tree[section].update(values)
-        cfg_s = PipelineConfig.model_validate(tree)
-        with tracker.step(f"{split.protocol}/recsys/seed{seed}"):
-            tracker.log_params({"train.seed": seed, "model": "recsys"})
+        values = {"train.seed": seed, **({"train.epochs": 2, "train.budget_minutes": 1.0} if quick else {})}
+        cfg_s = with_values(cfg, values).model_copy(update={"eval": cfg.eval.model_copy(update={"baselines": []})})
+        with tracker.step(f"{split.protocol}/{name}/seed{seed}"):
+            tracker.log_params({"train.seed": seed, "model": name})
             started = time.perf_counter()
             metrics = evaluate_split(cfg_s, split, features, tracker, show_progress=False)["recsys"]
             metrics.setdefault("train_seconds", time.perf_counter() - started)
-        log.info("  recsys seed %d: %s", seed, {k: round(metrics[k], 4) for k in COLUMNS})
+        log.info("  %s seed %d: %s", name, seed, {k: round(metrics[k], 4) for k in COLUMNS})
         runs.append(metrics)
     summary = summarise(runs)
     tracker.log_metrics({k.replace("@", "_at_"): v for k, v in summary.items()})
     return {
-        "params": {"config": "see recsys_config", "epochs_max": cfg.train.epochs if not quick else 2},
+        "params": {"config": config_name, "epochs_max": cfg.train.epochs if not quick else 2},
         "seeds": runs,
         "seed_values": seeds,
         **summary,
@@ -212,13 +213,19 @@ def render_section(dataset: str, protocol: str, block: dict, recsys_config: str 
               "validation items are ranked among themselves, as for recsys' early stopping):", ""]
     lines += ["| model | picked | valid NDCG@10 | grid |", "|---|---|---:|---|"]
     for name, row in models.items():
-        if name == "recsys":
+        if name.startswith("recsys"):
             seeds = row.get("seeds", [])
             valids = [r["best_valid"] for r in seeds if "best_valid" in r]
             epochs = ", ".join(str(r["best_epoch"]) for r in seeds if "best_epoch" in r)
             valid = f"{sum(valids) / len(valids):.4f}" if valids else "–"
-            picked, grid = f"config `{recsys_config or 'see above'}`, best epochs {epochs or '–'}", (
-                "one config per dataset, picked in the Ablation section")
+            config = row.get("params", {}).get("config") or recsys_config or "see above"
+            picked, grid = f"config `{config}`, best epochs {epochs or '–'}", "one hand-written config per dataset"
+            recipes = [r["recipe"] for r in seeds if r.get("recipe")]
+            if recipes:  # train.tune: the recipe chose on this split's validation
+                picked += "; the recipe chose per seed: " + "; ".join(recipes)
+                fits = [r.get("recipe_fits", 0) for r in seeds]
+                grid = (f"the default recipe on validation ({', '.join(map(str, fits))} fits per seed), each choice kept "
+                        "only if it wins on held-out validation users")
             blocks = [r for r in seeds if "item_item_kept" in r]
             if blocks:  # model.item_item: picked per seed on validation after the towers were trained
                 towers = sum(r["item_item_towers_valid"] for r in blocks) / len(blocks)
@@ -231,7 +238,7 @@ def render_section(dataset: str, protocol: str, block: dict, recsys_config: str 
                 picked += f"; item-item block per seed: {per_seed} (towers alone: valid {towers:.4f})"
                 grid += ("; the block's pair window, ridge, decay, weight (and the new items' content-map ridge) on "
                          "validation, after the towers are trained")
-            lines.append(f"| recsys | {picked} | {valid} | {grid} |")
+            lines.append(f"| {name} | {picked} | {valid} | {grid} |")
             continue
         grid = "; ".join(
             f"{json.dumps(t['params'], sort_keys=True)} → {t['valid'][SELECT_BY]:.4f}" for t in row.get("tuning", [])
@@ -247,7 +254,9 @@ def update_doc(doc: Path, dataset: str, results: dict) -> None:
     begin, end = f"<!-- quality:{dataset}:begin -->", f"<!-- quality:{dataset}:end -->"
     body = [
         begin,
-        f"## Quality: {dataset}",
+        f"## Quality: {dataset}" + (f" (reporting split: eval.seed {results['split_seed']}, never used while developing)"
+                                     if results.get("split_seed", DEVELOPMENT_SPLIT) != DEVELOPMENT_SPLIT else
+                                     f" (development split: eval.seed {DEVELOPMENT_SPLIT})"),
         "",
         "Generated by `bench/quality.py` (do not edit by hand). Protocol: one split per protocol shared "
         "by every model; peers tuned on validation only; all models score test with their train-only fit "
@@ -274,6 +283,11 @@ def update_doc(doc: Path, dataset: str, results: dict) -> None:
 # --------------------------------------------------------------------------- main
 
 
+def _relative(path: Path) -> str:
+    resolved = Path(path).resolve()
+    return str(resolved.relative_to(ROOT)) if resolved.is_relative_to(ROOT) else str(path)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--dataset", choices=DATASETS, default="ml-100k")
@@ -281,7 +295,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, default=3, help="model seeds for recsys and stochastic peers")
     p.add_argument("--peers", default=",".join(PEERS), help=f"comma list of {sorted(PEERS)}")
     p.add_argument("--skip-recsys", action="store_true")
-    p.add_argument("--recsys-config", type=Path, default=None)
+    p.add_argument("--recsys-config", type=Path, default=None, help="default: the dataset's data-only config (the recipe chooses)")
+    p.add_argument("--hand-config", action="store_true",
+                   help="also score the hand-written config the recipe replaced (bench/configs/hand_*.yaml) as recsys_hand")
+    p.add_argument("--split-seed", type=int, default=DEVELOPMENT_SPLIT,
+                   help=f"eval.seed of the splits; {DEVELOPMENT_SPLIT} is the development split, any other a reporting "
+                   "split (written to its own results file and section)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="dotted config override for recsys and the features, e.g. encoders.image.enabled=false")
     p.add_argument("--quick", action="store_true", help="smoke run: first grid point only, recsys 2 epochs")
@@ -307,7 +326,10 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"peers {missing} need the bench extra (implicit, lightfm): see bench/README.md")
 
     config_path = args.recsys_config or DEFAULT_CONFIGS[args.dataset]
-    cfg = load_config(config_path, [f"data.movielens={shared_data_dir() / args.dataset}", *args.overrides])
+    data_overrides = [f"data.movielens={shared_data_dir() / args.dataset}", f"eval.seed={args.split_seed}"]
+    cfg = load_config(config_path, [*data_overrides, *args.overrides])
+    hand_cfg = load_config(HAND_CONFIGS[args.dataset], [*data_overrides, *args.overrides]) if args.hand_config else None
+    label = args.dataset if args.split_seed == DEVELOPMENT_SPLIT else f"{args.dataset}-split{args.split_seed}"
     seeds = repeat_seeds(cfg, max(1, args.seeds))
     ks = tuple(cfg.eval.k)
 
@@ -323,11 +345,12 @@ def main(argv: list[str] | None = None) -> dict:
         if timeless else "by timestamp; ties in time broken in a seeded random order"
     )
 
-    out_path = args.results_dir / f"quality_{args.dataset}.json"
+    out_path = args.results_dir / f"quality_{label}.json"
     results: dict[str, Any] = json.loads(out_path.read_text()) if out_path.exists() else {}
     results.update({
         "dataset": args.dataset,
-        "recsys_config": str(Path(config_path).resolve().relative_to(ROOT)) if Path(config_path).resolve().is_relative_to(ROOT) else str(config_path),
+        "split_seed": args.split_seed,
+        "recsys_config": _relative(config_path),
         "n_items": n_items,
         "n_interactions": interactions.height,
         "encoders": features.fingerprints,
@@ -354,7 +377,12 @@ def main(argv: list[str] | None = None) -> dict:
                 log.info("%s %s test: %s", protocol, name, {k: round(models[name][k], 4) for k in COLUMNS})
             if not args.skip_recsys:
                 with tracker.step(f"{protocol}/recsys"):
-                    models["recsys"] = run_recsys(cfg, split, features, seeds, tracker, args.quick)
+                    models["recsys"] = run_recsys(cfg, split, features, seeds, tracker, args.quick,
+                                                  config_name=_relative(config_path))
+                if hand_cfg is not None:
+                    with tracker.step(f"{protocol}/recsys_hand"):
+                        models["recsys_hand"] = run_recsys(hand_cfg, split, features, seeds, tracker, args.quick, "recsys_hand",
+                                                           _relative(HAND_CONFIGS[args.dataset]))
             results["protocols"][protocol] = {
                 "split": ", ".join(f"{k}={v}" for k, v in {**split.sizes(), **{k: v for k, v in split.meta.items() if np.isscalar(v)}}.items()),
                 "order": order_note,
@@ -369,19 +397,26 @@ def main(argv: list[str] | None = None) -> dict:
                 "models": models,
             }
         # Re-read just before writing, so protocols run by a concurrent invocation (e.g. loo and cold
-        # in two processes) are kept; only the protocols run here are replaced.
-        ran = {p: results["protocols"][p] for p in protocols}
+        # in two processes) are kept; only the protocols run here are replaced, and on the very same
+        # split the models run here join those already there (peers and recsys may run apart).
         on_disk = json.loads(out_path.read_text()) if out_path.exists() else {}
+        ran = {}
+        for p in protocols:
+            block, earlier = results["protocols"][p], on_disk.get("protocols", {}).get(p)
+            if earlier and earlier.get("split") == block["split"] and not block.get("quick") and not earlier.get("quick"):
+                block = {**block, "models": {**earlier["models"], **block["models"]},
+                         "command": "; ".join(dict.fromkeys([earlier["command"], block["command"]]))}
+            ran[p] = block
         results = {**on_disk, **results, "protocols": {**on_disk.get("protocols", {}), **ran}}
         args.results_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(out_path, json.dumps(results, indent=2, default=float).encode())
-        update_doc(args.doc, args.dataset, results)
+        update_doc(args.doc, label, results)
         tracker.log_artifact(out_path, "quality")
         tracker.log_artifact(args.doc, "quality")
         tracker.log_metrics({"bench_seconds": time.perf_counter() - started})
     log.info("wrote %s and %s in %.0fs", out_path, args.doc, time.perf_counter() - started)
     for protocol in protocols:
-        print(render_section(args.dataset, protocol, results["protocols"][protocol], results.get("recsys_config")))
+        print(render_section(label, protocol, results["protocols"][protocol], results.get("recsys_config")))
     return results
 
 

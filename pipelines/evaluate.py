@@ -60,8 +60,21 @@ def evaluate_split(
         picked = result.item_item_metrics()
         metrics["recsys"].update(picked)
         tracker.log_metrics({f"recsys.{key}": value for key, value in picked.items()})
+    if result.choices:  # train.tune: what the recipe chose on this split's validation
+        metrics["recsys"]["recipe"] = recipe_summary(result)
+        metrics["recsys"]["recipe_fits"] = result.recipe_fits
     logger.info("%s: %s", split.protocol, {name: round(m.get("ndcg@10", float("nan")), 4) for name, m in metrics.items()})
     return metrics
+
+
+def recipe_summary(result) -> str:
+    """One line of the recipe's choices that matter most, for reports and benchmark tables."""
+    model = result.config.model
+    parts = [f"modalities {'+'.join(model.modalities)}", f"{model.user_pooling} pooling", f"dim {model.dim}",
+             f"ensemble {model.ensemble_size}", f"identity {'on' if model.item_id_embedding else 'off'}"]
+    if model.item_item == "ease":
+        parts.append(f"item-item block {'kept' if result.item_item.get('kept') else 'dropped'}")
+    return ", ".join(parts)
 
 
 def run_evaluate(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import tempfile
 from pathlib import Path
 
 import polars as pl
@@ -14,7 +16,7 @@ from recsys.data.splits import loo_split, order_interactions
 from recsys.encoders.features import ItemFeatures
 from recsys.encoders.text import select_text_columns
 from recsys.index import ItemIndex
-from recsys.model.train import TrainResult, fit_two_tower
+from recsys.model.train import TrainResult, fit_two_tower, refit_on_everything
 from recsys.model.two_tower import retrieval_items
 from recsys.tracking import RegistrationResult, Tracker
 
@@ -44,7 +46,9 @@ def build_bundle(
     result: TrainResult,
     fingerprint: str | None = None,
 ) -> Path:
-    """Everything serving needs, from a trained model, into `out_dir` (atomically)."""
+    """Everything serving needs, from a trained model, into `out_dir` (atomically). The bundle keeps the
+    config the model was built with (`result.config`: the recipe's resolved one)."""
+    cfg = result.config or cfg
     item_vectors, item_bias = result.model.encode_items_with_bias(result.model.feature_tensors(features))
     index = ItemIndex.build(retrieval_items(item_vectors, item_bias), features.item_ids, cfg.index)
     ordered = order_interactions(interactions, cfg.train.seed)
@@ -71,6 +75,8 @@ def build_bundle(
             **({"text_columns": select_text_columns(catalog, cfg.encoders.text.fields).used} if features.text is not None else {}),
             **({"data_fingerprint": fingerprint} if fingerprint else {}),
             **({"item_item": result.item_item} if result.item_item else {}),
+            **({"recipe": result.choices, "recipe_fits": result.recipe_fits} if result.choices else {}),
+            **({"refit": result.refit} if result.refit else {}),
             "best_epoch": result.best_epoch,
             "train_seconds": round(result.train_seconds, 2),
             "n_train_users": int(len(result.user_ids)),
@@ -90,13 +96,20 @@ def run_train(
     register: bool = True,
     show_progress: bool = True,
 ) -> tuple[Path, TrainResult, RegistrationResult | None]:
-    """Train on all given interactions (validating on each user's last one), bundle, register."""
+    """Choose and validate on each user's last interaction held out, then train the chosen model again
+    on every interaction (`refit_on_everything`), bundle, register."""
     with tracker.step("train"):
         train, valid = holdout_last(interactions, cfg.train.seed)
         tracker.log_params({"train.rows": train.height, "valid.users": valid.height})
         result = fit_two_tower(
             features, train, valid, cfg, make_logger=tracker.lightning_logger, show_progress=show_progress
         )
+        record_choices(result, tracker)
+        if not valid.is_empty():
+            logger.info("refitting the chosen model on all %d interactions", interactions.height)
+            result = refit_on_everything(features, order_interactions(interactions, cfg.train.seed), result,
+                                         make_logger=tracker.lightning_logger, show_progress=show_progress)
+            tracker.log_metrics({"refit_seconds": result.refit["seconds"]})
         tracker.log_metrics(
             {"best_valid": result.best_metric, "best_epoch": result.best_epoch, "train_seconds": result.train_seconds,
              **result.item_item_metrics(), **{f"baseline_valid.{name}": value for name, value in result.baselines.items()}}
@@ -115,6 +128,19 @@ def run_train(
         else:
             tracker.log_artifacts(bundle_dir, "bundle")
         return bundle_dir, result, registration
+
+
+def record_choices(result: TrainResult, tracker: Tracker) -> None:
+    """The recipe's choices in the MLflow run: each as a `chosen.` param (the value) and all of them,
+    with their reasons, as recipe.json."""
+    if not result.choices:
+        return
+    tracker.log_params({f"chosen.{c['key']}": c["value"] for c in result.choices})
+    tracker.log_metrics({"recipe_fits": result.recipe_fits})
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "recipe.json"
+        path.write_text(json.dumps(result.choices, indent=2, default=str))
+        tracker.log_artifact(path, "recipe")
 
 
 def report_against_baselines(result: TrainResult) -> None:

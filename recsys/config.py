@@ -190,7 +190,7 @@ class TrainConfig(_Section):
         "below 1 the latest items count most, for ordered logs).",
     )
     item_item_weights: list[float] = Field(
-        default_factory=lambda: [0.25, 0.5, 1.0, 2.0, 4.0, 8.0],
+        default_factory=lambda: [0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0],
         description="model.item_item: block weights tried on validation, in units of the towers' score spread "
         "over the block's (1 = equal spread).",
     )
@@ -203,6 +203,17 @@ class TrainConfig(_Section):
         default=20_000, ge=1,
         description="Refuse EASE (model.item_item, train.teacher) above this catalog size: it needs an n x n "
         "eigen-decomposition.",
+    )
+    tune: bool = Field(
+        default=True,
+        description="Choose every model.* and train.* setting the config leaves unset on the data's shape and its "
+        "validation split (recsys.model.recipe), within budget_minutes; each choice and its reason is recorded. "
+        "false: use the config's values (and the defaults) as they are.",
+    )
+    budget_minutes: float = Field(
+        default=30.0, gt=0,
+        description="train.tune: wall time the validation trials may take (each is one fit; the model they choose, "
+        "and its refit on all interactions by `recsys train`, come on top).",
     )
     seed: int = 42
     valid_metric: str = "ndcg@10"

@@ -20,6 +20,7 @@ FAST = [
     "-s", "model.max_history=20",
     "-s", "train.epochs=2",
     "-s", "train.num_uniform_negatives=64",
+    "-s", "train.tune=false",  # the CLI's own behaviour; test_train_with_the_recipe runs the default recipe
 ]
 
 
@@ -140,3 +141,39 @@ def test_run_is_tracked_in_mlflow(files, tmp_path):
     beats = all(metric > v for v in baselines.values())
     aliases = client.get_registered_model(name).aliases
     assert ("champion" in aliases) == beats
+
+
+def test_train_with_the_recipe_records_its_choices_and_refits_on_everything(files, tmp_path):
+    """`recsys train` with no model settings: the recipe chooses on validation, the bundle keeps the
+    resolved config and every choice with its reason, MLflow has them, and the served model was refit
+    on all interactions (each user's last one included)."""
+    import json
+
+    from mlflow import MlflowClient
+
+    from recsys.bundle import load_bundle
+
+    db = tmp_path / "mlflow.db"
+    out = tmp_path / "bundle"
+    result = _invoke(
+        ["train", "--catalog", str(files["catalog"]), "--interactions", str(files["interactions"]), "--out", str(out), "-q",
+         "-s", f"encoders.cache_dir={tmp_path / 'cache'}", "-s", "encoders.image.enabled=false",
+         "-s", f"tracking.tracking_uri=sqlite:///{db}", "-s", "train.epochs=2", "-s", "train.budget_minutes=5"]
+    )
+    assert result.exit_code == 0, result.output
+    bundle = load_bundle(out)
+    choices = {c["key"]: c for c in bundle.meta["recipe"]}
+    assert choices["model.user_pooling"]["value"] == "attention"  # ml-100k rows carry their timestamps
+    assert "time-ordered" in choices["model.user_pooling"]["reason"]
+    assert choices["model.ensemble_size"]["value"] == bundle.config.model.ensemble_size
+    assert all(c["reason"] for c in bundle.meta["recipe"]) and bundle.meta["recipe_fits"] >= 3
+    assert not bundle.config.train.tune
+    interactions = pl.read_csv(files["interactions"])
+    assert bundle.meta["refit"]["interactions"] == interactions.unique(["user_id", "item_id"]).height
+    assert len(bundle.meta["refit"]["epochs"]) == bundle.config.model.ensemble_size
+    client = MlflowClient(f"sqlite:///{db}")
+    runs = client.search_runs([client.get_experiment_by_name("recsys").experiment_id])
+    train_run = next(r for r in runs if r.data.tags.get("step") == "train")
+    assert train_run.data.params["chosen.model.user_pooling"] == "attention"
+    recorded = client.download_artifacts(train_run.info.run_id, "recipe/recipe.json", str(tmp_path))
+    assert json.loads(Path(recorded).read_text()) == bundle.meta["recipe"]

@@ -30,43 +30,57 @@ def _check(ranked: np.ndarray, targets: Sequence[Iterable[int]], k: int) -> np.n
 
 
 def _hits(ranked: np.ndarray, targets: Sequence[Iterable[int]], k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Boolean hit matrix [n_users, k] and target-set sizes (duplicates in targets count once)."""
+    """Boolean hit matrix [n_users, k] and target-set sizes (duplicates in targets count once).
+    One membership test over (user, item) keys for all users at once."""
     top = _check(ranked, targets, k)
-    hits = np.zeros(top.shape, dtype=bool)
-    sizes = np.zeros(top.shape[0], dtype=np.int64)
-    for u, tgt in enumerate(targets):
-        tgt_arr = np.unique(np.asarray(list(tgt) if not isinstance(tgt, np.ndarray) else tgt, dtype=np.int64))
-        sizes[u] = tgt_arr.size
-        if tgt_arr.size:
-            hits[u] = np.isin(top[u], tgt_arr) & (top[u] >= 0)
-    return hits, sizes
+    sets = [np.unique(np.asarray(t if isinstance(t, np.ndarray) else list(t), dtype=np.int64)) for t in targets]
+    sizes = np.fromiter((s.size for s in sets), dtype=np.int64, count=len(sets))
+    if not sizes.sum() or top.size == 0:
+        return np.zeros(top.shape, dtype=bool), sizes
+    flat = np.concatenate(sets)
+    width = int(max(flat.max(), top.max())) + 1
+    target_keys = np.repeat(np.arange(len(sets), dtype=np.int64), sizes) * width + flat
+    top_keys = np.arange(top.shape[0], dtype=np.int64)[:, None] * width + top
+    return np.isin(top_keys, target_keys) & (top >= 0), sizes
 
 
-def _mean_over_users(values: np.ndarray, sizes: np.ndarray) -> float:
-    keep = sizes > 0
+def per_user(kind: str, ranked: np.ndarray, targets: Sequence[Iterable[int]], k: int) -> np.ndarray:
+    """Each user's value of metric `kind` ("recall", "ndcg", "hr") at k; NaN for a user without
+    targets. The means below average these; validation picks compare them on subsets of users."""
+    hits, sizes = _hits(ranked, targets, k)
+    if kind == "recall":
+        values = hits.sum(axis=1) / np.maximum(sizes, 1)
+    elif kind == "hr":
+        values = hits.any(axis=1).astype(np.float64)
+    elif kind == "ndcg":
+        discounts = 1.0 / np.log2(np.arange(2, hits.shape[1] + 2))
+        ideal_cum = np.concatenate([[0.0], np.cumsum(1.0 / np.log2(np.arange(2, k + 2)))])
+        idcg = ideal_cum[np.minimum(sizes, k)]
+        values = (hits @ discounts) / np.where(idcg > 0, idcg, 1.0)
+    else:
+        raise ValueError(f"metric kind: expected recall, ndcg or hr, got {kind!r}")
+    return np.where(sizes > 0, values, np.nan)
+
+
+def mean_over_users(values: np.ndarray) -> float:
+    """The mean of per-user values, users without targets (NaN) skipped; 0.0 when none has any."""
+    keep = ~np.isnan(values)
     return float(values[keep].mean()) if keep.any() else 0.0
 
 
 def recall_at_k(ranked: np.ndarray, targets: Sequence[Iterable[int]], k: int) -> float:
     """Mean over users of |top-k ∩ targets| / |targets|."""
-    hits, sizes = _hits(ranked, targets, k)
-    return _mean_over_users(hits.sum(axis=1) / np.maximum(sizes, 1), sizes)
+    return mean_over_users(per_user("recall", ranked, targets, k))
 
 
 def hit_rate_at_k(ranked: np.ndarray, targets: Sequence[Iterable[int]], k: int) -> float:
     """Fraction of users with at least one target in the top-k."""
-    hits, sizes = _hits(ranked, targets, k)
-    return _mean_over_users(hits.any(axis=1).astype(np.float64), sizes)
+    return mean_over_users(per_user("hr", ranked, targets, k))
 
 
 def ndcg_at_k(ranked: np.ndarray, targets: Sequence[Iterable[int]], k: int) -> float:
     """Mean binary-relevance NDCG@k; ideal DCG places min(|targets|, k) hits at the top."""
-    hits, sizes = _hits(ranked, targets, k)
-    discounts = 1.0 / np.log2(np.arange(2, hits.shape[1] + 2))
-    dcg = hits @ discounts
-    ideal_cum = np.concatenate([[0.0], np.cumsum(1.0 / np.log2(np.arange(2, k + 2)))])
-    idcg = ideal_cum[np.minimum(sizes, k)]
-    return _mean_over_users(dcg / np.where(idcg > 0, idcg, 1.0), sizes)
+    return mean_over_users(per_user("ndcg", ranked, targets, k))
 
 
 def catalog_coverage(ranked: np.ndarray, n_items: int) -> float:

@@ -17,12 +17,13 @@ import numpy as np
 import polars as pl
 
 from recsys.data.histories import Histories, histories_by_user
-from recsys.eval.metrics import catalog_coverage, hit_rate_at_k, ndcg_at_k, recall_at_k
+from recsys.eval.metrics import catalog_coverage, hit_rate_at_k, mean_over_users, ndcg_at_k, per_user, recall_at_k
 
 log = logging.getLogger(__name__)
 
 Stage = Literal["valid", "test"]
 TIE_SEED = 0  # the tie order of every ranking in the project
+HALF_SEED = 1  # which half of the validation queries each query falls in (RankingJudge.half)
 _METRICS = {"recall": recall_at_k, "ndcg": ndcg_at_k, "hr": hit_rate_at_k}
 
 
@@ -133,6 +134,8 @@ class RankingJudge:
             self.allowed = np.zeros(n_items, dtype=bool)
             self.allowed[cand] = True
             self.pool = max(int(np.unique(cand).size), 1)
+        # A fixed random half of the queries: a choice picked on one half is confirmed on the other.
+        self.half = np.random.default_rng(HALF_SEED).permutation(len(queries)) % 2 == 1
         lengths = np.fromiter((np.asarray(e).size for e in queries.exclude), dtype=np.int64, count=len(queries))
         self._offsets = np.concatenate([[0], np.cumsum(lengths)])
         self._excluded = np.concatenate([np.asarray(e, dtype=np.int64) for e in queries.exclude]) if len(queries) else np.zeros(0, np.int64)
@@ -162,6 +165,22 @@ class RankingJudge:
             else:
                 out[name] = _METRICS[kind](ranked, self.queries.targets, k)
         return out
+
+    def per_query(self, ranked: np.ndarray, metric: str) -> np.ndarray:
+        """Each query's value of `metric` ("ndcg@10"; NaN for a query without targets)."""
+        kind = metric.split("@")[0]
+        if kind not in _METRICS:
+            raise ValueError(f"per-query metric: expected one of {sorted(_METRICS)}@k, got {metric!r}")
+        return per_user(kind, ranked, self.queries.targets, metric_cutoff(metric))
+
+    def halves(self, values: np.ndarray) -> tuple[float, float]:
+        """The mean of per-query `values` on each half of the queries (`self.half` False, True)."""
+        return mean_over_users(values[~self.half]), mean_over_users(values[self.half])
+
+    def value_halves(self, scores: np.ndarray, metric: str) -> tuple[float, float, float]:
+        """(all queries, first half, second half) values of `metric` for a full score matrix."""
+        values = self.per_query(self.top_k(scores, metric_cutoff(metric)), metric)
+        return (mean_over_users(values), *self.halves(values))
 
     def metrics(self, ranked: np.ndarray, ks: Sequence[int]) -> dict[str, float]:
         """Recall, NDCG, HR and coverage at each k of `ranked`."""

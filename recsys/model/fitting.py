@@ -23,8 +23,10 @@ from pytorch_lightning.loggers import Logger
 from recsys.config import PipelineConfig
 from recsys.data.histories import Histories
 from recsys.encoders.features import ItemFeatures
+from recsys.eval.metrics import mean_over_users
 from recsys.eval.protocol import RankingJudge, metric_cutoff, valid_monitor
 from recsys.model.datamodule import SequenceDataModule
+from recsys.model.grid import Trial
 from recsys.model.modalities import feature_widths
 from recsys.model.module import TwoTowerModule
 from recsys.model.negatives import negative_sampler
@@ -71,6 +73,13 @@ class TrainResult:
     item_item: dict = field(default_factory=dict)
     # The same validation metric for the reference scorers (popularity, content_knn), same queries.
     baselines: dict = field(default_factory=dict)
+    # The config the model was built with: the recipe's resolved one (train.tune), else the given one.
+    config: PipelineConfig | None = None
+    # What the recipe chose and why ({"key", "value", "reason"} each), and how many fits it ran.
+    choices: list[dict] = field(default_factory=list)
+    recipe_fits: int = 0
+    # `recsys train`: the deployed model was refit on every interaction (interactions, epochs, seconds).
+    refit: dict = field(default_factory=dict)
 
     def losing_to(self) -> list[str]:
         """The baselines this model does not beat on validation (empty: it beats them all)."""
@@ -90,6 +99,13 @@ def validation_score(model: RetrievalModel, features: ItemFeatures, judge: Ranki
     every pick on validation read, for any model, ranked exactly as test ranks."""
     scorer = ModelScorer(model, model.feature_tensors(features))
     return judge.evaluate(scorer, (metric_cutoff(metric),))[metric]
+
+
+def validation_trial(model: RetrievalModel, features: ItemFeatures, judge: RankingJudge, metric: str) -> Trial:
+    """`model`'s validation value of `metric`, on all queries and on each half (what `crossfit` compares)."""
+    scorer = ModelScorer(model, model.feature_tensors(features))
+    values = judge.per_query(judge.rank(scorer, metric_cutoff(metric)), metric)
+    return Trial({}, mean_over_users(values), judge.halves(values))
 
 
 class _KeepBest(Callback):
@@ -216,6 +232,18 @@ class EnsembleFit:
 
 
 def model_fit(
+    cfg: PipelineConfig, make_logger: Callable[[str], Logger | None] | None = None, show_progress: bool = True
+) -> Fit:
+    """The fit of `cfg`: the recipe (recsys.model.recipe) when train.tune is on, which chooses what the
+    config leaves unset; else the config's components as they are (`compose`)."""
+    if cfg.train.tune:
+        from recsys.model.recipe import RecipeFit
+
+        return RecipeFit(cfg, make_logger, show_progress)
+    return compose(cfg, make_logger, show_progress)
+
+
+def compose(
     cfg: PipelineConfig, make_logger: Callable[[str], Logger | None] | None = None, show_progress: bool = True
 ) -> Fit:
     """The components of `cfg` composed into one fit: the towers (one model or an ensemble), wrapped

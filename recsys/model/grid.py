@@ -1,4 +1,5 @@
-"""A hyper-parameter search as data: named ranges, one flat loop over their product, typed results."""
+"""A hyper-parameter search as data: named ranges, one flat loop over their product, typed results,
+and the one rule by which a choice made on validation is kept (`crossfit`)."""
 
 from __future__ import annotations
 
@@ -43,15 +44,61 @@ class Grid:
 
 @dataclass(frozen=True)
 class Trial:
-    """One point of a grid and its validation value."""
+    """One point of a grid and its validation value; `halves`: its values on the two fixed halves of
+    the validation queries (RankingJudge.half), where measured."""
 
     point: dict[str, Any]
     value: float
+    halves: tuple[float, float] | None = None
 
 
-def search(grid: Grid, value_of: Callable[[dict[str, Any]], float]) -> list[Trial]:
-    """Every point of `grid` with its value, in grid order."""
-    return [Trial(point, float(value_of(point))) for point in grid.points()]
+def search(grid: Grid, value_of: Callable[[dict[str, Any]], Any]) -> list[Trial]:
+    """Every point of `grid` with its value, in grid order. `value_of` returns a value, or (value,
+    (first half, second half))."""
+    trials = []
+    for point in grid.points():
+        measured = value_of(point)
+        if isinstance(measured, tuple):
+            value, halves = measured
+            trials.append(Trial(point, float(value), (float(halves[0]), float(halves[1]))))
+        else:
+            trials.append(Trial(point, float(measured)))
+    return trials
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What `crossfit` decided: `kept` (a candidate replaces the incumbent), the out-of-sample `gain`
+    that decided it, and the `winner` (the best candidate on all validation queries when kept, else
+    the incumbent)."""
+
+    kept: bool
+    gain: float
+    winner: Trial
+
+    def reason(self, metric: str = "ndcg@10") -> str:
+        verb = "kept" if self.kept else "not kept"
+        return f"{verb}: picked on each half of the validation users, it changes {metric} on the other half by {self.gain:+.4f} in sum"
+
+
+def crossfit(candidates: list[Trial], incumbent: Trial) -> Verdict:
+    """Keep a candidate over `incumbent` only if picking among them wins on validation users that did
+    not pick it: the pick on the first half is judged on the second and vice versa (a half's pick
+    that does not beat the incumbent there is no change); the candidates win if the sum of those
+    two out-of-sample gains is positive and the best of them also beats the incumbent on all users.
+    So a larger grid cannot win by chance. Every trial needs `halves`."""
+    if not candidates:
+        return Verdict(False, 0.0, incumbent)
+    if incumbent.halves is None or any(t.halves is None for t in candidates):
+        raise ValueError("crossfit: every trial needs its values on both halves")
+    gain = 0.0
+    for pick_on, judge_on in ((0, 1), (1, 0)):
+        pick = max(candidates, key=lambda t: t.halves[pick_on])
+        if pick.halves[pick_on] > incumbent.halves[pick_on]:
+            gain += pick.halves[judge_on] - incumbent.halves[judge_on]
+    top = best(candidates)
+    kept = gain > 0 and top.value > incumbent.value
+    return Verdict(kept, gain, top if kept else incumbent)
 
 
 def best(trials: list[Trial]) -> Trial:

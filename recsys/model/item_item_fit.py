@@ -2,8 +2,9 @@
 
 It fits the towers it wraps (one model or an ensemble), then searches the block's pair window, ridge,
 history decay, content-map ridge (model.item_item_new_items=content) and weight on the validation
-queries, as one flat loop over a `Grid`; the towers are not changed. The block is kept only if it
-raises validation (on cold validation items it has no rows, so without a content map it never does).
+queries, as one flat loop over a `Grid`; the towers are not changed. The block is kept only if the
+search wins on validation users that did not pick its point (`crossfit`: on cold validation items it
+has no rows, so without a content map it never does).
 Without validation each range's first value is used. The math is in recsys.model.item_item.
 """
 
@@ -21,7 +22,7 @@ from recsys.config import PipelineConfig
 from recsys.data.histories import times_of
 from recsys.encoders.features import ItemFeatures
 from recsys.model.fitting import Fit, TrainingData, TrainResult, validation_score
-from recsys.model.grid import Grid, Trial, best, search
+from recsys.model.grid import Grid, Trial, best, crossfit, search
 from recsys.model.item_item import GramSpectrum, block_user_vectors, fit_content_map
 from recsys.model.two_tower import ItemItemBlend, ModelScorer
 
@@ -79,8 +80,10 @@ class BlockSearch:
         block_scores, spread = self.block_scores(point["pair_window"], point["l2"], point["decay"], point["content_l2"])
         return self.tower_scores + point["weight"] * spread * block_scores
 
-    def value(self, point: dict[str, Any]) -> float:
-        return self.data.valid.value(self.scores(point), self.metric)
+    def value(self, point: dict[str, Any]) -> tuple[float, tuple[float, float]]:
+        """The point's validation value, and its values on the two halves of the queries."""
+        value, first, second = self.data.valid.value_halves(self.scores(point), self.metric)
+        return value, (first, second)
 
 
 class ItemItemFit:
@@ -115,10 +118,15 @@ class ItemItemFit:
         design = model.content_design(model.feature_tensors(features)).numpy() if model.predicts_new_items else None
         block = BlockSearch(data, design, histories, tower_scores, self.cfg)
         grid = self.grid(histories, model.predicts_new_items)
-        trials = search(grid, block.value) if data.valid is not None else [Trial(grid.first(), float("nan"))]
-        chosen = best(trials) if data.valid is not None else trials[0]
-        towers_valid = data.valid.value(tower_scores, self.cfg.train.valid_metric) if data.valid is not None else float("nan")
-        picked = self._install(model, block, chosen, towers_valid)
+        if data.valid is not None:
+            trials = search(grid, block.value)
+            towers_valid, *halves = data.valid.value_halves(tower_scores, self.cfg.train.valid_metric)
+            verdict = crossfit(trials, Trial({}, towers_valid, tuple(halves)))
+            chosen, keep, gain = best(trials), verdict.kept, verdict.gain
+        else:
+            trials, towers_valid, keep, gain = [Trial(grid.first(), float("nan"))], float("nan"), True, float("nan")
+            chosen = trials[0]
+        picked = self._install(model, block, chosen, towers_valid, keep, gain)
         blended = validation_score(model, features, data.valid, self.cfg.train.valid_metric) if data.valid is not None else towers.best_metric
         self._log(len(trials), time.perf_counter() - started, blended, picked)
         return dataclasses.replace(
@@ -126,17 +134,17 @@ class ItemItemFit:
             train_seconds=towers.train_seconds + (time.perf_counter() - started),
         )
 
-    def _install(self, model: ItemItemBlend, block: BlockSearch, chosen: Trial, towers_valid: float) -> dict:
-        """Set the chosen block in the model (weight 0 when it does not beat the towers); the picks."""
+    def _install(self, model: ItemItemBlend, block: BlockSearch, chosen: Trial, towers_valid: float, keep: bool, gain: float) -> dict:
+        """Set the chosen block in the model (weight 0 when it is not kept); the picks."""
         point = chosen.point
-        keep = np.isnan(towers_valid) or chosen.value > towers_valid
         q, s, maps = block.factors(point["pair_window"], point["l2"])
         spread = block.user_side(point["pair_window"], point["l2"], point["decay"])[2]
         weight = point["weight"] * spread if keep else 0.0
         rows = block.seen_rows
         model.set_block(q[rows], s[rows], weight, point["decay"], maps[point["content_l2"]][0])
         picked = {"pair_window": point["pair_window"], "l2": point["l2"], "decay": point["decay"],
-                  "weight_relative": point["weight"], "weight": weight, "kept": keep, "towers_valid": towers_valid}
+                  "weight_relative": point["weight"], "weight": weight, "kept": keep, "towers_valid": towers_valid,
+                  "crossfit_gain": gain}
         return picked if point["content_l2"] is None else {**picked, "content_l2": point["content_l2"]}
 
     def _log(self, n_tried: int, seconds: float, blended: float, picked: dict) -> None:
@@ -146,5 +154,5 @@ class ItemItemFit:
             self.cfg.model.item_item_rank, n_tried, seconds, self.cfg.train.valid_metric, blended, picked["pair_window"],
             picked["l2"], picked["decay"], picked["weight_relative"],
             f", new items from content with ridge {picked['content_l2']:g}" if "content_l2" in picked else "",
-            picked["towers_valid"], "" if picked["kept"] else ": not kept (weight 0)",
+            picked["towers_valid"], "" if picked["kept"] else f": not kept (weight 0; out-of-sample gain {picked['crossfit_gain']:+.4f})",
         )

@@ -111,6 +111,11 @@ class TwoTowerModule(pl.LightningModule):
             self.model.load_state_dict(self._live)
             self._live = None
 
+    def on_train_end(self) -> None:
+        # Without validation (a refit for a fixed number of epochs) the model keeps the average too.
+        if self._ema is not None and self.validate is None:
+            self.model.load_state_dict(self._ema)
+
     # ----- training -----
     def configure_optimizers(self):
         return torch.optim.AdamW(self.model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)

@@ -7,6 +7,7 @@ queries and how they are ranked) and hands it to the components the config compo
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import numpy as np
@@ -20,7 +21,7 @@ from recsys.eval.protocol import RankingJudge, metric_cutoff, queries_from
 from recsys.model.fitting import TrainingData, TrainResult, model_fit, validation_score
 
 __all__ = ["TrainResult", "TrainingData", "fit_two_tower", "item_index_of", "item_rows", "prepare_training_data",
-           "repeat_seeds", "validation_baselines", "validation_score"]
+           "refit_on_everything", "repeat_seeds", "validation_baselines", "validation_score"]
 
 
 def item_index_of(item_ids: np.ndarray) -> dict:
@@ -37,8 +38,14 @@ def item_rows(item_ids: np.ndarray | None, item_index: dict) -> np.ndarray | Non
 
 def repeat_seeds(cfg: PipelineConfig, n: int) -> list[int]:
     """train.seed of n independent repeats of a fit (benchmarks' model seeds). An ensemble's members
-    take train.seed .. train.seed + K - 1, so repeats step by K and never share a member."""
-    return [cfg.train.seed + i * cfg.model.ensemble_size for i in range(n)]
+    take train.seed .. train.seed + K - 1, so repeats step by K (the recipe's largest K when it
+    chooses the ensemble) and never share a member."""
+    from recsys.model.recipe import ENSEMBLE_LIMIT
+
+    step = cfg.model.ensemble_size
+    if cfg.train.tune and "model.ensemble_size" not in cfg.model.model_fields_set:
+        step = max(step, ENSEMBLE_LIMIT)
+    return [cfg.train.seed + i * step for i in range(n)]
 
 
 def prepare_training_data(
@@ -78,6 +85,8 @@ def fit_two_tower(
     """
     data = prepare_training_data(features, train, valid, cfg, valid_candidates)
     result = model_fit(cfg, make_logger, show_progress).fit(features, data)
+    if result.config is None:
+        result.config = cfg
     if data.valid is not None:
         result.baselines = validation_baselines(features, data, cfg.train.valid_metric)
     return result
@@ -93,3 +102,48 @@ def validation_baselines(features: ItemFeatures, data: TrainingData, metric: str
     if features.text is not None or features.image is not None:
         scorers.append(ContentKNNScorer(frozen_content_embeddings(features)))
     return {scorer.name: data.valid.evaluate(scorer, (metric_cutoff(metric),))[metric] for scorer in scorers}
+
+
+def refit_on_everything(
+    features: ItemFeatures, interactions: pl.DataFrame, chosen: TrainResult, *,
+    make_logger: Callable[[str], Logger | None] | None = None, show_progress: bool = True,
+) -> TrainResult:
+    """The chosen model trained again on every interaction (`interactions` with `pos`), so the served
+    model has seen each user's latest ones: the same settings (`chosen.config`), each member for the
+    epochs validation picked for it, the item-item block at its picked point; no validation."""
+    from recsys.model.fitting import TowersFit
+    from recsys.model.item_item_fit import ItemItemFit
+    from recsys.model.recipe import Fitted, with_values
+    from recsys.model.two_tower import TwoTowerEnsemble
+
+    cfg = chosen.config
+    data = prepare_training_data(features, interactions, interactions.clear(), cfg)
+    # Each member's best epoch (0-based) on validation; a fit that had no validation ran train.epochs.
+    epochs = [e + 1 if e >= 0 else cfg.train.epochs for e in chosen.member_best_epochs or [chosen.best_epoch]]
+    members = []
+    for k, n_epochs in enumerate(epochs):
+        member_cfg = with_values(cfg, {"train.seed": cfg.train.seed + k, "train.epochs": n_epochs})
+        logger_k = make_logger(f"refit{k + 1}" if len(epochs) > 1 else "refit") if make_logger else None
+        members.append(TowersFit(member_cfg, logger_k, show_progress).fit(features, data))
+    towers = members[0]
+    if len(members) > 1:
+        ensemble = TwoTowerEnsemble([m.model for m in members])
+        ensemble.eval()
+        towers = dataclasses.replace(towers, model=ensemble, train_seconds=sum(m.train_seconds for m in members),
+                                     epochs_run=sum(m.epochs_run for m in members))
+    result = towers
+    block = chosen.item_item
+    if cfg.model.item_item == "ease" and block.get("kept"):
+        pinned = with_values(cfg, {
+            "train.item_item_pair_windows": [block["pair_window"]], "train.item_item_l2": [block["l2"]],
+            "train.item_item_decays": [block["decay"]], "train.item_item_weights": [block["weight_relative"]],
+            **({"train.item_item_content_l2": [block["content_l2"]]} if "content_l2" in block else {}),
+        })
+        result = ItemItemFit(Fitted(towers), pinned).fit(features, data)
+    elif cfg.model.item_item == "ease":  # the block did not help on validation: the towers alone
+        cfg = with_values(cfg, {"model.item_item": "none"})
+    return dataclasses.replace(
+        chosen, model=result.model, config=cfg, train_seconds=chosen.train_seconds + result.train_seconds,
+        refit={"interactions": int(data.popularity.sum()), "epochs": epochs,
+               "seconds": round(result.train_seconds, 1)},
+    )

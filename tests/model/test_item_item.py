@@ -149,7 +149,7 @@ def test_without_validation_the_block_takes_the_first_value_of_each_grid(tiny_da
     split = loo_split(interactions, seed=0)
     result = fit_two_tower(tiny_features, split.train, split.valid.head(0), cfg, show_progress=False)
     picked = result.item_item
-    assert picked["kept"] and (picked["l2"], picked["decay"], picked["weight_relative"]) == (20.0, 0.9, 0.25)
+    assert picked["kept"] and (picked["l2"], picked["decay"], picked["weight_relative"]) == (20.0, 0.9, 0.5)
     assert float(result.model.block_decay) == pytest.approx(0.9) and picked["weight"] > 0
 
 

@@ -59,7 +59,7 @@ def tiny_config(tmp: Path, seed: int):
         {
             "encoders": {"image": {"enabled": False}, "cache_dir": str(tmp / "features")},
             "model": {"modalities": ["text", "categories"], "dim": 32, "head_hidden": 64},
-            "train": {"epochs": 1, "batch_size": 256, "num_uniform_negatives": 64, "seed": seed, "patience": 1},
+            "train": {"epochs": 1, "batch_size": 256, "num_uniform_negatives": 64, "seed": seed, "patience": 1, "tune": False},
             "tracking": {"enabled": False},
             "output_dir": str(tmp / "run"),
         }

@@ -1,0 +1,312 @@
+"""The default recipe: every model choice a config leaves unset, made on the data it is given.
+
+Cheap choices follow the data's shape (`DataShape`: does the log have a time order, how large is the
+catalog, which content do the items carry). Expensive ones are tried on validation, one stage at a
+time, each candidate a full fit compared with the incumbent and kept only if it wins on validation
+users that did not pick it (`recsys.model.grid.crossfit`), while `train.budget_minutes` lasts: which
+content modalities feed the item tower, the identity residual, the vector width, the ensemble size;
+the item-item block then runs its own cross-fitted search (recsys.model.item_item_fit).
+
+A field the config sets (`pinned_fields`: YAML or `--set`) is never changed. Every choice and its reason
+lands in `TrainResult.choices` (bundle metadata, the MLflow run, the log), and `TrainResult.config` is the
+resolved config the bundle is saved and served with.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from pytorch_lightning.loggers import Logger
+
+from recsys.config import PipelineConfig
+from recsys.data.histories import times_of
+from recsys.encoders.features import ItemFeatures
+from recsys.model.fitting import TowersFit, TrainingData, TrainResult, compose, validation_trial
+from recsys.model.grid import Trial, crossfit
+from recsys.model.modalities import MODALITIES, feature_widths
+from recsys.model.two_tower import TwoTowerEnsemble
+
+logger = logging.getLogger(__name__)
+
+ENSEMBLE_LIMIT = 3  # members the recipe may train; each must win its place on validation
+# Modalities the recipe tries without, in this order. Posters first: they are the modality most likely
+# to let the item tower memorise warm items instead of learning what transfers to new ones.
+DROP_ORDER = ("image", "text", "categories")
+WIDER = {"model.dim": 128, "model.head_hidden": 512, "model.item_scale": True, "model.user_scale": True}
+
+
+@dataclass
+class Choice:
+    """One setting of the resolved config and why it has its value."""
+
+    key: str  # dotted config field ("model.user_pooling"), or "recipe.<what>" for a decision of the recipe
+    value: Any
+    reason: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"key": self.key, "value": self.value, "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class DataShape:
+    """What the cheap choices read, measured on the training data."""
+
+    n_items: int
+    n_known_items: int  # items with at least one training interaction
+    n_users: int
+    n_interactions: int
+    ordered_share: float  # share of training histories (2+ items) whose timestamps take 2+ values
+    modalities: tuple[str, ...]  # the registered modalities the features carry
+
+    @property
+    def ordered(self) -> bool:
+        """The log has a usable time order (most histories are not a single moment)."""
+        return self.ordered_share >= 0.5
+
+    @classmethod
+    def of(cls, features: ItemFeatures, data: TrainingData) -> "DataShape":
+        times = times_of(data.sequences) or []
+        multi = [t for t in times if len(t) > 1]
+        ordered = sum(np.unique(t).size > 1 for t in multi) / len(multi) if multi else 0.0
+        widths = feature_widths(features)
+        return cls(
+            n_items=len(data.index), n_known_items=int((data.popularity > 0).sum()), n_users=len(data.sequences),
+            n_interactions=int(data.popularity.sum()), ordered_share=float(ordered),
+            modalities=tuple(name for name in MODALITIES if widths.get(name)),
+        )
+
+    def describe(self) -> str:
+        return (f"{self.n_users} users, {self.n_interactions} interactions, {self.n_known_items} of {self.n_items} items "
+                f"interacted with, {self.ordered_share:.0%} of histories time-ordered, content: {', '.join(self.modalities) or 'none'}")
+
+
+def pinned_fields(cfg: PipelineConfig) -> set[str]:
+    """The model.* and train.* fields the config sets itself (YAML or --set): the recipe leaves them."""
+    return {f"{section}.{name}" for section in ("model", "train") for name in getattr(cfg, section).model_fields_set}
+
+
+def with_values(cfg: PipelineConfig, values: dict[str, Any]) -> PipelineConfig:
+    """`cfg` with dotted fields replaced (the sections' set-field records are kept)."""
+    out = cfg
+    for dotted, value in values.items():
+        section, name = dotted.split(".")
+        out = out.model_copy(update={section: getattr(out, section).model_copy(update={name: value})})
+    return out
+
+
+def rank_for(n_known_items: int) -> int:
+    """The item-item block's rank: about a third of the known items as a power of two, 32 to 1024."""
+    if n_known_items <= 32:
+        return n_known_items
+    return int(min(1024, max(32, 2 ** round(math.log2(n_known_items / 3)))))
+
+
+def shape_rules(shape: DataShape, cfg: PipelineConfig) -> list[tuple[dict[str, Any], str]]:
+    """The cheap choices: (values, reason) from the data's shape alone."""
+    rules: list[tuple[dict[str, Any], str]] = [
+        ({"model.modalities": list(shape.modalities)}, "the content the catalog carries; validation may drop some below"),
+    ]
+    if shape.ordered:
+        rules.append(({
+            "model.user_pooling": "attention", "train.objective": "next_item", "model.max_history": 50,
+            "train.item_item_pair_windows": [0.0, 50.0, 20.0],
+            "train.item_item_decays": [1.0, 0.9, 0.85, 0.8, 0.75, 0.7, 0.6, 0.5],
+        }, f"{shape.ordered_share:.0%} of histories are time-ordered: attention over the last 50 items predicts each "
+           "next item; the item-item block tries order windows and recency decays"))
+    else:
+        rules.append(({
+            "model.user_pooling": "mean", "train.objective": "all_but_one", "train.targets_per_window": 32,
+            "model.max_history": 200, "train.item_item_pair_windows": [0.0], "train.item_item_decays": [1.0],
+            "train.lr": 1e-3, "train.ema_decay": 0.99, "train.patience": 8, "train.valid_max_users": None,
+        }, f"only {shape.ordered_share:.0%} of histories are time-ordered: a history is a set (mean of up to 200 "
+           "items, each predicted from the others); the slower, averaged training that sets need"))
+    ease_fits = 2 <= shape.n_known_items <= cfg.train.ease_max_items
+    if ease_fits:
+        rules.append(({"model.item_item": "ease", "model.item_item_rank": rank_for(shape.n_known_items)},
+                      f"{shape.n_known_items} known items fit a closed-form EASE block (train.ease_max_items "
+                      f"{cfg.train.ease_max_items}); its weight is searched on validation and it is dropped if it does not help"))
+        if not shape.ordered:
+            rules.append(({"train.teacher": "ease", "train.teacher_temperature": 0.05},
+                          "without a time order the towers also learn EASE's item-item ranking (distillation)"))
+        if {"text", "categories"} & set(shape.modalities):
+            rules.append(({"model.item_item_new_items": "content"},
+                          "new items get the block's item side from their text and categories"))
+    else:
+        rules.append(({"model.item_item": "none"}, f"{shape.n_known_items} known items: too many for EASE (train.ease_max_items)"))
+    return rules
+
+
+@dataclass
+class Budget:
+    """Wall time the validation stages may use; a stage runs only if a typical fit still fits."""
+
+    seconds: float
+    started: float = field(default_factory=time.perf_counter)
+    fits: list[float] = field(default_factory=list)
+
+    def left(self) -> float:
+        return self.seconds - (time.perf_counter() - self.started)
+
+    def allows_a_fit(self, reserved: int = 0) -> bool:
+        """A typical fit still fits, with `reserved` more kept for later stages."""
+        return not self.fits or self.left() >= max(self.fits) * (1 + reserved)
+
+    def why_not(self, reserved: int = 0) -> str:
+        kept = f", {reserved} more kept for the ensemble" if reserved else ""
+        return f"budget: {max(self.left(), 0) / 60:.1f} of {self.seconds / 60:.0f} minutes left, a fit takes {max(self.fits) / 60:.1f}{kept}"
+
+
+class RecipeFit:
+    """The fit `recsys train` runs by default (train.tune): the recipe's choices, then the model they
+    make, returned with `config` (resolved) and `choices` set."""
+
+    def __init__(self, cfg: PipelineConfig, make_logger: Callable[[str], Logger | None] | None = None, show_progress: bool = True):
+        self.cfg, self.make_logger, self.show_progress = cfg, make_logger, show_progress
+        self.pinned = pinned_fields(cfg)
+        self.choices: list[Choice] = []
+        self.n_fits = 0
+
+    # ----- decisions -----
+    def decide(self, cfg: PipelineConfig, values: dict[str, Any], reason: str) -> PipelineConfig:
+        """Apply the values the config does not pin; record each (a pinned one as pinned)."""
+        free = {key: value for key, value in values.items() if key not in self.pinned}
+        for key in values:
+            if key in self.pinned:
+                self.choices.append(Choice(key, _value_of(cfg, key), "pinned by the config"))
+        for key, value in free.items():
+            self.choices.append(Choice(key, value, reason))
+        return with_values(cfg, free)
+
+    def _fit_towers(self, cfg: PipelineConfig, features: ItemFeatures, data: TrainingData, budget: Budget, label: str) -> tuple[TrainResult, Trial]:
+        self.n_fits += 1
+        lightning_logger = self.make_logger(label) if self.make_logger else None
+        started = time.perf_counter()
+        result = TowersFit(cfg, lightning_logger, self.show_progress).fit(features, data)
+        budget.fits.append(time.perf_counter() - started)
+        trial = validation_trial(result.model, features, data.valid, cfg.train.valid_metric)
+        logger.info("recipe: %s: valid %s=%.4f (halves %.4f / %.4f) in %.0fs", label, cfg.train.valid_metric, trial.value,
+                    *trial.halves, budget.fits[-1])
+        return result, trial
+
+    def _stages(self, cfg: PipelineConfig, shape: DataShape) -> list[tuple[str, dict[str, Any]]]:
+        """(name, values) of each candidate tried against the incumbent, in order: the likeliest gains
+        first, since the budget may stop the list."""
+        drops = [] if "model.modalities" in self.pinned else [
+            (f"without {name}", {"_drop": name}) for name in DROP_ORDER
+        ]
+        stages = drops[:1]
+        if "model.item_id_embedding" not in self.pinned and shape.n_known_items:
+            stages.append(("identity residual", {"model.item_id_embedding": True}))
+        wider = {key: value for key, value in WIDER.items() if key not in self.pinned}
+        if wider:
+            stages.append(("wider towers", wider))
+        return stages + drops[1:]
+
+    # ----- the fit -----
+    def fit(self, features: ItemFeatures, data: TrainingData) -> TrainResult:
+        shape = DataShape.of(features, data)
+        logger.info("recipe: the data: %s", shape.describe())
+        cfg = self.cfg
+        for values, reason in shape_rules(shape, cfg):
+            cfg = self.decide(cfg, values, reason)
+        if data.valid is None:  # nothing to choose on: the shape's choices and the config's defaults
+            self.choices.append(Choice("recipe.validation", None, "no validation queries: nothing is tried"))
+            result = compose(cfg, self.make_logger, self.show_progress).fit(features, data)
+            return self._finish(result, cfg, data)
+        budget = Budget(cfg.train.budget_minutes * 60)
+        result, trial = self._fit_towers(cfg, features, data, budget, "recipe-base")
+        for name, values in self._stages(cfg, shape):
+            if "_drop" in values:
+                current = list(cfg.model.modalities)
+                if values["_drop"] not in current or len(current) < 2:
+                    continue
+                values = {"model.modalities": [m for m in current if m != values["_drop"]]}
+            # The ensemble's members usually add more than a further trial: their fits are kept in reserve.
+            reserved = 0 if "model.ensemble_size" in self.pinned else ENSEMBLE_LIMIT - 1
+            if not budget.allows_a_fit(reserved):
+                self.choices.append(Choice(f"recipe.{name}", None, f"not tried: {budget.why_not(reserved)}"))
+                continue
+            candidate_cfg = with_values(cfg, values)
+            candidate, candidate_trial = self._fit_towers(candidate_cfg, features, data, budget, f"recipe-{name.replace(' ', '-')}")
+            verdict = crossfit([candidate_trial], trial)
+            logger.info("recipe: %s %s (%.4f vs %.4f)", name, verdict.reason(cfg.train.valid_metric), candidate_trial.value, trial.value)
+            if verdict.kept:
+                cfg = self.decide(cfg, values, f"{name}: {verdict.reason(cfg.train.valid_metric)}")
+                result, trial = candidate, candidate_trial
+            else:
+                self.choices.append(Choice(f"recipe.{name}", False, verdict.reason(cfg.train.valid_metric)))
+        result, cfg = self._ensemble(cfg, features, data, budget, result, trial)
+        if cfg.model.item_item == "ease":
+            from recsys.model.item_item_fit import ItemItemFit
+
+            result = ItemItemFit(Fitted(result), cfg).fit(features, data)
+            self.choices.append(Choice("recipe.item_item_block", bool(result.item_item.get("kept")),
+                                       f"kept only if its search wins on held-out validation users (out-of-sample gain {result.item_item.get('crossfit_gain', float('nan')):+.4f})"))
+        return self._finish(result, cfg, data)
+
+    def _ensemble(self, cfg: PipelineConfig, features: ItemFeatures, data: TrainingData, budget: Budget,
+                  first: TrainResult, first_trial: Trial) -> tuple[TrainResult, PipelineConfig]:
+        """Members with seeds train.seed + 1, ... beside the first, each kept only if the larger
+        ensemble wins on held-out validation users (or up to a pinned model.ensemble_size)."""
+        pinned = "model.ensemble_size" in self.pinned
+        target = cfg.model.ensemble_size if pinned else ENSEMBLE_LIMIT
+        members, trial = [first], first_trial
+        while len(members) < target:
+            if not pinned and not budget.allows_a_fit():
+                self.choices.append(Choice("recipe.ensemble_member", len(members) + 1, f"not tried: {budget.why_not()}"))
+                break
+            member_cfg = with_values(cfg, {"train.seed": cfg.train.seed + len(members)})
+            member, _ = self._fit_towers(member_cfg, features, data, budget, f"member{len(members) + 1}")
+            ensemble = TwoTowerEnsemble([m.model for m in members + [member]])
+            ensemble.eval()
+            ensemble_trial = validation_trial(ensemble, features, data.valid, cfg.train.valid_metric)
+            verdict = crossfit([ensemble_trial], trial)
+            logger.info("recipe: ensemble of %d %s (%.4f vs %.4f)", len(members) + 1, verdict.reason(), ensemble_trial.value, trial.value)
+            if not (verdict.kept or pinned):
+                self.choices.append(Choice("recipe.ensemble_member", len(members) + 1, verdict.reason(cfg.train.valid_metric)))
+                break
+            members.append(member)
+            trial = ensemble_trial
+        if not pinned:
+            cfg = self.decide(cfg, {"model.ensemble_size": len(members)},
+                              f"members kept while a larger ensemble won on held-out validation users (at most {ENSEMBLE_LIMIT})")
+        if len(members) == 1:
+            return first, cfg
+        model = TwoTowerEnsemble([m.model for m in members])
+        model.eval()
+        epochs = [m.best_epoch for m in members]
+        return dataclasses.replace(
+            first, model=model, best_metric=trial.value, best_epoch=int(round(float(np.mean(epochs)))),
+            epochs_run=sum(m.epochs_run for m in members), train_seconds=sum(m.train_seconds for m in members),
+            history=[{"member": k, **entry} for k, m in enumerate(members, start=1) for entry in m.history],
+            member_best_epochs=epochs,
+        ), cfg
+
+    def _finish(self, result: TrainResult, cfg: PipelineConfig, data: TrainingData) -> TrainResult:
+        resolved = with_values(cfg, {"train.tune": False})
+        for choice in self.choices:
+            logger.info("recipe: %s = %r (%s)", choice.key, choice.value, choice.reason)
+        return dataclasses.replace(result, config=resolved, choices=[c.as_dict() for c in self.choices],
+                                   recipe_fits=self.n_fits)
+
+
+@dataclass
+class Fitted:
+    """A fit already done (the recipe's chosen towers), for a wrapper that fits around it."""
+
+    result: TrainResult
+
+    def fit(self, features: ItemFeatures, data: TrainingData) -> TrainResult:
+        return self.result
+
+
+def _value_of(cfg: PipelineConfig, dotted: str) -> Any:
+    section, name = dotted.split(".")
+    return getattr(getattr(cfg, section), name)

@@ -1,0 +1,126 @@
+"""The default recipe (recsys.model.recipe): its choices follow the data, each one is recorded, a
+pinned field is never changed, and a candidate is kept only when it wins on held-out validation users.
+
+The modality tests use a synthetic catalog whose content is built to carry (or not carry) the signal:
+users each like one of 8 clusters of items, and a modality's vectors either encode the cluster or are
+noise. Everything but the modalities is pinned, so each test runs a handful of small fits. The modality
+choice is judged as the cold protocol judges it (new items ranked from their content): on warm items,
+noise vectors act as item identities and can help a little, which is why the recipe's choice follows
+the validation it is given.)"""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+
+from recsys.data.splits import loo_split, make_split
+from recsys.encoders.features import ItemFeatures
+from recsys.model.grid import Trial, crossfit
+from recsys.model.recipe import DataShape, pinned_fields, rank_for, shape_rules
+from recsys.model.train import fit_two_tower, item_index_of, item_rows, prepare_training_data
+
+N_ITEMS, N_CLUSTERS, N_USERS, PER_USER = 160, 8, 320, 12
+PIN_ALL_BUT_MODALITIES = {
+    "model.item_id_embedding": False, "model.dim": 16, "model.head_hidden": 0, "model.item_scale": False,
+    "model.user_scale": False, "model.ensemble_size": 1, "model.item_item": "none",
+    "train.epochs": 6, "train.patience": 3, "train.batch_size": 64, "train.lr": 0.01,
+}
+
+
+def _synthetic(image_signal: bool, timestamps: bool = True) -> tuple[ItemFeatures, pl.DataFrame]:
+    rng = np.random.default_rng(0)
+    cluster = np.arange(N_ITEMS) % N_CLUSTERS
+    centroids = rng.standard_normal((N_CLUSTERS, 16))
+    signal = (centroids[cluster] + 0.7 * rng.standard_normal((N_ITEMS, 16))).astype(np.float32)
+    noise = rng.standard_normal((N_ITEMS, 64)).astype(np.float32)
+    ones = np.ones(N_ITEMS, bool)
+    features = ItemFeatures(
+        item_ids=np.arange(N_ITEMS), text=noise if image_signal else signal, text_mask=ones,
+        image=signal if image_signal else noise, image_mask=ones,
+        categories=np.zeros((N_ITEMS, 0), np.float32), category_vocab=[],
+    )
+    rows = []
+    for user in range(N_USERS):
+        liked = np.flatnonzero(cluster == user % N_CLUSTERS)
+        for t, item in enumerate(rng.choice(liked, size=PER_USER, replace=False)):
+            rows.append((user, int(item), t * 60 if timestamps else 0, 1.0))
+    interactions = pl.DataFrame(
+        rows, schema={"user_id": pl.Int64, "item_id": pl.Int64, "timestamp": pl.Int64, "weight": pl.Float32}, orient="row"
+    )
+    return features, interactions
+
+
+def _recipe_fit(make_config, tmp_path, features, interactions, protocol="loo", **pins):
+    """The recipe on a protocol's split, validating as that protocol does (cold: held-out items ranked
+    among themselves, where content is all a model has)."""
+    cfg = make_config(tmp_path, **{"train.tune": True, "encoders.image.enabled": True, **PIN_ALL_BUT_MODALITIES, **pins})
+    split = make_split(protocol, interactions, features.item_ids, cfg.eval)
+    index = item_index_of(np.asarray(features.item_ids))
+    return fit_two_tower(features, split.train, split.valid, cfg, show_progress=False,
+                         valid_candidates=item_rows(split.meta.get("valid_candidate_items"), index))
+
+
+def _choice(result, key):
+    values = [c["value"] for c in result.choices if c["key"] == key]
+    return values[-1] if values else None
+
+
+@pytest.mark.parametrize("image_signal", [True, False], ids=["images-carry-the-signal", "images-are-noise"])
+def test_image_branch_kept_only_when_images_carry_the_signal(make_config, tmp_path, image_signal):
+    features, interactions = _synthetic(image_signal)
+    result = _recipe_fit(make_config, tmp_path, features, interactions, protocol="cold")
+    modalities = result.config.model.modalities
+    assert ("image" in modalities) == image_signal, (modalities, result.choices)
+    assert ("text" in modalities) != image_signal, (modalities, result.choices)  # the noisy one goes
+    # every choice comes with its reason, and the pinned fields kept the config's values
+    assert all(c["reason"] for c in result.choices)
+    assert result.config.model.dim == 16 and result.config.model.ensemble_size == 1
+    assert not result.config.train.tune  # the resolved config is used as it is when reloaded
+
+
+def test_a_log_without_timestamps_gets_mean_pooling(make_config, tmp_path):
+    features, interactions = _synthetic(image_signal=False, timestamps=False)
+    result = _recipe_fit(make_config, tmp_path, features, interactions, **{"model.modalities": ["text"]})
+    assert result.config.model.user_pooling == "mean"
+    assert result.config.train.objective == "all_but_one"
+    assert _choice(result, "model.modalities") == ["text"]  # pinned: recorded as pinned, not tried
+    assert [c["reason"] for c in result.choices if c["key"] == "model.modalities"] == ["pinned by the config"]
+    assert result.recipe_fits == 1  # nothing left to try: the one fit
+
+    ordered = _synthetic(image_signal=False, timestamps=True)
+    data = prepare_training_data(ordered[0], *_train_valid(ordered[1]), make_config(tmp_path))
+    shape = DataShape.of(ordered[0], data)
+    assert shape.ordered and shape.modalities == ("text", "image")
+    rules = dict((k, v) for values, _ in shape_rules(shape, make_config(tmp_path)) for k, v in values.items())
+    assert rules["model.user_pooling"] == "attention" and rules["train.objective"] == "next_item"
+
+
+def _train_valid(interactions):
+    split = loo_split(interactions, seed=0)
+    return split.train, split.valid
+
+
+def test_pinned_fields_are_what_the_config_sets(make_config, tmp_path):
+    cfg = make_config(tmp_path, **{"model.user_pooling": "attention"})
+    assert {"model.user_pooling", "model.dim", "train.epochs", "train.tune"} <= pinned_fields(cfg)
+    assert "model.modalities" not in pinned_fields(cfg) and "train.objective" not in pinned_fields(cfg)
+
+
+def test_rank_for_catalog_sizes():
+    assert rank_for(10) == 10
+    assert rank_for(1682) == 512 and rank_for(3706) == 1024 and rank_for(200_000) == 1024
+
+
+def test_crossfit_keeps_only_what_wins_on_the_other_half():
+    incumbent = Trial({}, 0.50, (0.50, 0.50))
+    assert crossfit([Trial({"x": 1}, 0.55, (0.56, 0.54))], incumbent).kept
+    # wins big on one half, loses on the other: picked on the first, judged on the second it loses
+    lucky = Trial({"x": 2}, 0.51, (0.60, 0.42))
+    verdict = crossfit([lucky], incumbent)
+    assert not verdict.kept and verdict.winner is incumbent and verdict.gain < 0
+    # a larger grid of noise: each half's pick is a different point, each loses on the other half
+    noise = [Trial({"x": i}, 0.5, (0.5 + d, 0.5 - d)) for i, d in enumerate([0.05, -0.05, 0.02])]
+    assert not crossfit(noise, incumbent).kept
+    with pytest.raises(ValueError, match="halves"):
+        crossfit([Trial({}, 0.5)], incumbent)
