@@ -199,6 +199,14 @@ class TrainConfig(_Section):
         description="model.item_item_new_items=content: ridge values of the content map tried on validation "
         "(the first is kept when validation has no new items to tell them apart).",
     )
+    item_item_popularity_weights: list[float] = Field(
+        default_factory=lambda: [0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0],
+        description="model.item_item: weights of a popularity prior (log of each known item's training count) added "
+        "to the blend's scores, tried on validation after the block's point, in units of the blend's score spread "
+        "over the prior's; 0 (the first) is kept unless a weight wins on held-out validation users; and when the "
+        "blend is below popularity itself on validation, popularity ranks and the blend only orders items of equal "
+        "count (a small or sparse catalog is never served worse than popularity).",
+    )
     ease_max_items: int = Field(
         default=20_000, ge=1,
         description="Refuse EASE (model.item_item, train.teacher) above this catalog size: it needs an n x n "
@@ -315,6 +323,7 @@ class PipelineConfig(_Section):
             ("train.item_item_decays", t.item_item_decays, lambda v: 0 < v <= 1, "in (0, 1]"),
             ("train.item_item_weights", t.item_item_weights, lambda v: v > 0, "> 0"),
             ("train.item_item_content_l2", t.item_item_content_l2, lambda v: v > 0, "> 0"),
+            ("train.item_item_popularity_weights", t.item_item_popularity_weights, lambda v: v >= 0, ">= 0"),
         ):
             if not values or not all(ok(v) for v in values):
                 raise ValueError(f"{name} must be a non-empty list of values {rule}, got {values}")

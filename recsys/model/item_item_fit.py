@@ -27,6 +27,7 @@ from recsys.model.item_item import GramSpectrum, block_user_vectors, fit_content
 from recsys.model.two_tower import ItemItemBlend, ModelScorer
 
 logger = logging.getLogger(__name__)
+POPULARITY_FLOOR = 1000.0  # a prior weight (x spread) at which popularity decides the ranking
 
 
 class BlockSearch:
@@ -89,8 +90,9 @@ class BlockSearch:
 class ItemItemFit:
     """The wrapped towers' fit, then the block's (model.item_item=ease)."""
 
-    def __init__(self, towers: Fit, cfg: PipelineConfig):
-        self.towers, self.cfg = towers, cfg
+    def __init__(self, towers: Fit, cfg: PipelineConfig, keep_block: bool | None = None):
+        """`keep_block`: without validation (a refit), whether the block was kept when it was chosen."""
+        self.towers, self.cfg, self.keep_block = towers, cfg, keep_block
 
     def grid(self, histories: list, predicts_new_items: bool) -> Grid:
         train = self.cfg.train
@@ -124,9 +126,11 @@ class ItemItemFit:
             verdict = crossfit(trials, Trial({}, towers_valid, tuple(halves)))
             chosen, keep, gain = best(trials), verdict.kept, verdict.gain
         else:
-            trials, towers_valid, keep, gain = [Trial(grid.first(), float("nan"))], float("nan"), True, float("nan")
+            keep = True if self.keep_block is None else self.keep_block
+            trials, towers_valid, gain = [Trial(grid.first(), float("nan"))], float("nan"), float("nan")
             chosen = trials[0]
         picked = self._install(model, block, chosen, towers_valid, keep, gain)
+        picked.update(self._popularity_prior(model, block, block.scores(chosen.point) if keep else tower_scores, data))
         blended = validation_score(model, features, data.valid, self.cfg.train.valid_metric) if data.valid is not None else towers.best_metric
         self._log(len(trials), time.perf_counter() - started, blended, picked)
         return dataclasses.replace(
@@ -147,6 +151,32 @@ class ItemItemFit:
                   "crossfit_gain": gain}
         return picked if point["content_l2"] is None else {**picked, "content_l2": point["content_l2"]}
 
+    def _popularity_prior(self, model: ItemItemBlend, block: BlockSearch, blended: np.ndarray, data: TrainingData) -> dict:
+        """Search the popularity prior's weight on top of the installed blend (`blended`: its scores of the
+        validation histories); keep a non-zero one only if it wins on held-out validation users."""
+        log_counts = np.log1p(data.popularity).astype(np.float32)
+        log_counts[block.unseen] = 0.0
+        spread = float(blended.std() / max(float(log_counts.std()), 1e-12))
+        weights = tuple(self.cfg.train.item_item_popularity_weights)
+        if data.valid is None:  # a refit: the weight validation picked (the grid's first value)
+            weight, gain = weights[0], float("nan")
+        else:
+            def value(point):
+                total, first, second = data.valid.value_halves(blended + point["weight"] * spread * log_counts, self.cfg.train.valid_metric)
+                return total, (first, second)
+
+            trials = search(Grid({"weight": weights}), value)
+            zero = [t for t in trials if t.point["weight"] == 0.0]
+            incumbent = zero[0] if zero else Trial({"weight": 0.0}, *value({"weight": 0.0}))
+            verdict = crossfit([t for t in trials if t.point["weight"] != 0.0], incumbent)
+            weight, gain = verdict.winner.point["weight"], verdict.gain
+            # The floor: a blend below popularity itself on validation is not shipped; popularity ranks
+            # and the blend only orders items of equal count.
+            if verdict.winner.value < data.valid.value(log_counts[None, :].repeat(len(blended), 0), self.cfg.train.valid_metric):
+                weight = POPULARITY_FLOOR
+        model.set_popularity_prior(weight * spread * log_counts[block.seen_rows])
+        return {"popularity_weight_relative": weight, "popularity_weight": weight * spread, "popularity_gain": gain}
+
     def _log(self, n_tried: int, seconds: float, blended: float, picked: dict) -> None:
         logger.info(
             "item-item block (rank %d, %d combinations in %.1fs): %s=%.4f with the block (pair window %g, l2 %g, "
@@ -156,3 +186,4 @@ class ItemItemFit:
             f", new items from content with ridge {picked['content_l2']:g}" if "content_l2" in picked else "",
             picked["towers_valid"], "" if picked["kept"] else f": not kept (weight 0; out-of-sample gain {picked['crossfit_gain']:+.4f})",
         )
+        logger.info("popularity prior: weight %g x spread (out-of-sample gain %+.4f)", picked["popularity_weight_relative"], picked["popularity_gain"])

@@ -133,14 +133,16 @@ def refit_on_everything(
                                      epochs_run=sum(m.epochs_run for m in members))
     result = towers
     block = chosen.item_item
-    if cfg.model.item_item == "ease" and block.get("kept"):
+    prior = block.get("popularity_weight_relative", 0.0)
+    if cfg.model.item_item == "ease" and (block.get("kept") or prior):
         pinned = with_values(cfg, {
             "train.item_item_pair_windows": [block["pair_window"]], "train.item_item_l2": [block["l2"]],
             "train.item_item_decays": [block["decay"]], "train.item_item_weights": [block["weight_relative"]],
+            "train.item_item_popularity_weights": [prior],
             **({"train.item_item_content_l2": [block["content_l2"]]} if "content_l2" in block else {}),
         })
-        result = ItemItemFit(Fitted(towers), pinned).fit(features, data)
-    elif cfg.model.item_item == "ease":  # the block did not help on validation: the towers alone
+        result = ItemItemFit(Fitted(towers), pinned, keep_block=bool(block.get("kept"))).fit(features, data)
+    elif cfg.model.item_item == "ease":  # neither the block nor the prior helped on validation: the towers alone
         cfg = with_values(cfg, {"model.item_item": "none"})
     return dataclasses.replace(
         chosen, model=result.model, config=cfg, train_seconds=chosen.train_seconds + result.train_seconds,

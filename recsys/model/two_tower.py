@@ -265,6 +265,9 @@ class ItemItemBlend(RetrievalModel):
         self.register_buffer("block_scale", torch.zeros(len(vocab) + 1))
         self.register_buffer("block_weight", torch.zeros(()))
         self.register_buffer("block_decay", torch.ones(()))
+        # A popularity prior: weight * log(1 + training count) added to each known item's bias.
+        self.register_buffer("block_popularity", torch.zeros(len(vocab) + 1))
+        self.register_load_state_dict_pre_hook(_bundles_before_the_prior)
         self.predicts_new_items = self.cfg.item_item_new_items == "content"
         if self.predicts_new_items:
             design_dim = sum(self.widths.get(name) or 0 for name in CONTENT_MAP_MODALITIES) + 1
@@ -288,6 +291,12 @@ class ItemItemBlend(RetrievalModel):
             if tuple(content_map.shape) != tuple(self.block_content_map.shape):
                 raise ValueError(f"content map shape {content_map.shape} != {tuple(self.block_content_map.shape)}")
             self.block_content_map.copy_(torch.as_tensor(content_map, dtype=torch.float32))
+
+    def set_popularity_prior(self, prior: np.ndarray) -> None:
+        """`prior` [len(vocab)]: each known item's added bias (vocabulary order)."""
+        if prior.shape != (len(self.item_id_vocab),):
+            raise ValueError(f"popularity prior shape {prior.shape} != ({len(self.item_id_vocab)},)")
+        self.block_popularity[1:] = torch.as_tensor(prior, dtype=torch.float32)
 
     def content_design(self, features: FeatureTensors) -> torch.Tensor:
         """[n, text width + categories + 1]: what the content map reads (zeros where an item lacks a
@@ -335,7 +344,7 @@ class ItemItemBlend(RetrievalModel):
             item_side = item_side.clone()
             item_side[new] = self.content_design(features.rows(new)) @ self.block_content_map
         block = torch.cat([item_side, self.block_scale[rows].unsqueeze(-1)], dim=-1)
-        return torch.cat([vectors, block.to(vectors.dtype)], dim=-1), bias
+        return torch.cat([vectors, block.to(vectors.dtype)], dim=-1), bias + self.block_popularity[rows].to(bias.dtype)
 
     @torch.inference_mode()
     def encode_histories(
@@ -359,6 +368,13 @@ class ItemItemBlend(RetrievalModel):
         towers = self.base.similarity_queries(vectors[:, :d])
         block = _RowProduct(vectors, d, self.rank)[np.arange(len(vectors))] * float(self.block_weight)
         return np.concatenate([towers, block, np.zeros((len(vectors), 1), np.float32)], axis=1).astype(np.float32)
+
+
+def _bundles_before_the_prior(module, state_dict, prefix, *args) -> None:
+    """A bundle saved before the popularity prior existed loads with none (zeros)."""
+    key = prefix + "block_popularity"
+    if key not in state_dict and prefix + "block_scale" in state_dict:
+        state_dict[key] = torch.zeros_like(state_dict[prefix + "block_scale"])
 
 
 class _RowProduct:

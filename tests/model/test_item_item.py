@@ -210,3 +210,15 @@ def test_without_a_time_order_the_decay_search_is_skipped(tiny_data, tiny_featur
     assert all(np.unique(t).tolist() == [0] for t in judge.queries.histories.times)
     score = validation_score(result.model, tiny_features, judge, "ndcg@10")
     assert score == pytest.approx(result.best_metric, abs=1e-6)
+
+
+def test_a_block_saved_before_the_popularity_prior_loads_without_one(tiny_data, tiny_features, tmp_path, make_config):
+    _, interactions = tiny_data
+    cfg = make_config(tmp_path, **{"model.item_item": "ease", "model.item_item_rank": 8, "train.epochs": 1})
+    split = loo_split(interactions, seed=0)
+    model = fit_two_tower(tiny_features, split.train, split.valid, cfg, show_progress=False).model
+    assert isinstance(model, ItemItemBlend)
+    state = {key: value for key, value in model.state_dict().items() if key != "block_popularity"}
+    fresh = ItemItemBlend(model.base, model.item_id_vocab, model.rank)
+    fresh.load_state_dict(state)  # strict: the missing prior is filled with zeros, nothing else differs
+    assert float(fresh.block_popularity.abs().sum()) == 0.0
