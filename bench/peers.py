@@ -16,13 +16,21 @@ Peers:
   knn_text / knn_image / knn_both
                    content-kNN on the frozen encoders (recsys.eval.baselines.ContentKNNScorer):
                    cosine between the mean history embedding and every item
+  ease             EASE (Steck 2019): closed-form item-item weights on the binary training matrix,
+                   B = -P / diag(P) with P = (X^T X + l2 I)^-1, diag(B) = 0; scores = history @ B
+  ease_content     EASE on the items seen in training, plus a ridge map from item content (frozen
+                   text embedding and genre multi-hot, each L2-normalised, and a bias) to EASE
+                   columns, which gives new items a predicted column (the attribute-to-factor
+                   mapping of Gantner et al. 2010); known items keep their real columns
 
-ID-only models (als, bpr, lightfm_warp) cannot score items without training interactions: those
+ID-only models (als, bpr, lightfm_warp, ease) cannot score items without training interactions: those
 items are scored just below the user's lowest seen-item score, so they rank last and tie among
 themselves (the protocol's random tie order decides) - on the cold protocol that is a random ranking.
-Users unknown to an ID model (never in training) get all-zero factors.
+Users unknown to an ID model (never in training) get all-zero factors (als, bpr, lightfm); ease reads
+only the history given at scoring time.
 
 `implicit` and `lightfm` are optional (the `bench` extra); they are imported when a peer is built.
+ease and ease_content need only numpy, scipy and polars.
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ import numpy as np
 import polars as pl
 import scipy.sparse as sp
 
+from recsys.encoders.base import l2_normalize
 from recsys.encoders.features import ItemFeatures
 from recsys.eval.baselines import ContentKNNScorer, PopularityScorer, frozen_content_embeddings
 
@@ -143,6 +152,77 @@ class FactorScorer:
         if self.seen is not None:
             scores = _rank_unseen_last(scores, self.seen)
         return scores
+
+
+class ItemItemScorer:
+    """score(user, item) = sum over the user's known history items i of weights[i, item] (EASE).
+
+    `known`: the catalog rows of the weight matrix's rows (items seen in training); history items
+    outside it contribute nothing. `seen`: when given, items outside it rank last (`_rank_unseen_last`).
+    """
+
+    def __init__(self, name: str, known: np.ndarray, weights: np.ndarray, seen: np.ndarray | None = None) -> None:
+        self.name = name
+        self.known = np.asarray(known, dtype=np.int64)
+        self.weights = np.asarray(weights, dtype=np.float32)  # [len(known), n_items]
+        self.seen = seen
+
+    def score(self, histories: list[np.ndarray], user_ids: np.ndarray) -> np.ndarray:
+        hist = histories_csr(histories, self.weights.shape[1])[:, self.known]
+        scores = np.asarray(hist @ self.weights, dtype=np.float32)
+        if self.seen is not None:
+            scores = _rank_unseen_last(scores, self.seen)
+        return scores
+
+
+EASE_MAX_ITEMS = 20_000  # a dense float64 Gram matrix of 20,000 items is 3.2 GB
+
+
+def ease_weights(mat: sp.spmatrix, l2: float) -> np.ndarray:
+    """EASE's closed form on a binary user x item matrix: G = X^T X + l2 I, P = G^-1,
+    B = -P / diag(P) (column-wise), diag(B) = 0. float64 [n_items, n_items]."""
+    if l2 <= 0:
+        raise ValueError(f"ease: l2 must be > 0, got {l2}")
+    gram = np.asarray((mat.T @ mat).todense(), dtype=np.float64)
+    gram[np.diag_indices_from(gram)] += l2
+    inverse = np.linalg.inv(gram)
+    weights = inverse / (-np.diag(inverse))[None, :]
+    weights[np.diag_indices_from(weights)] = 0.0
+    return weights
+
+
+def _ease_known(data: PeerData, l2: float, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """(catalog rows of the items seen in training, EASE weights among them [n_known, n_known])."""
+    if data.n_items > EASE_MAX_ITEMS:
+        raise ValueError(
+            f"{name}: the catalog has {data.n_items:,} items; the dense EASE inverse is limited to {EASE_MAX_ITEMS:,}"
+        )
+    _, mat = data.user_items()
+    known = np.flatnonzero(data.seen_items())
+    return known, ease_weights(mat[:, known], l2)
+
+
+def content_design(features: ItemFeatures, item_ids: Sequence[Any]) -> np.ndarray:
+    """float64 [len(item_ids), d]: the frozen text embedding and the category multi-hot, each block
+    L2-normalised per item (so the ridge penalty weighs both alike; zero rows stay zero), and a
+    constant 1 (bias), in the order of `item_ids`."""
+    order = features.positions(list(item_ids))
+    parts = []
+    if features.text is not None:
+        parts.append(l2_normalize(np.asarray(features.text, dtype=np.float32)[order]))
+    if features.categories is not None and np.asarray(features.categories).size:
+        parts.append(l2_normalize(np.asarray(features.categories, dtype=np.float32)[order]))
+    parts.append(np.ones((len(order), 1), dtype=np.float32))
+    return np.concatenate(parts, axis=1).astype(np.float64)
+
+
+def ridge_map(design: np.ndarray, targets: np.ndarray, alpha: float) -> np.ndarray:
+    """W = argmin ||design W - targets||^2 + alpha ||W||^2, the last column of `design` (the bias)
+    unpenalised. float64 [d, n_targets]."""
+    penalty = np.full(design.shape[1], float(alpha))
+    penalty[-1] = 0.0
+    lhs = design.T @ design + np.diag(penalty)
+    return np.linalg.solve(lhs, design.T @ targets)
 
 
 # --------------------------------------------------------------------------- peer builders
@@ -295,6 +375,31 @@ def _knn(modality: str) -> Callable[[PeerData, Mapping[str, Any], int], ContentK
     return fit
 
 
+def fit_ease(data: PeerData, params: Mapping[str, Any], seed: int) -> ItemItemScorer:
+    """EASE (Steck 2019) on the binary training matrix; items without training data rank last."""
+    known, weights = _ease_known(data, float(params.get("l2", 500.0)), "ease")
+    cols = np.zeros((len(known), data.n_items), dtype=np.float32)
+    cols[:, known] = weights
+    return ItemItemScorer("ease", known, cols, seen=data.seen_items())
+
+
+def fit_ease_content(data: PeerData, params: Mapping[str, Any], seed: int) -> ItemItemScorer:
+    """EASE on the known items plus a ridge map from item content to EASE columns for new items
+    (the attribute-to-factor mapping of Gantner et al. 2010, with EASE columns as the factors)."""
+    if data.features is None:
+        raise ValueError("ease_content needs the frozen item features")
+    known, weights = _ease_known(data, float(params.get("l2", 500.0)), "ease_content")
+    design = content_design(data.features, list(data.item_index.keys()))
+    new = np.setdiff1d(np.arange(data.n_items), known)
+    cols = np.zeros((len(known), data.n_items), dtype=np.float32)
+    cols[:, known] = weights
+    if len(new):
+        # one ridge regression per known row i of B: sample = a known item j, target = B[i, j]
+        mapping = ridge_map(design[known], weights.T.astype(np.float64), float(params.get("alpha", 10.0)))
+        cols[:, new] = (design[new] @ mapping).T
+    return ItemItemScorer("ease_content", known, cols)
+
+
 # --------------------------------------------------------------------------- registry
 
 
@@ -336,6 +441,8 @@ PEERS: dict[str, PeerSpec] = {
         PeerSpec("knn_text", _knn("text")),
         PeerSpec("knn_image", _knn("image")),
         PeerSpec("knn_both", _knn("both")),
+        PeerSpec("ease", fit_ease, _grid(l2=[500, 50, 100, 200, 1000, 2000])),
+        PeerSpec("ease_content", fit_ease_content, _grid(l2=[500, 200, 1000], alpha=[10, 1, 100])),
     ]
 }
 
