@@ -1,5 +1,5 @@
-"""The quality benchmark's built-in peers (bench/peers.py) that need only numpy/scipy/polars:
-ease and ease_content. Unlike tests/bench/test_peers.py these run without
+"""The quality benchmark's built-in peers (bench/peers.py) that need only numpy/scipy/torch/polars:
+ease, ease_content and sasrec. Unlike tests/bench/test_peers.py these run without
 the `bench` extra."""
 
 from __future__ import annotations
@@ -22,10 +22,11 @@ if str(repo_root()) not in sys.path:
 from bench.peers import PEERS, PeerData, ease_weights  # noqa: E402
 
 SAMPLE = repo_root() / "data" / "sample"
-BUILTIN = ("ease", "ease_content")
+BUILTIN = ("ease", "ease_content", "sasrec")
 FAST = {  # one small, quick point per peer
     "ease": {"l2": 100},
     "ease_content": {"l2": 100, "alpha": 10},
+    "sasrec": {"epochs": 2, "max_len": 20},
 }
 
 
@@ -74,7 +75,7 @@ def test_builtin_peer_fits_and_scores_real_slice(real_slice, name):
     assert scorer.name == name
 
 
-@pytest.mark.parametrize("name", ["ease"])
+@pytest.mark.parametrize("name", ["ease", "sasrec"])
 def test_id_peers_rank_untrained_items_last(real_slice, name):
     data, train = real_slice
     scorer = PEERS[name].fit(data, FAST[name], 0)
@@ -197,4 +198,38 @@ def test_ease_content_copies_the_column_of_a_known_item_with_the_same_features()
         twin_rank.append(int((corr > corr[known == twin][0]).sum()))
     assert np.mean(twin_corr) > np.mean(block_corr) + 0.15, (np.mean(twin_corr), np.mean(block_corr))
     assert np.mean(np.array(twin_rank) == 0) >= 0.7, twin_rank
+
+
+# --------------------------------------------------------------------------- sasrec
+
+
+def test_sasrec_learns_a_deterministic_successor_pattern():
+    """Item i is always followed by i + 1 (mod n): after a short training the successor of the last
+    history item is ranked first for most users."""
+    n_items, length = 30, 12
+    rng = np.random.default_rng(0)
+    starts = rng.integers(0, n_items, size=200)
+    rows = [(u, int((s + t) % n_items), t) for u, s in enumerate(starts.tolist()) for t in range(length)]
+    train = pl.DataFrame(rows, schema={"user_id": pl.Int64, "item_id": pl.Int64, "pos": pl.Int64}, orient="row")
+    data = PeerData(train.sample(fraction=1.0, shuffle=True, seed=0), {i: i for i in range(n_items)})  # order from `pos`
+    scorer = PEERS["sasrec"].fit(data, {"epochs": 15, "max_len": 10, "hidden": 32, "layers": 1}, 0)
+    test_starts = rng.integers(0, n_items, size=100)
+    histories = [np.arange(s, s + 5) % n_items for s in test_starts.tolist()]
+    scores = scorer.score(histories, np.arange(100))
+    hits = np.mean(scores.argmax(axis=1) == (test_starts + 5) % n_items)
+    assert hits > 0.8, hits
+
+
+def test_sasrec_is_seeded():
+    n_items = 15
+    rows = [(u, (u + t) % n_items, t) for u in range(40) for t in range(8)]
+    train = pl.DataFrame(rows, schema={"user_id": pl.Int64, "item_id": pl.Int64, "pos": pl.Int64}, orient="row")
+    data = PeerData(train, {i: i for i in range(n_items)})
+    params = {"epochs": 2, "max_len": 8, "hidden": 16, "layers": 1}
+    hist = [np.array([1, 2, 3])]
+    a = PEERS["sasrec"].fit(data, params, 3).score(hist, np.array([0]))
+    b = PEERS["sasrec"].fit(data, params, 3).score(hist, np.array([0]))
+    np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="unknown parameters"):
+        PEERS["sasrec"].fit(data, {"epoch": 2}, 0)
 
