@@ -26,6 +26,9 @@ Peers:
                    item ID embeddings tied to the output, full softmax cross-entropy over the
                    catalog at every position of a random window of each training sequence (torch);
                    scored from the given history
+  recent_popularity
+                   training interactions of the last N days before the latest training timestamp,
+                   ties broken by all-time counts; all-time popularity when the log has no time
 
 ID-only models (als, bpr, lightfm_warp, ease, sasrec) cannot score items without training interactions: those
 items are scored just below the user's lowest seen-item score, so they rank last and tie among
@@ -34,7 +37,7 @@ Users unknown to an ID model (never in training) get all-zero factors (als, bpr,
 sasrec read only the history given at scoring time.
 
 `implicit` and `lightfm` are optional (the `bench` extra); they are imported when a peer is built.
-ease, ease_content and sasrec need only numpy, scipy, polars and torch.
+ease, ease_content, sasrec and recent_popularity need only numpy, scipy, polars and torch.
 """
 
 from __future__ import annotations
@@ -576,6 +579,29 @@ def fit_sasrec(data: PeerData, params: Mapping[str, Any], seed: int) -> SASRecSc
     return train_sasrec(data, SASRecParams.of(params), seed)
 
 
+def fit_recent_popularity(data: PeerData, params: Mapping[str, Any], seed: int) -> PopularityScorer:
+    """Training interactions of the last `days` days before the latest training timestamp; ties
+    broken by all-time counts. Without usable timestamps (none, or all equal): all-time popularity."""
+    days = float(params.get("days", 28))
+    ids = pl.DataFrame(
+        {"item_id": list(data.item_index.keys()), "_col": list(data.item_index.values())},
+        schema_overrides={"_col": pl.Int64},
+    ).with_columns(pl.col("item_id").cast(data.train.schema["item_id"]))
+    rows = data.train.join(ids, on="item_id", how="inner")
+    cols = rows["_col"].to_numpy()
+    all_time = np.bincount(cols, minlength=data.n_items).astype(np.float64)
+    if "timestamp" not in rows.columns or rows.is_empty() or rows["timestamp"].n_unique() <= 1:
+        return PopularityScorer.from_counts(all_time, name="recent_popularity")
+    stamps = rows["timestamp"].to_numpy()
+    recent_rows = stamps > stamps.max() - days * 86_400.0
+    recent = np.bincount(cols[recent_rows], minlength=data.n_items).astype(np.float64)
+    # recent counts first, all-time counts only among equal recent counts: an exact lexicographic key,
+    # turned into dense ranks so float32 keeps the order (equal keys stay tied)
+    key = recent * (all_time.max() + 1.0) + all_time
+    ranks = np.unique(key, return_inverse=True)[1].reshape(-1)
+    return PopularityScorer.from_counts(ranks.astype(np.float32), name="recent_popularity")
+
+
 # --------------------------------------------------------------------------- registry
 
 
@@ -620,6 +646,7 @@ PEERS: dict[str, PeerSpec] = {
         PeerSpec("ease", fit_ease, _grid(l2=[500, 50, 100, 200, 1000, 2000])),
         PeerSpec("ease_content", fit_ease_content, _grid(l2=[500, 200, 1000], alpha=[10, 1, 100])),
         PeerSpec("sasrec", fit_sasrec, _grid(epochs=[40, 80]), stochastic=True),
+        PeerSpec("recent_popularity", fit_recent_popularity, _grid(days=[28, 7, 14, 56])),
     ]
 }
 

@@ -1,5 +1,5 @@
 """The quality benchmark's built-in peers (bench/peers.py) that need only numpy/scipy/torch/polars:
-ease, ease_content and sasrec. Unlike tests/bench/test_peers.py these run without
+ease, ease_content, sasrec and recent_popularity. Unlike tests/bench/test_peers.py these run without
 the `bench` extra."""
 
 from __future__ import annotations
@@ -22,11 +22,12 @@ if str(repo_root()) not in sys.path:
 from bench.peers import PEERS, PeerData, ease_weights  # noqa: E402
 
 SAMPLE = repo_root() / "data" / "sample"
-BUILTIN = ("ease", "ease_content", "sasrec")
+BUILTIN = ("ease", "ease_content", "sasrec", "recent_popularity")
 FAST = {  # one small, quick point per peer
     "ease": {"l2": 100},
     "ease_content": {"l2": 100, "alpha": 10},
     "sasrec": {"epochs": 2, "max_len": 20},
+    "recent_popularity": {"days": 28},
 }
 
 
@@ -233,3 +234,41 @@ def test_sasrec_is_seeded():
     with pytest.raises(ValueError, match="unknown parameters"):
         PEERS["sasrec"].fit(data, {"epoch": 2}, 0)
 
+
+# --------------------------------------------------------------------------- recent_popularity
+
+
+DAY = 86_400
+
+
+def _timed_train(with_times: bool = True) -> PeerData:
+    t_end = 1_000 * DAY
+    rows = (
+        [(u, 0, t_end - 200 * DAY) for u in range(20)]  # item 0: popular long ago
+        + [(100 + u, 1, t_end - u * DAY) for u in range(5)]  # item 1: a few recent interactions
+        + [(200, 2, t_end - 1 * DAY)] + [(201 + u, 2, t_end - 300 * DAY) for u in range(3)]  # item 2: 1 recent + 3 old
+        + [(300, 3, t_end - 2 * DAY)]  # item 3: 1 recent only
+    )
+    train = pl.DataFrame(rows, schema={"user_id": pl.Int64, "item_id": pl.Int64, "timestamp": pl.Int64}, orient="row")
+    if not with_times:
+        train = train.with_columns(pl.lit(0, dtype=pl.Int64).alias("timestamp"))
+    return PeerData(train, {i: i for i in range(5)})  # item 4: never interacted with
+
+
+def test_recent_popularity_prefers_recent_interactions():
+    scorer = PEERS["recent_popularity"].fit(_timed_train(), {"days": 7}, 0)
+    s = scorer.score([np.array([], np.int64)] * 2, np.array([0, 1]))
+    assert s.shape == (2, 5)
+    assert s[0, 1] > s[0, 2] > s[0, 3] > s[0, 0] > s[0, 4]  # recent first, all-time counts break ties
+    np.testing.assert_array_equal(s[0], s[1])
+    # a window long enough to reach the old interactions: all-time popularity again
+    wide = PEERS["recent_popularity"].fit(_timed_train(), {"days": 1_000}, 0).score([np.array([1])], np.array([0]))[0]
+    assert list(np.argsort(-wide)) == [0, 1, 2, 3, 4]
+
+
+def test_recent_popularity_falls_back_to_popularity_without_timestamps():
+    counts = np.array([20, 5, 4, 1, 0])
+    for data in (_timed_train(with_times=False), PeerData(_timed_train().train.drop("timestamp"), {i: i for i in range(5)})):
+        s = PEERS["recent_popularity"].fit(data, {"days": 7}, 0).score([np.array([0])], np.array([0]))[0]
+        assert list(np.argsort(-s)) == list(np.argsort(-counts))
+        assert s[3] > s[4]
