@@ -29,6 +29,7 @@ FAST = {  # one small, quick point per tunable peer
     "bpr": {"factors": 16, "learning_rate": 0.05, "iterations": 50},
     "lightfm_warp": {"no_components": 16, "epochs": 10},
     "lightfm_hybrid": {"no_components": 16, "epochs": 10},
+    "sasrec": {"epochs": 2, "max_len": 20},
 }
 
 
