@@ -199,6 +199,12 @@ class TrainConfig(_Section):
         description="model.item_item_new_items=content: ridge values of the content map tried on validation "
         "(the first is kept when validation has no new items to tell them apart).",
     )
+    item_item_content_norms: list[Literal["unit", "raw"]] = Field(
+        default_factory=lambda: ["unit", "raw"],
+        description="model.item_item_new_items=content: how the content map reads each modality, tried on validation "
+        "when it has new items (unit: each modality's features scaled to unit length; raw: as they are); the first "
+        "is kept when validation cannot tell them apart.",
+    )
     item_item_popularity_weights: list[float] = Field(
         default_factory=lambda: [0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0],
         description="model.item_item: weights of a popularity prior (log of each known item's training count) added "
@@ -324,6 +330,7 @@ class PipelineConfig(_Section):
             ("train.item_item_weights", t.item_item_weights, lambda v: v > 0, "> 0"),
             ("train.item_item_content_l2", t.item_item_content_l2, lambda v: v > 0, "> 0"),
             ("train.item_item_popularity_weights", t.item_item_popularity_weights, lambda v: v >= 0, ">= 0"),
+            ("train.item_item_content_norms", t.item_item_content_norms, lambda v: v in ("unit", "raw"), "unit or raw"),
         ):
             if not values or not all(ok(v) for v in values):
                 raise ValueError(f"{name} must be a non-empty list of values {rule}, got {values}")

@@ -35,13 +35,14 @@ class BlockSearch:
     (an eigen-decomposition per window, factors and content maps per ridge, user vectors per decay), so
     the flat loop costs what nested loops would."""
 
-    def __init__(self, data: TrainingData, design: np.ndarray | None, histories: list, tower_scores: np.ndarray, cfg: PipelineConfig):
-        self.data, self.design, self.histories, self.tower_scores = data, design, histories, tower_scores
+    def __init__(self, data: TrainingData, designs: dict | None, histories: list, tower_scores: np.ndarray, cfg: PipelineConfig):
+        """`designs`: the content map's inputs per content norm ("unit", "raw"), None without a map."""
+        self.data, self.designs, self.histories, self.tower_scores = data, designs, histories, tower_scores
         self.rank, self.max_items = cfg.model.item_item_rank, cfg.train.ease_max_items
         self.metric = cfg.train.valid_metric
         self.unseen = data.popularity == 0
         self.seen_rows = np.flatnonzero(~self.unseen)
-        self.content_l2s = tuple(cfg.train.item_item_content_l2) if design is not None else (None,)
+        self.content_l2s = tuple(cfg.train.item_item_content_l2) if designs is not None else (None,)
         self.spectrum = functools.lru_cache(maxsize=1)(self._spectrum)
         self.factors = functools.lru_cache(maxsize=1)(self._factors)
         self.user_side = functools.lru_cache(maxsize=1)(self._user_side)
@@ -51,13 +52,14 @@ class BlockSearch:
         return GramSpectrum.of_sequences(self.data.sequences, len(self.data.index), self.max_items, window)
 
     def _factors(self, window: float, l2: float) -> tuple[np.ndarray, np.ndarray, dict]:
-        """(Q, s) of the known items (rows of unseen items zero) and, per content ridge, (map, the unseen items' Q rows)."""
+        """(Q, s) of the known items (rows of unseen items zero) and, per (content norm, content ridge),
+        (map, the unseen items' Q rows)."""
         q, s = self.spectrum(window).factors(l2, self.rank)
         q[self.unseen], s[self.unseen] = 0.0, 0.0  # only items seen in training carry a block
-        maps: dict = {None: (None, None)}
-        if self.design is not None:
-            fitted = fit_content_map(self.design[self.seen_rows], q[self.seen_rows], list(self.content_l2s))
-            maps = {l2_map: (m, self.design[self.unseen] @ m) for l2_map, m in zip(self.content_l2s, fitted)}
+        maps: dict = {(None, None): (None, None)}
+        for norm, design in (self.designs or {}).items():
+            fitted = fit_content_map(design[self.seen_rows], q[self.seen_rows], list(self.content_l2s))
+            maps.update({(norm, l2_map): (m, design[self.unseen] @ m) for l2_map, m in zip(self.content_l2s, fitted)})
         return q, s, maps
 
     def _user_side(self, window: float, l2: float, decay: float) -> tuple[np.ndarray, np.ndarray, float]:
@@ -67,10 +69,10 @@ class BlockSearch:
         warm_scores = user_block @ q.T
         return user_block, warm_scores, float(self.tower_scores.std() / max(float(warm_scores.std()), 1e-12))
 
-    def _block_scores(self, window: float, l2: float, decay: float, content_l2: float | None) -> tuple[np.ndarray, float]:
+    def _block_scores(self, window: float, l2: float, decay: float, content_norm: str | None, content_l2: float | None) -> tuple[np.ndarray, float]:
         """(the block's scores of every item, new items through the content map; the spread ratio)."""
         user_block, block_scores, spread = self.user_side(window, l2, decay)
-        unseen_rows = self.factors(window, l2)[2][content_l2][1]
+        unseen_rows = self.factors(window, l2)[2][(content_norm, content_l2)][1]
         if unseen_rows is not None and len(unseen_rows):
             block_scores = block_scores.copy()
             block_scores[:, self.unseen] = user_block @ unseen_rows.T
@@ -78,7 +80,7 @@ class BlockSearch:
 
     def scores(self, point: dict[str, Any]) -> np.ndarray:
         """The blended scores of one grid point (the weight in units of the score spreads)."""
-        block_scores, spread = self.block_scores(point["pair_window"], point["l2"], point["decay"], point["content_l2"])
+        block_scores, spread = self.block_scores(point["pair_window"], point["l2"], point["decay"], point["content_norm"], point["content_l2"])
         return self.tower_scores + point["weight"] * spread * block_scores
 
     def value(self, point: dict[str, Any]) -> tuple[float, tuple[float, float]]:
@@ -94,20 +96,30 @@ class ItemItemFit:
         """`keep_block`: without validation (a refit), whether the block was kept when it was chosen."""
         self.towers, self.cfg, self.keep_block = towers, cfg, keep_block
 
-    def grid(self, histories: list, predicts_new_items: bool) -> Grid:
+    def grid(self, histories: list, predicts_new_items: bool, data: TrainingData) -> Grid:
         train = self.cfg.train
         grid = Grid({
             "pair_window": tuple(train.item_item_pair_windows), "l2": tuple(train.item_item_l2),
             "decay": tuple(train.item_item_decays),
+            "content_norm": tuple(train.item_item_content_norms) if predicts_new_items else (None,),
             "content_l2": tuple(train.item_item_content_l2) if predicts_new_items else (None,),
             "weight": tuple(train.item_item_weights),
         })
+        if predicts_new_items and data.valid is not None and not self._validation_has_new_items(data):
+            # Nothing in validation can tell content maps apart: each range's first value stands for them all.
+            grid = grid.pin(content_norm=grid.ranges["content_norm"][0], content_l2=grid.ranges["content_l2"][0])
         times = times_of(histories)
         if times is not None and all(np.unique(t).size <= 1 for t in times):
             # No history has two timestamps (ml-1m logs none): every item is age 0 and every decay the same.
             logger.info("item-item block: no validation history has a time order; decay %g stands for them all", grid.ranges["decay"][0])
             grid = grid.pin(decay=grid.ranges["decay"][0])
         return grid
+
+    @staticmethod
+    def _validation_has_new_items(data: TrainingData) -> bool:
+        """Some validation target is an item without training interactions (it can rank only through the map)."""
+        targets = np.concatenate([np.asarray(t, dtype=np.int64) for t in data.valid.queries.targets] or [np.zeros(0, np.int64)])
+        return bool((data.popularity[targets] == 0).any()) if targets.size else False
 
     def fit(self, features: ItemFeatures, data: TrainingData) -> TrainResult:
         towers = self.towers.fit(features, data)
@@ -117,9 +129,12 @@ class ItemItemFit:
         # Without validation the weight is still scaled by the score spreads, measured on training histories.
         histories = data.sequences[:2000] if data.valid is None else data.valid.queries.histories
         tower_scores = ModelScorer(towers.model, towers.model.feature_tensors(features)).score(histories)
-        design = model.content_design(model.feature_tensors(features)).numpy() if model.predicts_new_items else None
-        block = BlockSearch(data, design, histories, tower_scores, self.cfg)
-        grid = self.grid(histories, model.predicts_new_items)
+        designs = None
+        if model.predicts_new_items:
+            tensors = model.feature_tensors(features)
+            designs = {norm: model.content_design(tensors, unit=norm == "unit").numpy() for norm in self.cfg.train.item_item_content_norms}
+        block = BlockSearch(data, designs, histories, tower_scores, self.cfg)
+        grid = self.grid(histories, model.predicts_new_items, data)
         if data.valid is not None:
             trials = search(grid, block.value)
             towers_valid, *halves = data.valid.value_halves(tower_scores, self.cfg.train.valid_metric)
@@ -145,11 +160,14 @@ class ItemItemFit:
         spread = block.user_side(point["pair_window"], point["l2"], point["decay"])[2]
         weight = point["weight"] * spread if keep else 0.0
         rows = block.seen_rows
-        model.set_block(q[rows], s[rows], weight, point["decay"], maps[point["content_l2"]][0])
+        model.set_block(q[rows], s[rows], weight, point["decay"], maps[(point["content_norm"], point["content_l2"])][0],
+                        content_unit=point["content_norm"] == "unit")
         picked = {"pair_window": point["pair_window"], "l2": point["l2"], "decay": point["decay"],
                   "weight_relative": point["weight"], "weight": weight, "kept": keep, "towers_valid": towers_valid,
                   "crossfit_gain": gain}
-        return picked if point["content_l2"] is None else {**picked, "content_l2": point["content_l2"]}
+        if point["content_l2"] is None:
+            return picked
+        return {**picked, "content_l2": point["content_l2"], "content_unit": point["content_norm"] == "unit"}
 
     def _popularity_prior(self, model: ItemItemBlend, block: BlockSearch, blended: np.ndarray, data: TrainingData) -> dict:
         """Search the popularity prior's weight on top of the installed blend (`blended`: its scores of the
@@ -183,7 +201,7 @@ class ItemItemFit:
             "decay %g, weight %g x spread%s) vs %.4f for the towers alone%s",
             self.cfg.model.item_item_rank, n_tried, seconds, self.cfg.train.valid_metric, blended, picked["pair_window"],
             picked["l2"], picked["decay"], picked["weight_relative"],
-            f", new items from content with ridge {picked['content_l2']:g}" if "content_l2" in picked else "",
+            f", new items from {'unit-scaled ' if picked.get('content_unit') else ''}content with ridge {picked['content_l2']:g}" if "content_l2" in picked else "",
             picked["towers_valid"], "" if picked["kept"] else f": not kept (weight 0; out-of-sample gain {picked['crossfit_gain']:+.4f})",
         )
         logger.info("popularity prior: weight %g x spread (out-of-sample gain %+.4f)", picked["popularity_weight_relative"], picked["popularity_gain"])

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from recsys.config import ModelConfig
@@ -267,6 +268,8 @@ class ItemItemBlend(RetrievalModel):
         self.register_buffer("block_decay", torch.ones(()))
         # A popularity prior: weight * log(1 + training count) added to each known item's bias.
         self.register_buffer("block_popularity", torch.zeros(len(vocab) + 1))
+        # 1: the content map reads each modality's features scaled to unit length (0: as they are).
+        self.register_buffer("block_content_unit", torch.zeros(()))
         self.register_load_state_dict_pre_hook(_bundles_before_the_prior)
         self.predicts_new_items = self.cfg.item_item_new_items == "content"
         if self.predicts_new_items:
@@ -274,7 +277,8 @@ class ItemItemBlend(RetrievalModel):
             self.register_buffer("block_content_map", torch.zeros(design_dim, rank))
 
     def set_block(
-        self, vectors: np.ndarray, scale: np.ndarray, weight: float, decay: float, content_map: np.ndarray | None = None
+        self, vectors: np.ndarray, scale: np.ndarray, weight: float, decay: float, content_map: np.ndarray | None = None,
+        content_unit: bool = False,
     ) -> None:
         """Install the block: `vectors` [len(vocab), rank] (Q) and `scale` [len(vocab)] (s), vocabulary order;
         `content_map` [design dim, rank] (model.item_item_new_items=content) predicts Q for new items."""
@@ -287,6 +291,7 @@ class ItemItemBlend(RetrievalModel):
         self.block_scale[1:] = torch.as_tensor(scale, dtype=torch.float32)
         self.block_weight.fill_(float(weight))
         self.block_decay.fill_(float(decay))
+        self.block_content_unit.fill_(float(content_unit))
         if content_map is not None:
             if tuple(content_map.shape) != tuple(self.block_content_map.shape):
                 raise ValueError(f"content map shape {content_map.shape} != {tuple(self.block_content_map.shape)}")
@@ -298,10 +303,12 @@ class ItemItemBlend(RetrievalModel):
             raise ValueError(f"popularity prior shape {prior.shape} != ({len(self.item_id_vocab)},)")
         self.block_popularity[1:] = torch.as_tensor(prior, dtype=torch.float32)
 
-    def content_design(self, features: FeatureTensors) -> torch.Tensor:
+    def content_design(self, features: FeatureTensors, unit: bool | None = None) -> torch.Tensor:
         """[n, text width + categories + 1]: what the content map reads (zeros where an item lacks a
-        modality). Posters are left out: they hurt new items in the towers (docs/results.md), and the map
-        was not tried with them."""
+        modality); `unit` (default: the installed block's choice) scales each modality's part to unit
+        length, so an item with many categories does not outweigh its text. Posters are left out: they hurt
+        new items in the towers (docs/results.md), and the map was not tried with them."""
+        unit = bool(self.block_content_unit) if unit is None else unit
         device = features.id_index.device if features.id_index is not None else None
         parts = []
         for name in CONTENT_MAP_MODALITIES:
@@ -312,7 +319,8 @@ class ItemItemBlend(RetrievalModel):
             if values is None:
                 parts.append(torch.zeros(features.n, width, device=device))
             else:
-                parts.append(values.float() * features.present[name].unsqueeze(-1).float())
+                part = values.float() * features.present[name].unsqueeze(-1).float()
+                parts.append(F.normalize(part, dim=1) if unit else part)
         parts.append(torch.ones(features.n, 1, device=parts[0].device if parts else device))
         return torch.cat(parts, dim=1)
 
@@ -371,10 +379,11 @@ class ItemItemBlend(RetrievalModel):
 
 
 def _bundles_before_the_prior(module, state_dict, prefix, *args) -> None:
-    """A bundle saved before the popularity prior existed loads with none (zeros)."""
-    key = prefix + "block_popularity"
-    if key not in state_dict and prefix + "block_scale" in state_dict:
-        state_dict[key] = torch.zeros_like(state_dict[prefix + "block_scale"])
+    """A bundle saved before the popularity prior and the content scaling existed loads with neither."""
+    if prefix + "block_scale" not in state_dict:
+        return
+    state_dict.setdefault(prefix + "block_popularity", torch.zeros_like(state_dict[prefix + "block_scale"]))
+    state_dict.setdefault(prefix + "block_content_unit", torch.zeros(()))
 
 
 class _RowProduct:

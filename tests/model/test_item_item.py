@@ -222,3 +222,16 @@ def test_a_block_saved_before_the_popularity_prior_loads_without_one(tiny_data, 
     fresh = ItemItemBlend(model.base, model.item_id_vocab, model.rank)
     fresh.load_state_dict(state)  # strict: the missing prior is filled with zeros, nothing else differs
     assert float(fresh.block_popularity.abs().sum()) == 0.0
+
+
+def test_validation_without_new_items_keeps_the_first_content_map_setting(tiny_data, tiny_features, tmp_path, make_config):
+    """loo validation has no new items, so nothing can tell content maps apart: the first norm and ridge
+    stand for them all (and are what the deployed model's new items get)."""
+    _, interactions = tiny_data
+    cfg = make_config(tmp_path, **{"model.item_item": "ease", "model.item_item_rank": 8, "train.epochs": 1,
+                                   "model.item_item_new_items": "content", "train.item_item_content_l2": [10.0, 1.0],
+                                   "train.item_item_content_norms": ["raw", "unit"]})
+    split = loo_split(interactions, seed=0)
+    result = fit_two_tower(tiny_features, split.train, split.valid, cfg, show_progress=False)
+    assert result.item_item["content_l2"] == 10.0 and result.item_item["content_unit"] is False
+    assert float(result.model.block_content_unit) == 0.0
