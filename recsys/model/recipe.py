@@ -63,7 +63,7 @@ class DataShape:
     n_users: int
     n_interactions: int
     ordered_share: float  # share of training histories (2+ items) whose timestamps take 2+ values
-    modalities: tuple[str, ...]  # the registered modalities the features carry
+    modalities: tuple[str, ...]  # the registered modalities the features carry for at least one item
 
     @property
     def ordered(self) -> bool:
@@ -79,7 +79,7 @@ class DataShape:
         return cls(
             n_items=len(data.index), n_known_items=int((data.popularity > 0).sum()), n_users=len(data.sequences),
             n_interactions=int(data.popularity.sum()), ordered_share=float(ordered),
-            modalities=tuple(name for name in MODALITIES if widths.get(name)),
+            modalities=tuple(name for name, m in MODALITIES.items() if widths.get(name) and m.present(features).any()),
         )
 
     def describe(self) -> str:

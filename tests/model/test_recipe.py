@@ -153,3 +153,11 @@ def test_a_catalog_where_popularity_is_the_signal_is_not_served_below_popularity
     assert result.best_metric >= result.baselines["popularity"], (result.best_metric, result.baselines, result.item_item)
     if block == "weak":
         assert result.item_item["popularity_weight_relative"] > 0, result.item_item
+
+
+def test_a_modality_no_item_has_is_not_carried(make_config, tmp_path):
+    """A catalog whose image column names no readable file has image features of zeros: not a modality."""
+    features, interactions = _synthetic(image_signal=False)
+    features.image_mask = np.zeros(N_ITEMS, bool)
+    data = prepare_training_data(features, *_train_valid(interactions), make_config(tmp_path))
+    assert DataShape.of(features, data).modalities == ("text",)
