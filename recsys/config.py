@@ -205,6 +205,12 @@ class TrainConfig(_Section):
         "when it has new items (unit: each modality's features scaled to unit length; raw: as they are); the first "
         "is kept when validation cannot tell them apart.",
     )
+    item_item_popularity_days: list[float] = Field(
+        default_factory=lambda: [0.0, 7.0, 28.0, 90.0],
+        description="model.item_item: how the popularity prior counts, tried on validation with its weight: 0 = every "
+        "training interaction counts 1; d > 0 = each counts exp(-age / d days) before the latest one (timestamps in "
+        "seconds), so recent best-sellers lead. Logs without a time order use the first value.",
+    )
     item_item_popularity_weights: list[float] = Field(
         default_factory=lambda: [0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0],
         description="model.item_item: weights of a popularity prior (log of each known item's training count) added "
@@ -330,6 +336,7 @@ class PipelineConfig(_Section):
             ("train.item_item_weights", t.item_item_weights, lambda v: v > 0, "> 0"),
             ("train.item_item_content_l2", t.item_item_content_l2, lambda v: v > 0, "> 0"),
             ("train.item_item_popularity_weights", t.item_item_popularity_weights, lambda v: v >= 0, ">= 0"),
+            ("train.item_item_popularity_days", t.item_item_popularity_days, lambda v: v >= 0, ">= 0"),
             ("train.item_item_content_norms", t.item_item_content_norms, lambda v: v in ("unit", "raw"), "unit or raw"),
         ):
             if not values or not all(ok(v) for v in values):

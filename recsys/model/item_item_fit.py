@@ -170,30 +170,52 @@ class ItemItemFit:
         return {**picked, "content_l2": point["content_l2"], "content_unit": point["content_norm"] == "unit"}
 
     def _popularity_prior(self, model: ItemItemBlend, block: BlockSearch, blended: np.ndarray, data: TrainingData) -> dict:
-        """Search the popularity prior's weight on top of the installed blend (`blended`: its scores of the
-        validation histories); keep a non-zero one only if it wins on held-out validation users."""
-        log_counts = np.log1p(data.popularity).astype(np.float32)
-        log_counts[block.unseen] = 0.0
-        spread = float(blended.std() / max(float(log_counts.std()), 1e-12))
-        weights = tuple(self.cfg.train.item_item_popularity_weights)
-        if data.valid is None:  # a refit: the weight validation picked (the grid's first value)
-            weight, gain = weights[0], float("nan")
+        """Search the popularity prior on top of the installed blend (`blended`: its scores of the validation
+        histories): its window (all-time counts, or counts fading with age, for logs whose recent items
+        sell) and weight; keep a non-zero weight only if it wins on held-out validation users."""
+        windows = tuple(self.cfg.train.item_item_popularity_days)
+        if times_of(data.sequences) is None or all(np.unique(t).size <= 1 for t in times_of(data.sequences)):
+            windows = windows[:1]  # no time order: nothing for a window to fade
+        log_counts = {days: self._log_counts(data, block, days) for days in windows}
+        spreads = {days: float(blended.std() / max(float(c.std()), 1e-12)) for days, c in log_counts.items()}
+        grid = Grid({"days": windows, "weight": tuple(self.cfg.train.item_item_popularity_weights)})
+        if data.valid is None:  # a refit: what validation picked (each range's first value)
+            point, gain = grid.first(), float("nan")
         else:
             def value(point):
-                total, first, second = data.valid.value_halves(blended + point["weight"] * spread * log_counts, self.cfg.train.valid_metric)
+                prior = point["weight"] * spreads[point["days"]] * log_counts[point["days"]]
+                total, first, second = data.valid.value_halves(blended + prior, self.cfg.train.valid_metric)
                 return total, (first, second)
 
-            trials = search(Grid({"weight": weights}), value)
-            zero = [t for t in trials if t.point["weight"] == 0.0]
-            incumbent = zero[0] if zero else Trial({"weight": 0.0}, *value({"weight": 0.0}))
+            trials = search(grid, value)
+            incumbent = Trial({"days": windows[0], "weight": 0.0}, *value({"days": windows[0], "weight": 0.0}))
             verdict = crossfit([t for t in trials if t.point["weight"] != 0.0], incumbent)
-            weight, gain = verdict.winner.point["weight"], verdict.gain
+            point, gain = verdict.winner.point, verdict.gain
             # The floor: a blend below popularity itself on validation is not shipped; popularity ranks
             # and the blend only orders items of equal count.
-            if verdict.winner.value < data.valid.value(log_counts[None, :].repeat(len(blended), 0), self.cfg.train.valid_metric):
-                weight = POPULARITY_FLOOR
-        model.set_popularity_prior(weight * spread * log_counts[block.seen_rows])
-        return {"popularity_weight_relative": weight, "popularity_weight": weight * spread, "popularity_gain": gain}
+            all_time = self._log_counts(data, block, 0.0)
+            if verdict.winner.value < data.valid.value(all_time[None, :].repeat(len(blended), 0), self.cfg.train.valid_metric):
+                point = {"days": 0.0, "weight": POPULARITY_FLOOR}
+                log_counts[0.0], spreads[0.0] = all_time, float(blended.std() / max(float(all_time.std()), 1e-12))
+        days, weight = point["days"], point["weight"]
+        model.set_popularity_prior(weight * spreads[days] * log_counts[days][block.seen_rows])
+        return {"popularity_days": days, "popularity_weight_relative": weight, "popularity_weight": weight * spreads[days],
+                "popularity_gain": gain}
+
+    @staticmethod
+    def _log_counts(data: TrainingData, block: BlockSearch, days: float) -> np.ndarray:
+        """log(1 + count) per item over the training interactions, each counting exp(-age / days) with its
+        age before the latest one (days 0: every interaction counts 1); 0 for unseen items."""
+        if days == 0.0:
+            counts = data.popularity.astype(np.float64)
+        else:
+            times = times_of(data.sequences)
+            items = np.concatenate([np.asarray(h, dtype=np.int64) for h in data.sequences])
+            stamps = np.concatenate([np.asarray(t, dtype=np.float64) for t in times])
+            counts = np.bincount(items, weights=np.exp(-(stamps.max() - stamps) / (days * 86400.0)), minlength=len(data.popularity))
+        out = np.log1p(counts).astype(np.float32)
+        out[block.unseen] = 0.0
+        return out
 
     def _log(self, n_tried: int, seconds: float, blended: float, picked: dict) -> None:
         logger.info(
@@ -204,4 +226,5 @@ class ItemItemFit:
             f", new items from {'unit-scaled ' if picked.get('content_unit') else ''}content with ridge {picked['content_l2']:g}" if "content_l2" in picked else "",
             picked["towers_valid"], "" if picked["kept"] else f": not kept (weight 0; out-of-sample gain {picked['crossfit_gain']:+.4f})",
         )
-        logger.info("popularity prior: weight %g x spread (out-of-sample gain %+.4f)", picked["popularity_weight_relative"], picked["popularity_gain"])
+        logger.info("popularity prior: weight %g x spread, counts %s (out-of-sample gain %+.4f)", picked["popularity_weight_relative"],
+                    f"fading over {picked['popularity_days']:g} days" if picked["popularity_days"] else "of all time", picked["popularity_gain"])

@@ -138,7 +138,7 @@ def refit_on_everything(
         pinned = with_values(cfg, {
             "train.item_item_pair_windows": [block["pair_window"]], "train.item_item_l2": [block["l2"]],
             "train.item_item_decays": [block["decay"]], "train.item_item_weights": [block["weight_relative"]],
-            "train.item_item_popularity_weights": [prior],
+            "train.item_item_popularity_weights": [prior], "train.item_item_popularity_days": [block.get("popularity_days", 0.0)],
             **({"train.item_item_content_l2": [block["content_l2"]],
                 "train.item_item_content_norms": ["unit" if block.get("content_unit") else "raw"]} if "content_l2" in block else {}),
         })

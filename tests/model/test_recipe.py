@@ -161,3 +161,31 @@ def test_a_modality_no_item_has_is_not_carried(make_config, tmp_path):
     features.image_mask = np.zeros(N_ITEMS, bool)
     data = prepare_training_data(features, *_train_valid(interactions), make_config(tmp_path))
     assert DataShape.of(features, data).modalities == ("text",)
+
+
+def test_a_shop_whose_recent_items_sell_gets_a_fading_popularity_prior(make_config, tmp_path):
+    """Each day has its own best-sellers and users come back over the days: counts that fade with age
+    (train.item_item_popularity_days) beat all-time counts on the users' latest interactions."""
+    rng = np.random.default_rng(2)
+    n_items, n_users, n_days = 200, 400, 20
+    ones = np.ones(n_items, bool)
+    features = ItemFeatures(
+        item_ids=np.arange(n_items), text=rng.standard_normal((n_items, 16)).astype(np.float32), text_mask=ones,
+        image=None, image_mask=None, categories=np.zeros((n_items, 0), np.float32), category_vocab=[],
+    )
+    rows = []
+    for user in range(n_users):
+        for day in np.sort(rng.choice(n_days, size=8, replace=False)):
+            hot = np.arange(10 * day, 10 * day + 10)
+            item = int(rng.choice(hot)) if rng.random() < 0.8 else int(rng.integers(n_items))
+            rows.append((user, item, int(day) * 86400 + int(rng.integers(3600)), 1.0))
+    interactions = pl.DataFrame(rows, schema={"user_id": pl.Int64, "item_id": pl.Int64, "timestamp": pl.Int64, "weight": pl.Float32}, orient="row")
+    interactions = interactions.unique(["user_id", "item_id"], keep="first")
+    pins = {key: value for key, value in PIN_ALL_BUT_MODALITIES.items() if key != "model.item_item"}
+    pins |= {"model.modalities": ["text"], "train.item_item_pair_windows": [0.0], "train.item_item_decays": [1.0],
+             "train.item_item_l2": [1e9], "train.item_item_weights": [0.01]}
+    cfg = make_config(tmp_path, **{"train.tune": True, **pins})
+    split = loo_split(interactions, seed=0)
+    result = fit_two_tower(features, split.train, split.valid, cfg, show_progress=False)
+    assert result.item_item["popularity_days"] > 0 and result.item_item["popularity_weight_relative"] > 0, result.item_item
+    assert result.best_metric > result.baselines["popularity"], (result.best_metric, result.baselines)
