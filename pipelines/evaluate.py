@@ -98,8 +98,11 @@ def run_evaluate(
     meta = {
         "protocols": split_meta,
         "eval": cfg.eval.model_dump(mode="json"),
+        # With the recipe (train.tune) these are what it started from; each protocol's row says what it chose.
         "model": cfg.model.model_dump(mode="json"),
         "train": cfg.train.model_dump(mode="json"),
+        **({"recipe": "train.tune: each protocol's model was chosen on its own validation split (column recipe)"}
+           if cfg.train.tune else {}),
         "encoders": features.fingerprints,
         "n_items": len(features),
         "n_interactions": interactions.height,

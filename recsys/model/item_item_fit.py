@@ -218,6 +218,12 @@ class ItemItemFit:
         return out
 
     def _log(self, n_tried: int, seconds: float, blended: float, picked: dict) -> None:
+        if np.isnan(picked["towers_valid"]):  # no validation (a refit): the point picked before
+            logger.info("item-item block (rank %d) set in %.1fs at the picked point (pair window %g, l2 %g, decay %g, weight %g x "
+                        "spread%s; popularity prior %g x spread)", self.cfg.model.item_item_rank, seconds, picked["pair_window"],
+                        picked["l2"], picked["decay"], picked["weight_relative"] if picked["kept"] else 0.0,
+                        "" if picked["kept"] else ", block not kept", picked["popularity_weight_relative"])
+            return
         logger.info(
             "item-item block (rank %d, %d combinations in %.1fs): %s=%.4f with the block (pair window %g, l2 %g, "
             "decay %g, weight %g x spread%s) vs %.4f for the towers alone%s",
