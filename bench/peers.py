@@ -57,6 +57,7 @@ from recsys.data.histories import histories_by_user
 from recsys.encoders.base import l2_normalize
 from recsys.encoders.features import ItemFeatures
 from recsys.eval.baselines import ContentKNNScorer, PopularityScorer, frozen_content_embeddings
+from recsys.model.item_item import GramSpectrum
 
 # --------------------------------------------------------------------------- training data
 
@@ -188,27 +189,24 @@ EASE_MAX_ITEMS = 20_000  # a dense float64 Gram matrix of 20,000 items is 3.2 GB
 
 
 def ease_weights(mat: sp.spmatrix, l2: float) -> np.ndarray:
-    """EASE's closed form on a binary user x item matrix: G = X^T X + l2 I, P = G^-1,
-    B = -P / diag(P) (column-wise), diag(B) = 0. float64 [n_items, n_items]."""
-    if l2 <= 0:
-        raise ValueError(f"ease: l2 must be > 0, got {l2}")
-    gram = np.asarray((mat.T @ mat).todense(), dtype=np.float64)
-    gram[np.diag_indices_from(gram)] += l2
-    inverse = np.linalg.inv(gram)
-    weights = inverse / (-np.diag(inverse))[None, :]
-    weights[np.diag_indices_from(weights)] = 0.0
-    return weights
+    """EASE's closed form on a binary user x item matrix (B = -P / diag(P) column-wise, diag(B) = 0, with
+    P = (X^T X + l2 I)^-1), from the project's one EASE solver (`GramSpectrum`). float64 [n_items, n_items]."""
+    return GramSpectrum.of_gram((mat.T @ mat).toarray()).ease_weights(l2, np.float64)
 
 
 def _ease_known(data: PeerData, l2: float, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """(catalog rows of the items seen in training, EASE weights among them [n_known, n_known])."""
+    """(catalog rows of the items seen in training, EASE weights among them [n_known, n_known]). The Gram
+    matrix's spectrum is computed once per training set and shared by every ridge value tried."""
     if data.n_items > EASE_MAX_ITEMS:
         raise ValueError(
             f"{name}: the catalog has {data.n_items:,} items; the dense EASE inverse is limited to {EASE_MAX_ITEMS:,}"
         )
-    _, mat = data.user_items()
-    known = np.flatnonzero(data.seen_items())
-    return known, ease_weights(mat[:, known], l2)
+    if "ease" not in data._cache:
+        _, mat = data.user_items()
+        known = np.flatnonzero(data.seen_items())
+        data._cache["ease"] = (known, GramSpectrum.of_gram((mat[:, known].T @ mat[:, known]).toarray()))
+    known, spectrum = data._cache["ease"]
+    return known, spectrum.ease_weights(l2, np.float64)
 
 
 def content_design(features: ItemFeatures, item_ids: Sequence[Any]) -> np.ndarray:

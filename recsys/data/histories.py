@@ -49,6 +49,12 @@ def times_of(histories: list) -> list[np.ndarray] | None:
     return getattr(histories, "times", None)
 
 
+def time_ordered_share(histories: list) -> float:
+    """The share of histories (of 2+ items) whose timestamps take 2+ values; 0 without timestamps."""
+    multi = [t for t in times_of(histories) or [] if len(t) > 1]
+    return sum(np.unique(t).size > 1 for t in multi) / len(multi) if multi else 0.0
+
+
 def histories_by_user(frame: pl.DataFrame, item_index: Mapping[Any, int]) -> tuple[np.ndarray, Histories]:
     """(user ids, their histories) from interactions (user_id, item_id, and `pos` and `timestamp` where
     present): items in `pos` order, mapped to catalog rows by `item_index`; items missing from it are

@@ -97,8 +97,7 @@ class Fit(Protocol):
 def validation_score(model: RetrievalModel, features: ItemFeatures, judge: RankingJudge, metric: str) -> float:
     """`metric` ("ndcg@10") of `model` on the validation queries of `judge`: what early stopping and
     every pick on validation read, for any model, ranked exactly as test ranks."""
-    scorer = ModelScorer(model, model.feature_tensors(features))
-    return judge.evaluate(scorer, (metric_cutoff(metric),))[metric]
+    return validation_trial(model, features, judge, metric).value
 
 
 def validation_trial(model: RetrievalModel, features: ItemFeatures, judge: RankingJudge, metric: str) -> Trial:

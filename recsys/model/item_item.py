@@ -69,21 +69,26 @@ class GramSpectrum:
                 f"above train.ease_max_items={max_items}; raise the limit, or turn both off"
             )
         gram = windowed_gram(sequences, n_items, pair_window) if pair_window > 0 else interaction_gram(sequences, n_items)
-        values, vectors = np.linalg.eigh(gram)
+        return cls.of_gram(gram)
+
+    @classmethod
+    def of_gram(cls, gram: np.ndarray) -> "GramSpectrum":
+        """The spectrum of a Gram matrix X^T X given as such (float64 [n, n])."""
+        values, vectors = np.linalg.eigh(np.asarray(gram, dtype=np.float64))
         return cls(np.clip(values, 0.0, None), vectors)
 
     def _check_ridge(self, l2: float) -> None:
         if l2 <= 0:
             raise ValueError(f"EASE ridge values (train.item_item_l2, train.teacher_l2) must be > 0, got {l2}")
 
-    def ease_weights(self, l2: float) -> np.ndarray:
-        """The full EASE solution B (float32 [n, n], zero diagonal): a user with item set H scores item j
+    def ease_weights(self, l2: float, dtype: type = np.float32) -> np.ndarray:
+        """The full EASE solution B ([n, n] of `dtype`, zero diagonal): a user with item set H scores item j
         as sum_{i in H} B[i, j]. B = I - P / diag(P) column-wise, P = (G + l2 I)^-1 from the spectrum."""
         self._check_ridge(l2)
         precision = (self.eigenvectors / (self.eigenvalues + l2)) @ self.eigenvectors.T
         weights = precision / -np.diag(precision)  # column j divided by -P[j, j]
         weights[np.diag_indices_from(weights)] = 0.0
-        return weights.astype(np.float32)
+        return weights.astype(dtype)
 
     def factors(self, l2: float, rank: int) -> tuple[np.ndarray, np.ndarray]:
         """(Q [n, rank] float32, s [n] float32) of the rank-`rank` EASE model with ridge `l2`:

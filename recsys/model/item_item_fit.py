@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from recsys.config import PipelineConfig
-from recsys.data.histories import times_of
+from recsys.data.histories import time_ordered_share, times_of
 from recsys.encoders.features import ItemFeatures
 from recsys.model.fitting import Fit, TrainingData, TrainResult, validation_score
 from recsys.model.grid import Grid, Trial, best, crossfit, search
@@ -108,8 +108,7 @@ class ItemItemFit:
         if predicts_new_items and data.valid is not None and not self._validation_has_new_items(data):
             # Nothing in validation can tell content maps apart: each range's first value stands for them all.
             grid = grid.pin(content_norm=grid.ranges["content_norm"][0], content_l2=grid.ranges["content_l2"][0])
-        times = times_of(histories)
-        if times is not None and all(np.unique(t).size <= 1 for t in times):
+        if times_of(histories) is not None and time_ordered_share(histories) == 0.0:
             # No history has two timestamps (ml-1m logs none): every item is age 0 and every decay the same.
             logger.info("item-item block: no validation history has a time order; decay %g stands for them all", grid.ranges["decay"][0])
             grid = grid.pin(decay=grid.ranges["decay"][0])
@@ -174,7 +173,7 @@ class ItemItemFit:
         histories): its window (all-time counts, or counts fading with age, for logs whose recent items
         sell) and weight; keep a non-zero weight only if it wins on held-out validation users."""
         windows = tuple(self.cfg.train.item_item_popularity_days)
-        if times_of(data.sequences) is None or all(np.unique(t).size <= 1 for t in times_of(data.sequences)):
+        if time_ordered_share(data.sequences) == 0.0:
             windows = windows[:1]  # no time order: nothing for a window to fade
         log_counts = {days: self._log_counts(data, block, days) for days in windows}
         spreads = {days: float(blended.std() / max(float(c.std()), 1e-12)) for days, c in log_counts.items()}
@@ -193,7 +192,7 @@ class ItemItemFit:
             point, gain = verdict.winner.point, verdict.gain
             # The floor: a blend below popularity itself on validation is not shipped; popularity ranks
             # and the blend only orders items of equal count.
-            all_time = self._log_counts(data, block, 0.0)
+            all_time = log_counts[0.0] if 0.0 in log_counts else self._log_counts(data, block, 0.0)
             if verdict.winner.value < data.valid.value(all_time[None, :].repeat(len(blended), 0), self.cfg.train.valid_metric):
                 point = {"days": 0.0, "weight": POPULARITY_FLOOR}
                 log_counts[0.0], spreads[0.0] = all_time, float(blended.std() / max(float(all_time.std()), 1e-12))

@@ -26,7 +26,7 @@ import numpy as np
 from pytorch_lightning.loggers import Logger
 
 from recsys.config import PipelineConfig
-from recsys.data.histories import times_of
+from recsys.data.histories import time_ordered_share
 from recsys.encoders.features import ItemFeatures
 from recsys.model.fitting import TowersFit, TrainingData, TrainResult, compose, validation_trial
 from recsys.model.grid import Trial, crossfit
@@ -72,13 +72,10 @@ class DataShape:
 
     @classmethod
     def of(cls, features: ItemFeatures, data: TrainingData) -> "DataShape":
-        times = times_of(data.sequences) or []
-        multi = [t for t in times if len(t) > 1]
-        ordered = sum(np.unique(t).size > 1 for t in multi) / len(multi) if multi else 0.0
         widths = feature_widths(features)
         return cls(
             n_items=len(data.index), n_known_items=int((data.popularity > 0).sum()), n_users=len(data.sequences),
-            n_interactions=int(data.popularity.sum()), ordered_share=float(ordered),
+            n_interactions=int(data.popularity.sum()), ordered_share=float(time_ordered_share(data.sequences)),
             modalities=tuple(name for name, m in MODALITIES.items() if widths.get(name) and m.present(features).any()),
         )
 

@@ -10,7 +10,6 @@ import numpy as np
 import polars as pl
 import pytest
 
-from recsys.encoders.features import ItemFeatures
 from recsys.eval.baselines import RandomScorer
 from recsys.eval.protocol import EvalQueries, evaluate
 from recsys.paths import repo_root
@@ -23,7 +22,6 @@ if str(repo_root()) not in sys.path:
 
 from bench.peers import PEERS, PeerData, hybrid_item_features, title_tokens  # noqa: E402
 
-SAMPLE = repo_root() / "data" / "sample"
 FAST = {  # one small, quick point per tunable peer
     "als": {"factors": 16, "regularization": 0.01, "iterations": 10},
     "bpr": {"factors": 16, "learning_rate": 0.05, "iterations": 50},
@@ -31,34 +29,6 @@ FAST = {  # one small, quick point per tunable peer
     "lightfm_hybrid": {"no_components": 16, "epochs": 10},
     "sasrec": {"epochs": 2, "max_len": 20},
 }
-
-
-def _fake_features(item_ids: np.ndarray, seed: int = 0) -> ItemFeatures:
-    rng = np.random.default_rng(seed)
-    n = len(item_ids)
-    return ItemFeatures(
-        item_ids=np.asarray(item_ids),
-        text=rng.standard_normal((n, 8)).astype(np.float32),
-        text_mask=np.ones(n, bool),
-        image=rng.standard_normal((n, 6)).astype(np.float32),
-        image_mask=np.ones(n, bool),
-        categories=np.zeros((n, 1), np.float32),
-        category_vocab=["x"],
-    )
-
-
-@pytest.fixture(scope="module")
-def real_slice():
-    """100 items of data/sample and their interactions; the last 10 items are kept out of training."""
-    catalog = pl.read_parquet(SAMPLE / "catalog.parquet").sort("item_id").head(100)
-    inter = pl.read_parquet(SAMPLE / "interactions.parquet").filter(
-        pl.col("item_id").is_in(catalog["item_id"].implode())
-    )
-    cold = catalog["item_id"].tail(10)
-    train = inter.filter(~pl.col("item_id").is_in(cold.implode()))
-    ids = catalog["item_id"].to_numpy()
-    item_index = {int(i): k for k, i in enumerate(ids.tolist())}
-    return PeerData(train, item_index, catalog=catalog, features=_fake_features(ids)), train
 
 
 @pytest.mark.parametrize("name", sorted(PEERS))

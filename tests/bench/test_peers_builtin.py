@@ -21,7 +21,6 @@ if str(repo_root()) not in sys.path:
 
 from bench.peers import PEERS, PeerData, ease_weights  # noqa: E402
 
-SAMPLE = repo_root() / "data" / "sample"
 BUILTIN = ("ease", "ease_content", "sasrec", "recent_popularity")
 FAST = {  # one small, quick point per peer
     "ease": {"l2": 100},
@@ -29,34 +28,6 @@ FAST = {  # one small, quick point per peer
     "sasrec": {"epochs": 2, "max_len": 20},
     "recent_popularity": {"days": 28},
 }
-
-
-def _fake_features(item_ids: np.ndarray, seed: int = 0) -> ItemFeatures:
-    rng = np.random.default_rng(seed)
-    n = len(item_ids)
-    return ItemFeatures(
-        item_ids=np.asarray(item_ids),
-        text=rng.standard_normal((n, 8)).astype(np.float32),
-        text_mask=np.ones(n, bool),
-        image=rng.standard_normal((n, 6)).astype(np.float32),
-        image_mask=np.ones(n, bool),
-        categories=np.zeros((n, 1), np.float32),
-        category_vocab=["x"],
-    )
-
-
-@pytest.fixture(scope="module")
-def real_slice():
-    """100 items of data/sample and their interactions; the last 10 items are kept out of training."""
-    catalog = pl.read_parquet(SAMPLE / "catalog.parquet").sort("item_id").head(100)
-    inter = pl.read_parquet(SAMPLE / "interactions.parquet").filter(
-        pl.col("item_id").is_in(catalog["item_id"].implode())
-    )
-    cold = catalog["item_id"].tail(10)
-    train = inter.filter(~pl.col("item_id").is_in(cold.implode()))
-    ids = catalog["item_id"].to_numpy()
-    item_index = {int(i): k for k, i in enumerate(ids.tolist())}
-    return PeerData(train, item_index, catalog=catalog, features=_fake_features(ids)), train
 
 
 @pytest.mark.parametrize("name", BUILTIN)
