@@ -10,9 +10,11 @@ the recsys config), and every model is scored on it with the library's `evaluate
   split.valid) once per model seed (train.seed = base seed + i, or + i x K for an ensemble of K models, so
   repeats share no member); the split never changes;
 * test: history = train + valid (build_queries "test"), seen items excluded; on the cold protocol
-  the candidates are the held-out cold items. No model is refit on train + valid: every model,
-  recsys included, scores the test with its train-only fit (models that read the history at scoring
-  time - recsys, content-kNN, ALS fold-in - see the valid item too).
+  the candidates are the held-out cold items. On loo and cold no model is refit on train + valid:
+  every model, recsys included, scores the test with its train-only fit (models that read the history
+  at scoring time - recsys, content-kNN, ALS fold-in - see the valid item too). The temporal split's
+  validation is the latest window of time before the cut (`Split.refits`): there every model, peers
+  and recsys alike, learns train + valid again with its picked settings before the test.
 
 Stochastic peers (als, bpr, lightfm_*) are refit with the chosen hyper-parameters for every seed too;
 deterministic ones (popularity, knn_*) run once. Multi-seed rows are mean ± standard error.
@@ -105,9 +107,10 @@ def summarise(runs: list[dict[str, float]]) -> dict[str, Any]:
 
 def tune_and_test(
     spec, data: PeerData, valid_q, test_q, n_items: int, candidates, seeds: list[int], quick: bool, ks, tracker: Tracker,
-    valid_candidates=None,
+    valid_candidates=None, test_data: PeerData | None = None,
 ) -> dict[str, Any]:
-    """Pick hyper-parameters on valid by NDCG@10, then test with one fit per seed (train only).
+    """Pick hyper-parameters on valid by NDCG@10, then test with one fit per seed: on `data` (train
+    only), or on `test_data` when the split refits (train + valid).
 
     Validation ranks exactly what recsys' early stopping ranks: the whole catalog on loo, the held-out
     validation items among themselves on cold (`valid_candidates`)."""
@@ -127,7 +130,8 @@ def tune_and_test(
     key = json.dumps(params, sort_keys=True)
     runs = []
     for seed in seeds if spec.stochastic else seeds[:1]:
-        scorer, seconds = fits.get((key, seed)) or timed_fit(spec, data, params, seed)
+        scorer, seconds = timed_fit(spec, test_data, params, seed) if test_data is not None else (
+            fits.get((key, seed)) or timed_fit(spec, data, params, seed))
         metrics = evaluate(scorer, test_q, n_items, ks=ks, candidates=candidates)
         metrics["train_seconds"] = seconds
         runs.append(metrics)
@@ -369,12 +373,14 @@ def main(argv: list[str] | None = None) -> dict:
             valid_q = build_queries(split, item_index, "valid")
             test_q = build_queries(split, item_index, "test")
             data = PeerData(split.train, item_index, catalog=catalog, features=features)
+            test_data = PeerData(split.before_test(), item_index, catalog=catalog, features=features) if split.refits else None
             models: dict[str, Any] = {}
             log.info("%s: split %s, %d valid / %d test users", protocol, split.sizes(), len(valid_q), len(test_q))
             for name in peers:
                 with tracker.step(f"{protocol}/{name}"):
                     models[name] = tune_and_test(PEERS[name], data, valid_q, test_q, n_items, candidates,
-                                                 seeds, args.quick, ks, tracker, valid_candidates=valid_candidates)
+                                                 seeds, args.quick, ks, tracker, valid_candidates=valid_candidates,
+                                                 test_data=test_data)
                 log.info("%s %s test: %s", protocol, name, {k: round(models[name][k], 4) for k in COLUMNS})
             if not args.skip_recsys:
                 with tracker.step(f"{protocol}/recsys"):

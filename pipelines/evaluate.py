@@ -18,7 +18,7 @@ from recsys.encoders.features import ItemFeatures
 from recsys.eval.baselines import ContentKNNScorer, PopularityScorer, frozen_content_embeddings
 from recsys.eval.protocol import build_queries, evaluate
 from recsys.eval.report import write_report
-from recsys.model.train import fit_two_tower, item_index_of, item_rows
+from recsys.model.train import fit_two_tower, item_index_of, item_rows, refit_on_everything
 from recsys.model.two_tower import ModelScorer
 from recsys.tracking import Tracker
 
@@ -41,11 +41,15 @@ def evaluate_split(
         show_progress=show_progress,
         valid_candidates=valid_candidates,
     )
+    if split.refits:  # the temporal split: validation is the latest window of time before the test
+        learned = split.before_test()
+        logger.info("%s: refitting the chosen model on train + valid (%d interactions) before the test", split.protocol, learned.height)
+        result = refit_on_everything(features, learned, result, make_logger=tracker.lightning_logger, show_progress=show_progress)
     queries = build_queries(split, item_index, "test")
     ks = tuple(cfg.eval.k)
     scorers = [ModelScorer(result.model, result.model.feature_tensors(features))]
     if "popularity" in cfg.eval.baselines:
-        scorers.append(PopularityScorer(split.train, item_index))
+        scorers.append(PopularityScorer(split.before_test(), item_index))
     if "content_knn" in cfg.eval.baselines:
         scorers.append(ContentKNNScorer(frozen_content_embeddings(features), name="content_knn"))
     metrics: dict[str, dict[str, float]] = {}
@@ -56,6 +60,8 @@ def evaluate_split(
     metrics["recsys"]["best_epoch"] = result.best_epoch
     metrics["recsys"]["epochs_run"] = result.epochs_run
     metrics["recsys"]["best_valid"] = result.best_metric  # what early stopping (and tuning) looked at
+    if result.refit:
+        metrics["recsys"]["refit_seconds"] = result.refit["seconds"]
     if result.item_item:  # model.item_item: what was picked on validation, and the towers' own score
         picked = result.item_item_metrics()
         metrics["recsys"].update(picked)

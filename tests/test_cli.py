@@ -177,3 +177,22 @@ def test_train_with_the_recipe_records_its_choices_and_refits_on_everything(file
     assert train_run.data.params["chosen.model.user_pooling"] == "attention"
     recorded = client.download_artifacts(train_run.info.run_id, "recipe/recipe.json", str(tmp_path))
     assert json.loads(Path(recorded).read_text()) == bundle.meta["recipe"]
+
+
+def test_evaluate_temporal_refits_on_the_validation_window(files, tmp_path):
+    """The temporal protocol validates on the window of time before the cut, so the model is learned again
+    on train + valid before the test, and its popularity baseline counts the same rows."""
+    import json
+
+    result = _invoke(
+        ["evaluate", "--catalog", str(files["catalog"]), "--interactions", str(files["interactions"]), "-q",
+         "--out", str(tmp_path / "report"), "-s", f"encoders.cache_dir={files['root'] / 'cache'}",
+         "-s", "tracking.enabled=false", "-s", "eval.protocols=[temporal]", *FAST]
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    split = report["meta"]["protocols"]["temporal"]
+    assert split["valid_cutoff"] < split["cutoff"] and split["refit_before_test"] is True
+    recsys = report["results"]["temporal"]["recsys"]
+    assert recsys["refit_seconds"] > 0 and 0.0 <= recsys["ndcg@10"] <= 1.0
+    assert recsys["train_seconds"] > recsys["refit_seconds"]  # the fit on train, then the refit on train + valid

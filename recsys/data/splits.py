@@ -44,6 +44,18 @@ class Split:
     def sizes(self) -> dict[str, int]:
         return {"train": self.train.height, "valid": self.valid.height, "test": self.test.height}
 
+    @property
+    def refits(self) -> bool:
+        """Models learn train + valid again, with what validation picked, before the test (temporal)."""
+        return bool(self.meta.get("refit_before_test"))
+
+    def before_test(self) -> pl.DataFrame:
+        """The rows every model has learned from when it is tested: train, plus valid when `refits`
+        (in `pos` order per user)."""
+        if not self.refits:
+            return self.train
+        return pl.concat([self.train, self.valid], how="vertical_relaxed").sort(["user_id", "pos"])
+
 
 def _check_columns(df: pl.DataFrame) -> None:
     missing = [c for c in _REQUIRED if c not in df.columns]
@@ -173,29 +185,43 @@ def temporal_split(interactions: pl.DataFrame, quantile: float = 0.8, seed: int 
     """Global time cutoff at the `quantile` of timestamps (an actual timestamp, numpy method 'lower').
 
     test = interactions at/after the cutoff of users with >= 1 interaction before it (others' post-cutoff
-    rows are dropped: no history to predict from). Before the cutoff: each user's last interaction ->
-    valid (users with >= 3 before-cutoff interactions), the rest -> train.
+    rows are dropped: no history to predict from). Validation mirrors the test one step earlier: the
+    same quantile of the before-cutoff timestamps is a second cutoff, and the interactions between the
+    two are validation (users without history before the second cutoff are not queried, as in test,
+    but their rows are kept for the refit); what is before the second cutoff is train. So validation
+    rewards what the test rewards (what is bought next, recent items included), and
+    `meta["refit_before_test"]` asks every model to learn train + valid again with its picked settings
+    before the test: one trained only up to the second cutoff would be stale.
     """
     if not 0.0 < quantile < 1.0:
         raise ValueError(f"temporal_split: quantile must be in (0, 1), got {quantile}")
     ordered = order_interactions(interactions, seed)
-    cutoff = int(np.quantile(ordered["timestamp"].to_numpy(), quantile, method="lower"))
-    before = ordered.filter(pl.col("timestamp") < cutoff)
-    after = ordered.filter(pl.col("timestamp") >= cutoff)
+    before, after, cutoff = _time_cut(ordered, quantile)
     if before.height == 0:
         raise ValueError(
             f"temporal_split: no interaction before the cutoff {cutoff} (quantile {quantile}); "
             "timestamps are all equal or missing (ml-1m has none) - use the loo or cold protocol"
         )
     test = after.filter(pl.col("user_id").is_in(before["user_id"].unique().implode()))
-    train_a, train_b, valid = _last_two_out(before)
-    train = pl.concat([train_a, train_b]).sort(["user_id", "pos"])
-    split = Split("temporal", train, valid, test, None, {"seed": seed, "quantile": quantile, "cutoff": cutoff})
+    train, valid, valid_cutoff = _time_cut(before, quantile)
+    if train.height == 0 or not valid["user_id"].is_in(train["user_id"].unique().implode()).any():
+        raise ValueError(
+            f"temporal_split: nothing to validate on before the cutoff {cutoff}: no user has interactions on both "
+            f"sides of the validation cutoff (quantile {quantile} of the {before.height} earlier interactions)"
+        )
+    split = Split("temporal", train, valid, test, None,
+                  {"seed": seed, "quantile": quantile, "cutoff": cutoff, "valid_cutoff": valid_cutoff, "refit_before_test": True})
     log.info(
-        "temporal split: cutoff %d, %d post-cutoff rows of users without history dropped, %s",
-        cutoff, after.height - test.height, split.sizes(),
+        "temporal split: cutoff %d, validation from %d, %d post-cutoff rows of users without history dropped, %s",
+        cutoff, valid_cutoff, after.height - test.height, split.sizes(),
     )
     return split
+
+
+def _time_cut(ordered: pl.DataFrame, quantile: float) -> tuple[pl.DataFrame, pl.DataFrame, int]:
+    """(rows before the `quantile` timestamp, rows at or after it, that timestamp)."""
+    cutoff = int(np.quantile(ordered["timestamp"].to_numpy(), quantile, method="lower"))
+    return ordered.filter(pl.col("timestamp") < cutoff), ordered.filter(pl.col("timestamp") >= cutoff), cutoff
 
 
 def make_split(

@@ -190,12 +190,13 @@ class ItemItemFit:
             incumbent = Trial({"days": windows[0], "weight": 0.0}, *value({"days": windows[0], "weight": 0.0}))
             verdict = crossfit([t for t in trials if t.point["weight"] != 0.0], incumbent)
             point, gain = verdict.winner.point, verdict.gain
-            # The floor: a blend below popularity itself on validation is not shipped; popularity ranks
-            # and the blend only orders items of equal count.
-            all_time = log_counts[0.0] if 0.0 in log_counts else self._log_counts(data, block, 0.0)
-            if verdict.winner.value < data.valid.value(all_time[None, :].repeat(len(blended), 0), self.cfg.train.valid_metric):
-                point = {"days": 0.0, "weight": POPULARITY_FLOOR}
-                log_counts[0.0], spreads[0.0] = all_time, float(blended.std() / max(float(all_time.std()), 1e-12))
+            # The floor: a blend below popularity itself (all-time, or fading, whichever validates best) is
+            # not shipped; that popularity ranks and the blend only orders items of equal count.
+            metric = self.cfg.train.valid_metric
+            alone = {days: data.valid.value(counts[None, :].repeat(len(blended), 0), metric) for days, counts in log_counts.items()}
+            best_days = max(alone, key=alone.get)
+            if verdict.winner.value < alone[best_days]:
+                point = {"days": best_days, "weight": POPULARITY_FLOOR}
         days, weight = point["days"], point["weight"]
         model.set_popularity_prior(weight * spreads[days] * log_counts[days][block.seen_rows])
         return {"popularity_days": days, "popularity_weight_relative": weight, "popularity_weight": weight * spreads[days],

@@ -130,6 +130,21 @@ def test_temporal_cutoff_respected(sample_interactions):
     assert (joined["timestamp"] >= joined["timestamp_train"]).all()
 
 
+def test_temporal_validation_is_the_window_before_the_cut(sample_interactions):
+    """Validation mirrors the test one cut earlier, so it rewards what the test rewards (recent items)."""
+    split = temporal_split(sample_interactions, quantile=0.8, seed=0)
+    valid_cutoff, cutoff = split.meta["valid_cutoff"], split.meta["cutoff"]
+    assert split.train["timestamp"].max() < valid_cutoff <= split.valid["timestamp"].min()
+    before = sample_interactions.filter(pl.col("timestamp") < cutoff)["timestamp"].to_numpy()
+    assert valid_cutoff == int(np.quantile(before, 0.8, method="lower"))
+    assert split.valid.height > 0.1 * before.size  # a window of time, not one row per user
+    # every model learns train + valid before the test (peers and recsys alike)
+    assert split.refits and not loo_split(sample_interactions, 0).refits
+    learned = split.before_test()
+    assert learned.height == before.size and learned["timestamp"].max() < cutoff
+    assert learned.sort(["user_id", "pos"]).equals(learned)
+
+
 def test_temporal_without_timestamps_fails(sample_interactions):
     flat = sample_interactions.with_columns(pl.lit(0, dtype=pl.Int64).alias("timestamp"))
     with pytest.raises(ValueError, match="no interaction before the cutoff"):
