@@ -32,6 +32,7 @@ class RunOutputs:
     tracking_uri: str
     parent_run_id: str | None
     seconds: float
+    tracking_failure: str | None = None  # the store failed mid-run: these outputs are complete, its record is not
 
 
 def run_pipeline(cfg: PipelineConfig, *, evaluate: bool = True, show_progress: bool = True) -> RunOutputs:
@@ -40,6 +41,7 @@ def run_pipeline(cfg: PipelineConfig, *, evaluate: bool = True, show_progress: b
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(cfg.to_yaml())
     tracker = Tracker(cfg.tracking)
+    tracker.preflight()  # an unusable store is reported now, not after the training
     catalog, interactions = load_dataset(cfg.data)
     with tracker.pipeline_run("pipeline", cfg, tags={"job": "run"}) as parent_id:
         features = run_embed(cfg, catalog, tracker, show_progress=show_progress)
@@ -63,6 +65,7 @@ def run_pipeline(cfg: PipelineConfig, *, evaluate: bool = True, show_progress: b
             )
         seconds = time.perf_counter() - started
         tracker.log_metrics({"pipeline_seconds": seconds})
-    outputs = RunOutputs(bundle, recs, report_md, report_json, registration, tracker.tracking_uri, parent_id, seconds)
+    outputs = RunOutputs(bundle, recs, report_md, report_json, registration, tracker.tracking_uri, parent_id, seconds,
+                         tracker.failure)
     (out / "run.json").write_text(json.dumps({k: str(v) for k, v in outputs.__dict__.items()}, indent=2))
     return outputs

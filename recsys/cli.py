@@ -63,6 +63,9 @@ def _start(quiet: bool = False, threads: int | None = None, *, role_default: int
     except ValueError as err:  # a bad RECSYS_THREADS / OMP_NUM_THREADS
         _fail(str(err))
     logger.info(plan.describe())
+    from recsys.tracking import bound_http_retries
+
+    bound_http_retries()
     _load_plugins()
 
 
@@ -110,10 +113,11 @@ def _guard(fn):
         from recsys.bundle import BundleError
         from recsys.config import ConfigError
         from recsys.data.schemas import DataValidationError
+        from recsys.tracking import TrackingError
 
         try:
             return fn(*args, **kwargs)
-        except (DataValidationError, ConfigError, BundleError, FileNotFoundError) as err:
+        except (DataValidationError, ConfigError, BundleError, FileNotFoundError, TrackingError) as err:
             _fail(str(err))
 
     return wrapper
@@ -182,8 +186,9 @@ def train(
 
     cfg = _config(config, set_, _data_overrides(catalog, interactions, movielens))
     out = out or cfg.output_dir / "bundle"
-    catalog_df, interactions_df = load_dataset(cfg.data)
     tracker = Tracker(cfg.tracking)
+    tracker.preflight()  # an unusable store is reported now, not after the training
+    catalog_df, interactions_df = load_dataset(cfg.data)
     features = run_embed(cfg, catalog_df, tracker, show_progress=not quiet)
     bundle, result, registration = run_train(
         cfg, catalog_df, interactions_df, features, tracker, out, register=register, show_progress=not quiet
@@ -197,6 +202,7 @@ def train(
         )
     if registration is not None:
         typer.echo(f"registered: {registration.name} v{registration.version}{' (champion)' if registration.champion else ' (champion unchanged)'}")
+    _tracking_outcome(tracker.failure)
 
 
 @app.command()
@@ -263,13 +269,15 @@ def evaluate(
     from pipelines.evaluate import run_evaluate
 
     cfg = _config(config, set_, _data_overrides(catalog, interactions, movielens))
-    catalog_df, interactions_df = load_dataset(cfg.data)
     tracker = Tracker(cfg.tracking)
+    tracker.preflight()
+    catalog_df, interactions_df = load_dataset(cfg.data)
     with tracker.pipeline_run("evaluate", cfg, tags={"job": "evaluate"}):
         features = run_embed(cfg, catalog_df, tracker, show_progress=not quiet)
         md, js, _ = run_evaluate(cfg, interactions_df, features, tracker, out or cfg.output_dir / "report", show_progress=not quiet)
     typer.echo(md.read_text())
     typer.echo(f"report: {md}  {js}")
+    _tracking_outcome(tracker.failure)
 
 
 def _run_and_report(cfg, *, evaluate: bool = True, quiet: bool = False) -> None:
@@ -279,6 +287,20 @@ def _run_and_report(cfg, *, evaluate: bool = True, quiet: bool = False) -> None:
     if outputs.report_md:
         typer.echo(Path(outputs.report_md).read_text())
     _print_outputs(outputs)
+    _tracking_outcome(outputs.tracking_failure)
+
+
+TRACKING_FAILED_EXIT = 3
+
+
+def _tracking_outcome(failure: str | None) -> None:
+    """Exit 3 after a job whose outputs are all written but whose MLflow record broke off mid-run, so a
+    scheduler notices that the run was not (fully) recorded or registered."""
+    if failure:
+        typer.secho(f"error: MLflow tracking failed mid-run ({failure}); every output above was written, "
+                    "but the run's record is incomplete and the model was not registered after that point",
+                    fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=TRACKING_FAILED_EXIT)
 
 
 def _print_outputs(outputs) -> None:

@@ -50,6 +50,23 @@ BUNDLE_ARTIFACT = "bundle"
 _RUNTIME_PACKAGES = ("mlflow", "torch", "numpy", "pandas", "faiss-cpu", "pydantic", "pyyaml")
 
 
+class TrackingError(RuntimeError):
+    """The tracking store cannot be used (unreachable, refused, not writable): reported at start."""
+
+
+# A tracking call that fails is retried this many times within about this many seconds, then tracking is
+# off for the rest of the run (MLflow's own defaults retry for minutes per call). A user's setting wins.
+HTTP_RETRIES, HTTP_TIMEOUT_S = "2", "20"
+PREFLIGHT_TIMEOUT_S = 5.0
+
+
+def bound_http_retries() -> None:
+    """Set MLflow's HTTP retry/timeout environment to short defaults unless the user set them."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", HTTP_RETRIES)
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", HTTP_TIMEOUT_S)
+
+
 _UNSAFE_KEY_CHARS = re.compile(r"[^A-Za-z0-9_\-. :/]")
 
 
@@ -124,6 +141,60 @@ class Tracker:
         self._uri: str | None = None
         self._client: MlflowClient | None = None
         self._experiment_id: str | None = None
+        self.failure: str | None = None  # why tracking stopped mid-run (the run's outputs are still written)
+
+    def preflight(self) -> None:
+        """Fail fast, before any long work, when the store cannot be used: an HTTP server that does not
+        answer or refuses us, a local store whose folder is missing or not writable. TrackingError names
+        tracking.tracking_uri and what to do."""
+        if not self.enabled:
+            return
+        uri = self.tracking_uri
+        hint = "; fix tracking.tracking_uri, start the server, or run with --set tracking.enabled=false"
+        parsed = urlparse(uri)
+        if parsed.scheme in ("http", "https"):
+            import requests
+
+            probe = f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/get-by-name"
+            try:
+                answer = requests.get(probe, params={"experiment_name": self.cfg.experiment}, timeout=PREFLIGHT_TIMEOUT_S)
+            except requests.RequestException as err:
+                raise TrackingError(f"tracking.tracking_uri {uri}: the MLflow server does not answer ({type(err).__name__}){hint}") from None
+            if answer.status_code in (401, 403):
+                raise TrackingError(f"tracking.tracking_uri {uri}: the server refused us (HTTP {answer.status_code}){hint}")
+            mlflow_answer = answer.headers.get("content-type", "").startswith("application/json")
+            if answer.status_code >= 500 or (answer.status_code != 200 and not mlflow_answer):
+                raise TrackingError(f"tracking.tracking_uri {uri}: not an MLflow server that works (HTTP {answer.status_code} "
+                                    f"from {probe}){hint}")
+            return
+        local = _sqlite_db_path(uri) if parsed.scheme == "sqlite" else (
+            Path(unquote(parsed.path)) if parsed.scheme in ("", "file") else None)
+        if local is None:
+            return  # another scheme (databricks, ...): MLflow reports its own errors
+        folder = local.parent if parsed.scheme == "sqlite" else local
+        existing = next((f for f in [folder, *folder.parents] if f.exists()), None)
+        if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+            raise TrackingError(f"tracking.tracking_uri {uri}: {existing or folder} is not a writable folder{hint}")
+        if parsed.scheme == "sqlite" and local.exists() and not os.access(local, os.R_OK | os.W_OK):
+            raise TrackingError(f"tracking.tracking_uri {uri}: {local} is not readable and writable{hint}")
+
+    def _safely(self, what: str, call, *args, **kwargs):
+        """Run one tracking call; when it fails, say so once, turn tracking off for the rest of the run
+        and go on: a store that breaks mid-run costs the record, never the job's outputs."""
+        if not self.enabled:
+            return None
+        try:
+            return call(*args, **kwargs)
+        except Exception as err:  # noqa: BLE001 - any store failure (HTTP, sqlite, disk) degrades the same way
+            self.tracking_failed(what, err)
+            return None
+
+    def tracking_failed(self, what: str, err: BaseException) -> None:
+        if self.failure is None:
+            self.failure = f"{what}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:500]
+            log.error("MLflow tracking failed (%s); tracking is off for the rest of this run, its outputs are still "
+                      "written", self.failure)
+        self.enabled = False
 
     # -- lazy setup: a disabled tracker (or one never used) touches no files
     @property
@@ -168,12 +239,20 @@ class Tracker:
         """Open a (possibly nested) fluent run, end it FAILED/KILLED if an exception escapes."""
         self._activate()
         nested = mlflow.active_run() is not None
-        run = mlflow.start_run(
-            experiment_id=self._experiment(),
-            run_name=name,
-            nested=nested,
-            tags={safe_key(k): str(v) for k, v in (tags or {}).items()},
-        )
+        try:
+            run = mlflow.start_run(
+                experiment_id=self._experiment(),
+                run_name=name,
+                nested=nested,
+                tags={safe_key(k): str(v) for k, v in (tags or {}).items()},
+            )
+        except Exception as err:  # noqa: BLE001 - the store answered the preflight but cannot start a run
+            if self._runs:  # a step inside a tracked pipeline: the job goes on untracked
+                self.tracking_failed(f"starting run {name!r}", err)
+                yield None
+                return
+            raise TrackingError(f"tracking.tracking_uri {self.tracking_uri}: cannot start an MLflow run: "
+                                f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
         run_id = run.info.run_id
         self._runs.append(run_id)
         status = RunStatus.to_string(RunStatus.FINISHED)
@@ -189,10 +268,13 @@ class Tracker:
         finally:
             self._runs.pop()
             active = mlflow.active_run()
-            if active is not None and active.info.run_id == run_id:
-                mlflow.end_run(status)
-            else:  # someone ended/replaced the fluent run; still record the outcome
-                self.client.set_terminated(run_id, status)
+            try:
+                if active is not None and active.info.run_id == run_id:
+                    mlflow.end_run(status)
+                else:  # someone ended/replaced the fluent run; still record the outcome
+                    self.client.set_terminated(run_id, status)
+            except Exception as err:  # noqa: BLE001 - the store went away: the run stays open there
+                self.tracking_failed(f"ending run {name!r}", err)  # (end_run pops the run before it calls the store)
 
     @contextmanager
     def pipeline_run(
@@ -202,11 +284,12 @@ class Tracker:
         if not self.enabled:
             yield None
             return
+        self.preflight()
         with self._run(name, tags) as run_id:
             log.info("MLflow pipeline run %s (%s) at %s", name, run_id, self.tracking_uri)
             if config is not None:
                 self.log_params(config.flat())
-                self.client.log_text(run_id, config.to_yaml(), "config.yaml")
+                self._safely("logging config.yaml", self.client.log_text, run_id, config.to_yaml(), "config.yaml")
             yield run_id
 
     @contextmanager
@@ -215,6 +298,8 @@ class Tracker:
         if not self.enabled:
             yield None
             return
+        if not self._runs:
+            self.preflight()
         with self._run(name, {"step": name}) as run_id:
             yield run_id
 
@@ -231,7 +316,7 @@ class Tracker:
             return
         items = [Param(safe_key(k), str(v)[:MAX_PARAM_VAL_LENGTH]) for k, v in params.items()]
         for start in range(0, len(items), MAX_PARAMS_TAGS_PER_BATCH):
-            self.client.log_batch(run_id, params=items[start : start + MAX_PARAMS_TAGS_PER_BATCH])
+            self._safely("logging params", self.client.log_batch, run_id, params=items[start : start + MAX_PARAMS_TAGS_PER_BATCH])
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         """Log numeric metrics (non-numeric values are skipped with a warning)."""
@@ -245,20 +330,20 @@ class Tracker:
             except (TypeError, ValueError):
                 log.warning("MLflow: metric %r=%r is not numeric; skipped", key, value)
         for start in range(0, len(items), 1000):
-            self.client.log_batch(run_id, metrics=items[start : start + 1000])
+            self._safely("logging metrics", self.client.log_batch, run_id, metrics=items[start : start + 1000])
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         if self.enabled and (run_id := self._current("artifact")) is not None:
-            self.client.log_artifact(run_id, str(path), artifact_path)
+            self._safely(f"logging artifact {Path(path).name}", self.client.log_artifact, run_id, str(path), artifact_path)
 
     def log_artifacts(self, directory: str | Path, artifact_path: str | None = None) -> None:
         if self.enabled and (run_id := self._current("artifacts")) is not None:
-            self.client.log_artifacts(run_id, str(directory), artifact_path)
+            self._safely(f"logging artifacts {Path(directory).name}", self.client.log_artifacts, run_id, str(directory), artifact_path)
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         if self.enabled and tags and (run_id := self._current("tags")) is not None:
             for key, value in tags.items():
-                self.client.set_tag(run_id, safe_key(key), str(value))
+                self._safely("setting tags", self.client.set_tag, run_id, safe_key(key), str(value))
 
     # -- Lightning
     def lightning_logger(self, prefix: str = "") -> MLFlowLogger | None:
@@ -270,7 +355,7 @@ class Tracker:
         if run_id is None:
             log.warning("MLflow: lightning_logger() called outside a run; Lightning metrics not tracked")
             return None
-        return _borrowed_run_logger(self.tracking_uri, self.cfg.experiment, run_id, prefix)
+        return _borrowed_run_logger(self.tracking_uri, self.cfg.experiment, run_id, prefix, self)
 
     # -- registry
     def register_bundle(
@@ -301,6 +386,11 @@ class Tracker:
                     bundle_dir, metric_name, metric_value, higher_is_better,
                     name=name, data_fingerprint=data_fingerprint, baselines=baselines,
                 )
+        return self._safely("registering the bundle", self._register, bundle_dir, metric_name, metric_value, higher_is_better,
+                            name, data_fingerprint, baselines)
+
+    def _register(self, bundle_dir: Path, metric_name: str, metric_value: float, higher_is_better: bool, name: str,
+                  data_fingerprint: str | None, baselines: Mapping[str, float] | None) -> RegistrationResult:
         self._activate()
         info = mlflow.pyfunc.log_model(
             name=MODEL_NAME,
@@ -369,14 +459,31 @@ def _pip_requirements() -> list[str]:
     return reqs
 
 
-def _borrowed_run_logger(tracking_uri: str, experiment: str, run_id: str, prefix: str = "") -> MLFlowLogger:
-    """MLFlowLogger on an existing run that does not terminate it: the Tracker owns the run's status."""
+def _borrowed_run_logger(tracking_uri: str, experiment: str, run_id: str, prefix: str = "",
+                         tracker: Tracker | None = None) -> MLFlowLogger:
+    """MLFlowLogger on an existing run that does not terminate it: the Tracker owns the run's status. A
+    failing store turns the tracker off instead of stopping the training."""
     from pytorch_lightning.loggers import MLFlowLogger
 
     class _BorrowedRunLogger(MLFlowLogger):
         def finalize(self, status: str = "success") -> None:
-            if self._initialized and self._checkpoint_callback:
-                self._scan_and_log_checkpoints(self._checkpoint_callback)
+            if self._initialized and self._checkpoint_callback and (tracker is None or tracker.enabled):
+                self._guarded("logging checkpoints", self._scan_and_log_checkpoints, self._checkpoint_callback)
+
+        def log_metrics(self, metrics, step=None) -> None:
+            self._guarded("logging training curves", super().log_metrics, metrics, step)
+
+        def log_hyperparams(self, params) -> None:
+            self._guarded("logging hyper-parameters", super().log_hyperparams, params)
+
+        def _guarded(self, what, call, *args) -> None:
+            if tracker is None:
+                call(*args)
+            elif tracker.enabled:
+                try:
+                    call(*args)
+                except Exception as err:  # noqa: BLE001 - see Tracker._safely
+                    tracker.tracking_failed(what, err)
 
     return _BorrowedRunLogger(experiment_name=experiment, tracking_uri=tracking_uri, run_id=run_id, prefix=prefix)
 

@@ -196,3 +196,52 @@ def test_evaluate_temporal_refits_on_the_validation_window(files, tmp_path):
     recsys = report["results"]["temporal"]["recsys"]
     assert recsys["refit_seconds"] > 0 and 0.0 <= recsys["ndcg@10"] <= 1.0
     assert recsys["train_seconds"] > recsys["refit_seconds"]  # the fit on train, then the refit on train + valid
+
+
+def test_an_unreachable_tracking_server_stops_the_job_at_start(files, tmp_path):
+    """One line, before any embedding or training (MLflow alone retries each call for minutes)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    result = runner.invoke(app, [
+        "train", "--catalog", str(files["catalog"]), "--interactions", str(files["interactions"]), "--out", str(tmp_path / "b"),
+        "-q", "-s", f"encoders.cache_dir={tmp_path / 'cache'}", "-s", f"tracking.tracking_uri=http://127.0.0.1:{port}", *FAST])
+    assert result.exit_code == 2
+    assert f"tracking.tracking_uri http://127.0.0.1:{port}: the MLflow server does not answer" in result.output
+    assert "tracking.enabled=false" in result.output
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "b").exists()
+
+
+def test_a_store_failing_mid_run_keeps_the_trained_bundle(files, tmp_path, monkeypatch):
+    """The store breaks once training starts (every later call fails): the job finishes, the bundle is
+    complete, and the exit code (3) and one line say the run's record is incomplete."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    import pipelines.train as train_step
+    from recsys.bundle import load_bundle
+
+    real_fit, real_log_batch = train_step.fit_two_tower, MlflowClient.log_batch
+    broken = {"now": False}
+
+    def log_batch(self, *args, **kwargs):
+        if broken["now"]:
+            raise MlflowException("the tracking server went away")
+        return real_log_batch(self, *args, **kwargs)
+
+    def fit_then_break(*args, **kwargs):
+        broken["now"] = True
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(MlflowClient, "log_batch", log_batch)
+    monkeypatch.setattr(train_step, "fit_two_tower", fit_then_break)
+    out = tmp_path / "bundle"
+    result = runner.invoke(app, [
+        "train", "--catalog", str(files["catalog"]), "--interactions", str(files["interactions"]), "--out", str(out), "-q",
+        "-s", f"encoders.cache_dir={files['root'] / 'cache'}", "-s", f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}", *FAST])
+    assert result.exit_code == 3, result.output
+    assert "MLflow tracking failed mid-run" in result.output and "the tracking server went away" in result.output
+    assert f"bundle: {out}" in result.output and "registered:" not in result.output
+    assert load_bundle(out).meta["n_items"] == 120

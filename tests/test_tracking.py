@@ -285,3 +285,52 @@ def test_registry_models_download_once_into_recsys_home(tracker: Tracker, tmp_pa
     assert first == again and (tmp_path / "home" / "artifacts" / "models") in first.parents
     assert '"v1"' in (first / "manifest.json").read_text()
     assert not [p for p in (tmp_path / "home" / "artifacts" / "models").iterdir() if p.name.startswith(".")]
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]  # nothing listens there once the socket closes
+
+
+def test_preflight_names_an_unusable_store(tmp_path: Path) -> None:
+    """Unreachable server, a folder that is a file: one clear error at start; a usable store passes."""
+    from recsys.tracking import TrackingError
+
+    unreachable = Tracker(TrackingConfig(tracking_uri=f"http://127.0.0.1:{_closed_port()}"))
+    with pytest.raises(TrackingError, match=r"tracking.tracking_uri http://127.0.0.1:\d+: the MLflow server does not answer"):
+        unreachable.preflight()
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(TrackingError, match="is not a writable folder"):
+        Tracker(TrackingConfig(tracking_uri=f"sqlite:///{blocker}/mlflow.db")).preflight()
+    with pytest.raises(TrackingError, match="not a writable folder"):
+        with Tracker(TrackingConfig(tracking_uri=f"sqlite:///{blocker}/mlflow.db")).pipeline_run("p"):
+            pass
+    Tracker(TrackingConfig(tracking_uri=f"sqlite:///{tmp_path}/new/mlflow.db")).preflight()  # a folder to create is fine
+    Tracker(TrackingConfig(enabled=False, tracking_uri=f"sqlite:///{blocker}/x.db")).preflight()  # tracking off: no check
+
+
+def test_a_store_failing_mid_run_turns_tracking_off_and_the_run_goes_on(tracker: Tracker, uri: str,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlflow.exceptions import MlflowException
+
+    with tracker.pipeline_run("p") as parent:
+        tracker.log_metrics({"before": 1.0})
+
+        def broken(*args, **kwargs):
+            raise MlflowException("connection reset by the store")
+
+        monkeypatch.setattr(MlflowClient, "log_batch", broken)
+        monkeypatch.setattr(MlflowClient, "set_tag", broken)
+        with tracker.step("train"):
+            tracker.log_metrics({"after": 2.0})  # fails: tracking turns off, no exception
+            tracker.set_tags({"t": 1})
+            assert tracker.lightning_logger() is None
+        assert tracker.register_bundle(Path(uri.removeprefix("sqlite:///")).parent, "ndcg@10", 0.5) is None
+    monkeypatch.undo()
+    assert tracker.failure.startswith("logging metrics: MlflowException: connection reset")
+    assert not tracker.enabled
+    assert _client(uri).get_run(parent).data.metrics == {"before": 1.0}
