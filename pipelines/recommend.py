@@ -19,9 +19,10 @@ def read_id_column(path: Path, column: str) -> list:
     """The `column` of a parquet/CSV file as a de-duplicated list, with a clear error when absent."""
     frame = read_table(path)
     if column not in frame.columns:
-        raise DataValidationError(f"{path}: column '{column}' is missing (found: {', '.join(frame.columns)})")
+        raise DataValidationError(f"{path}: column '{column}': missing (found: {', '.join(frame.columns)})")
     if frame[column].null_count():
-        raise DataValidationError(f"{path}: column '{column}' has {frame[column].null_count()} null values")
+        rows = frame.with_row_index("row").filter(pl.col(column).is_null())["row"].head(5).to_list()
+        raise DataValidationError(f"{path}: column '{column}': {frame[column].null_count()} null value(s); first bad rows (0-based): {rows}")
     return frame[column].unique(maintain_order=True).to_list()
 
 
@@ -67,6 +68,9 @@ def run_recommend(
         if not live_log.exists():
             live_log = None
         recommender = Recommender.from_bundle(bundle_dir, live_log=live_log)
+    n_items = len(recommender.index)
+    if k > n_items:
+        logger.warning("k=%d is more than the %d items in the index; each user gets at most %d", k, n_items, n_items)
     if users_path is not None:
         users = as_id_type(read_id_column(users_path, "user_id"), recommender.user_id_type, users_path, "user_id")
         unknown = [u for u in users if not recommender.has_user(u)]

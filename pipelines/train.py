@@ -12,6 +12,7 @@ import polars as pl
 from recsys.bundle import save_bundle
 from recsys.config import PipelineConfig
 from recsys.data.readers import data_fingerprint
+from recsys.data.schemas import require_sequences
 from recsys.data.splits import loo_split, order_interactions
 from recsys.encoders.features import ItemFeatures
 from recsys.encoders.text import select_text_columns
@@ -98,6 +99,7 @@ def run_train(
 ) -> tuple[Path, TrainResult, RegistrationResult | None]:
     """Choose and validate on each user's last interaction held out, then train the chosen model again
     on every interaction (`refit_on_everything`), bundle, register."""
+    require_sequences(interactions, str(cfg.data.interactions or cfg.data.movielens or "interactions"))
     with tracker.step("train"):
         train, valid = holdout_last(interactions, cfg.train.seed)
         tracker.log_params({"train.rows": train.height, "valid.users": valid.height})

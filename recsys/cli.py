@@ -104,23 +104,59 @@ def _fail(message: str) -> None:
     raise typer.Exit(code=2)
 
 
+def _os_error(err: OSError) -> str:
+    """An OSError as `path: reason` (the file system's words), on one line."""
+    if err.filename is not None and err.strerror:
+        return f"{err.filename}: {err.strerror}"
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 def _guard(fn):
-    """Turn expected user errors (bad data, config, bundle) into one clear line and exit code 2."""
+    """Turn expected user errors (bad data, config, bundle, a file that cannot be read or written) into
+    one clear line and exit code 2."""
     import functools
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from recsys.bundle import BundleError
         from recsys.config import ConfigError
         from recsys.data.schemas import DataValidationError
         from recsys.tracking import TrackingError
 
         try:
             return fn(*args, **kwargs)
-        except (DataValidationError, ConfigError, BundleError, FileNotFoundError, TrackingError) as err:
-            _fail(str(err))
+        except Exception as err:
+            # recsys.bundle imports torch: a BundleError can only come from it once it is loaded, and a
+            # bad input file then fails in a second instead of after torch's import (the same for
+            # recsys.tracking and mlflow).
+            loaded = [getattr(sys.modules.get(module), name, ()) for module, name in
+                      (("recsys.bundle", "BundleError"), ("recsys.tracking", "TrackingError"))]
+            if isinstance(err, (DataValidationError, ConfigError, FileNotFoundError, *loaded)):
+                _fail(str(err))
+            if isinstance(err, OSError):  # permission denied, read-only file system, disk full, ...
+                _fail(_os_error(err))
+            raise
 
     return wrapper
+
+
+def _check_output(path: Path, what: str, *, is_file: bool = True) -> None:
+    """Stop before any work when `path` cannot be written: the nearest existing folder above it (the
+    missing ones are made later) must be a folder this process can create a file in."""
+    import tempfile
+
+    if is_file and path.is_dir():
+        _fail(f"{path}: is a folder; the {what} is a file, give a file name (e.g. {path / 'out.parquet'})")
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        _fail(f"{path}: cannot write the {what} there: {folder} is a file, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        _fail(f"{path}: cannot write the {what} there: {folder}: {err.strerror or err}")
 
 
 def _data_overrides(catalog: Path | None, interactions: Path | None, movielens: Path | None) -> dict:
@@ -153,12 +189,14 @@ def embed(
     """Embed the catalog with the frozen encoders (cached by content hash)."""
     _start(quiet, threads)
     from recsys.data.readers import load_dataset
+
+    cfg = _config(config, set_, _data_overrides(catalog, interactions, movielens))
+    _check_output(cfg.output_dir / "item_features.npz", "features file")  # pipelines.embed.features_path, torch-free
+    catalog_df, _ = load_dataset(cfg.data)  # bad input stops here, before torch and the encoders load
     from recsys.tracking import Tracker
 
     from pipelines.embed import features_path, run_embed
 
-    cfg = _config(config, set_, _data_overrides(catalog, interactions, movielens))
-    catalog_df, _ = load_dataset(cfg.data)
     run_embed(cfg, catalog_df, Tracker(cfg.tracking), show_progress=not quiet)
     typer.echo(f"features: {features_path(cfg)}")
 
@@ -179,16 +217,18 @@ def train(
     """Train on all given interactions (validation = each user's last one) and write a bundle."""
     _start(quiet, threads)
     from recsys.data.readers import load_dataset
+
+    cfg = _config(config, set_, _data_overrides(catalog, interactions, movielens))
+    out = out or cfg.output_dir / "bundle"
+    _check_output(out, "bundle", is_file=False)
+    catalog_df, interactions_df = load_dataset(cfg.data)  # bad input stops here, before torch loads
     from recsys.tracking import Tracker
 
     from pipelines.embed import run_embed
     from pipelines.train import run_train
 
-    cfg = _config(config, set_, _data_overrides(catalog, interactions, movielens))
-    out = out or cfg.output_dir / "bundle"
     tracker = Tracker(cfg.tracking)
     tracker.preflight()  # an unusable store is reported now, not after the training
-    catalog_df, interactions_df = load_dataset(cfg.data)
     features = run_embed(cfg, catalog_df, tracker, show_progress=not quiet)
     bundle, result, registration = run_train(
         cfg, catalog_df, interactions_df, features, tracker, out, register=register, show_progress=not quiet
@@ -241,6 +281,7 @@ def recommend(
     _start(quiet, threads)
     from pipelines.recommend import run_recommend, summarise
 
+    _check_output(out, "recommendations file")
     path = run_recommend(
         bundle, out, k=k, users_path=users, candidates_path=candidates, exclude_seen=exclude_seen,
         chunk_size=chunk_size, show_progress=not quiet, live_log=live_log,

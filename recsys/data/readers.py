@@ -42,7 +42,34 @@ def read_table(path: str | Path) -> pl.DataFrame:
             return pl.read_parquet(path)
         return pl.read_csv(path, try_parse_dates=True)
     except (pl.exceptions.PolarsError, OSError) as err:
-        raise DataValidationError(f"{path}: cannot be read as {suffix[1:]}: {err}") from err
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if suffix == ".csv" and ("utf-8" in reason.lower() or "utf8" in reason.lower()):
+            reason = _utf8_problem(path) or reason
+        raise DataValidationError(f"{path}: cannot be read as {suffix[1:]}: {reason}") from err
+
+
+def _utf8_problem(path: Path) -> str | None:
+    """Where a CSV stops being UTF-8: its line, column and the undecodable value, or None if it is UTF-8."""
+    import csv
+    import io
+
+    data = path.read_bytes()
+    try:
+        data.decode("utf-8")
+        return None
+    except UnicodeDecodeError as err:
+        start = data.rfind(b"\n", 0, err.start) + 1
+        line_no = data.count(b"\n", 0, err.start) + 1
+        end = data.find(b"\n", err.start)
+        bad_line = data[start : end if end >= 0 else len(data)].decode("utf-8", errors="backslashreplace")
+        byte = data[err.start]
+    header = next(csv.reader(io.StringIO(data[: data.find(b"\n")].decode("utf-8", errors="replace"))), [])
+    fields = next(csv.reader(io.StringIO(bad_line)), [])
+    column = next((header[i] for i, v in enumerate(fields) if "\\x" in v and i < len(header)), None)
+    value = next((v for v in fields if "\\x" in v), bad_line)
+    where = f"column {column!r}: " if column else ""
+    return (f"{where}not valid UTF-8 (byte 0x{byte:02x}) on line {line_no} (data row {line_no - 2}, 0-based): "
+            f"'{value[:60]}'; save the file as UTF-8")
 
 
 def write_table(df: pl.DataFrame, path: str | Path) -> Path:

@@ -8,12 +8,19 @@ Normalised catalog: `item_id` (Int64 or String), `title` (String), `text` (Strin
 `image` (absolute path String, nullable), `categories` (List[String]), then any other columns.
 Normalised interactions: `user_id`, `item_id` (Int64 or String), `timestamp` (Int64 unix seconds),
 `weight` (Float32), `rating` if given, then any other columns.
+
+An error is one line: `<file>: column '<name>': <problem>; first bad rows (0-based): row 3 (col=value, ...)`.
+Two things are repaired with a warning instead of stopping: integer timestamps that are all in
+milliseconds (or micro-/nanoseconds) are converted to seconds, and interactions dated more than a day
+in the future are dropped (counted). See docs/reliability.md, "Bad input".
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import polars as pl
@@ -21,6 +28,7 @@ import polars as pl
 log = logging.getLogger(__name__)
 
 MAX_SHOWN_ROWS = 5
+MAX_SHOWN_CHARS = 60
 ROW_COL = "row"
 
 CATALOG_REQUIRED = ("item_id", "title")
@@ -31,28 +39,36 @@ class DataValidationError(ValueError):
     """Input data breaks the schema; the message names the source file, column and first bad rows."""
 
 
+def _cell(value: object) -> str:
+    text = repr(value) if isinstance(value, str) else ("null" if value is None else str(value))
+    return text if len(text) <= MAX_SHOWN_CHARS else text[: MAX_SHOWN_CHARS - 3] + "..."
+
+
 def _show_rows(df: pl.DataFrame, mask: pl.Expr | None = None, columns: list[str] | None = None) -> str:
-    """Render the first offending rows (0-based data row number in column `row`)."""
+    """The first offending rows on one line: `row 3 (item_id=null), row 7 (...)` (0-based data rows)."""
     indexed = df.with_row_index(ROW_COL)
     if mask is not None:
         indexed = indexed.filter(mask)
     if columns is not None:
         indexed = indexed.select([ROW_COL, *[c for c in columns if c in indexed.columns]])
-    with pl.Config(tbl_rows=MAX_SHOWN_ROWS, tbl_cols=8, fmt_str_lengths=60, tbl_hide_dataframe_shape=True):
-        return str(indexed.head(MAX_SHOWN_ROWS))
+    shown = []
+    for record in indexed.head(MAX_SHOWN_ROWS).iter_rows(named=True):
+        row = record.pop(ROW_COL)
+        shown.append(f"row {row} (" + ", ".join(f"{k}={_cell(v)}" for k, v in record.items()) + ")")
+    return ", ".join(shown)
 
 
 def _fail(source: str, column: str | None, problem: str, rows: str | None = None) -> DataValidationError:
     where = f"{source}: column {column!r}: " if column else f"{source}: "
     text = where + problem
     if rows:
-        text += f"\nfirst offending rows (row = 0-based data row):\n{rows}"
+        text += f"; first bad rows (0-based): {rows}"
     return DataValidationError(text)
 
 
 def _require_rows(df: pl.DataFrame, source: str) -> None:
     if df.height == 0:
-        raise _fail(source, None, f"no rows (file is empty); columns seen: {df.columns}")
+        raise _fail(source, None, f"no rows; columns seen: {df.columns}")
 
 
 def _require_columns(df: pl.DataFrame, source: str, required: tuple[str, ...]) -> None:
@@ -197,14 +213,77 @@ def _normalise_timestamp(df: pl.DataFrame, source: str) -> pl.DataFrame:
     if nulls:
         raise _fail(source, "timestamp", f"{nulls} null timestamp(s)",
                     _show_rows(df, pl.col("timestamp").is_null(), ["user_id", "item_id", "timestamp"]))
-    return df
+    if not (dtype == pl.Date or isinstance(dtype, pl.Datetime)):  # numbers (or digits): which unit?
+        df = _to_seconds(df, source)
+    return _drop_future(df, source)
+
+
+# Unix seconds stay below 1e11 until the year 5138, so bigger numbers are a finer unit: the smallest
+# unit whose range holds the value (ms up to 1e14, us up to 1e17, else ns).
+_UNITS = ((10**11, 1, "seconds"), (10**14, 10**3, "milliseconds"), (10**17, 10**6, "microseconds"),
+          (None, 10**9, "nanoseconds"))
+FUTURE_TOLERANCE_S = 86_400  # clocks and time zones disagree by hours, not by more than a day
+
+
+def _now() -> float:
+    return time.time()
+
+
+def _to_seconds(df: pl.DataFrame, source: str) -> pl.DataFrame:
+    """Integer timestamps in one finer unit (every value > 1e11: milliseconds, micro- or nanoseconds)
+    are divided down to seconds with a warning; a column mixing units is an error naming its rows."""
+    magnitude = pl.col("timestamp").abs()
+    unit = pl.lit(len(_UNITS) - 1)
+    for k in range(len(_UNITS) - 2, -1, -1):
+        unit = pl.when(magnitude < _UNITS[k][0]).then(pl.lit(k)).otherwise(unit)
+    units = df.select(unit.alias("unit"))["unit"]
+    counts = units.value_counts(sort=True)
+    if counts.height == 1:
+        k = int(counts["unit"][0])
+        if k == 0:
+            return df
+        _, factor, name = _UNITS[k]
+        log.warning("%s: column 'timestamp': every value is above 1e11, so they are read as %s and divided by %d "
+                    "to unix seconds (%d rows)", source, name, factor, df.height)
+        return df.with_columns(pl.col("timestamp").floordiv(factor))
+    common = int(counts["unit"][0])
+    n_common = int(counts["count"][0])
+    raise _fail(
+        source, "timestamp",
+        f"{df.height - n_common} value(s) are not in {_UNITS[common][2]} like the other {n_common} (above 1e11 reads as "
+        "milliseconds or finer, below as unix seconds); use one unit for the whole column",
+        _show_rows(df, unit != common, ["user_id", "item_id", "timestamp"]),
+    )
+
+
+def _drop_future(df: pl.DataFrame, source: str) -> pl.DataFrame:
+    """Interactions dated more than a day after now are dropped with a warning that counts them: kept,
+    they would be every user's newest interaction (the validation target, the recency anchor)."""
+    limit = int(_now()) + FUTURE_TOLERANCE_S
+    future = pl.col("timestamp") > limit
+    n_future = df.select(future.sum()).item()
+    if not n_future:
+        return df
+    when = datetime.fromtimestamp(limit, tz=timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    rows = _show_rows(df, future, ["user_id", "item_id", "timestamp"])
+    if n_future == df.height:
+        raise _fail(source, "timestamp", f"every one of the {n_future} timestamp(s) is in the future (after {when})",
+                    rows)
+    log.warning("%s: column 'timestamp': dropping %d of %d interaction(s) dated in the future (after %s, now + 1 day); "
+                "first: %s", source, n_future, df.height, when, rows)
+    return df.filter(~future)
 
 
 def _numeric(df: pl.DataFrame, column: str, source: str) -> None:
     dtype = df.schema[column]
     if not dtype.is_numeric():
-        rows = _show_rows(df, None, ["user_id", "item_id", column])
-        raise _fail(source, column, f"has type {dtype}; expected numeric", rows)
+        # Text: name the values that are not numbers (a CSV column with one such value is read as text).
+        not_number = pl.col(column).cast(pl.String).str.strip_chars().cast(pl.Float64, strict=False).is_null()
+        mask = not_number & pl.col(column).is_not_null() if _is_stringish(dtype) else None
+        n_bad = df.filter(mask).height if mask is not None else df.height
+        rows = _show_rows(df, mask, ["user_id", "item_id", column])
+        what = f"; {n_bad} value(s) are not numbers" if mask is not None else ""
+        raise _fail(source, column, f"has type {dtype}; expected numeric{what}", rows)
     bad = pl.col(column).is_null() | ~pl.col(column).cast(pl.Float64).is_finite()
     n_bad = df.filter(bad).height
     if n_bad:
@@ -256,3 +335,18 @@ def check_items_in_catalog(
         )
     log.warning("%s: dropping %s", source, message)
     return interactions.filter(~unknown)
+
+
+def require_sequences(interactions: pl.DataFrame, source: str) -> None:
+    """A model that learns what a user picks next needs one user with 2 or more interactions; when every
+    user has one, stop with that said (users with one interaction are fine beside others: they train
+    the item side and get served, but are not validation queries)."""
+    per_user = interactions.group_by("user_id").len()
+    if per_user.height and int(per_user["len"].max()) >= 2:
+        return
+    raise _fail(
+        source, "user_id",
+        f"every one of the {per_user.height} user(s) has a single interaction; training learns what a user picks "
+        "next from what they picked before, so at least one user needs 2 or more",
+        _show_rows(interactions, None, ["user_id", "item_id", "timestamp"]),
+    )

@@ -169,6 +169,17 @@ def category_multi_hot(values: list[list[str] | None], vocab: list[str]) -> np.n
     return out
 
 
+def _warn_unusable_images(ids: np.ndarray, paths: list, mask: np.ndarray) -> None:
+    """One warning counting the items whose image path gave no image (a missing file, a folder, a
+    truncated or unreadable file): they are embedded without an image (zero row, mask False)."""
+    given = [i for i, p in enumerate(paths) if isinstance(p, (str, Path)) and str(p).strip()]
+    bad = [i for i in given if not mask[i]]
+    if bad:
+        examples = ", ".join(f"item {_key(ids[i])} at {paths[i]}" for i in bad[:3])
+        log.warning("image: %d of %d item(s) with an image path have no usable image (missing, a folder or unreadable) "
+                    "and are embedded without one; first: %s", len(bad), len(given), examples)
+
+
 def build_item_features(
     catalog: pl.DataFrame,
     cfg: EncodersConfig,
@@ -206,6 +217,8 @@ def build_item_features(
             emb, mask = encoder.encode(inputs, ids=ids.tolist(), show_progress=show_progress)
             stats = {"cached": 0, "encoded": len(inputs)}
         log.info("%s features: %d items, %d present, %s", modality, len(mask), int(mask.sum()), stats)
+        if modality == "image":
+            _warn_unusable_images(ids, inputs, mask)
         if modality in _OPTIONAL:
             arrays[modality], arrays[f"{modality}_mask"] = emb, mask
         else:  # zero rows where an item has none

@@ -100,3 +100,13 @@ def test_load_dataset_unknown_items(sample_dir, sample_catalog, write):
 def test_load_dataset_needs_a_source():
     with pytest.raises(DataValidationError, match="data.movielens"):
         load_dataset(DataConfig())
+
+
+def test_csv_that_is_not_utf8_names_line_column_and_value(tmp_path):
+    bad = tmp_path / "catalog.csv"
+    bad.write_bytes("item_id,title,text\n1,Toy Story,fun\n2,Heat,caf\xe9 talk\n".encode("latin-1"))
+    with pytest.raises(DataValidationError) as err:
+        read_table(bad)
+    message = str(err.value)
+    assert message.startswith(f"{bad}: cannot be read as csv: column 'text': not valid UTF-8 (byte 0xe9) on line 3")
+    assert "'caf\\xe9 talk'" in message and "\n" not in message

@@ -64,7 +64,7 @@ def test_null_item_id_shows_rows(raw_catalog, write):
     )
     with pytest.raises(DataValidationError, match=r"nullid\.parquet: column 'item_id': 1 null id") as err:
         read_catalog(write(bad, "nullid.parquet"))
-    assert "│ 3 " in str(err.value)  # the offending 0-based row number
+    assert "row 3 (item_id=null)" in str(err.value)  # the offending 0-based row number
 
 
 def test_null_user_id_rejected(raw_interactions):
@@ -165,3 +165,54 @@ def test_text_timestamps_parse_and_garbage_names_its_own_rows():
     assert "next tuesday" in message and "2026-11-01" not in message  # the bad row, not the first five
     parsed = validate_interactions(frame.filter(pl.col("timestamp") != "next tuesday"), "events.csv")
     assert parsed["timestamp"].to_list()[-2:] == [1793520000, 1700000000]
+
+
+def _events(timestamps: list[int]) -> pl.DataFrame:
+    return pl.DataFrame({"user_id": [1] * len(timestamps), "item_id": list(range(len(timestamps))), "timestamp": timestamps})
+
+
+@pytest.mark.parametrize(("factor", "unit"), [(10**3, "milliseconds"), (10**6, "microseconds"), (10**9, "nanoseconds")])
+def test_finer_timestamp_units_become_seconds_with_a_warning(factor, unit, caplog):
+    seconds = [881250949, 891717742, 878887116]
+    with caplog.at_level(logging.WARNING):
+        parsed = validate_interactions(_events([s * factor for s in seconds]), "events.csv")
+    assert parsed["timestamp"].to_list() == seconds
+    assert f"read as {unit} and divided by {factor}" in caplog.text
+
+
+def test_mixed_timestamp_units_name_the_odd_rows():
+    with pytest.raises(DataValidationError, match=r"column 'timestamp': 1 value\(s\) are not in seconds") as err:
+        validate_interactions(_events([881250949, 891717742000, 878887116]), "events.csv")
+    assert "row 1 (user_id=1, item_id=1, timestamp=891717742000)" in str(err.value)
+
+
+def test_future_timestamps_are_dropped_and_counted(monkeypatch, caplog):
+    from recsys.data import schemas
+
+    monkeypatch.setattr(schemas, "_now", lambda: 1_700_000_000)
+    events = _events([1_699_000_000, 1_700_050_000, 1_800_000_000])  # past, within a day, a year ahead
+    with caplog.at_level(logging.WARNING):
+        kept = validate_interactions(events, "events.csv")
+    assert kept["timestamp"].to_list() == [1_699_000_000, 1_700_050_000]
+    assert "dropping 1 of 3 interaction(s) dated in the future" in caplog.text
+    with pytest.raises(DataValidationError, match="every one of the 1 timestamp"):
+        validate_interactions(_events([1_800_000_000]), "events.csv")
+
+
+def test_a_model_needs_one_user_with_two_interactions():
+    from recsys.data.schemas import require_sequences
+
+    frame = pl.DataFrame({"user_id": [1, 2], "item_id": [5, 6], "timestamp": [1, 2]})
+    with pytest.raises(DataValidationError, match=r"events\.csv: column 'user_id': every one of the 2 user"):
+        require_sequences(frame, "events.csv")
+    require_sequences(pl.concat([frame, frame.head(1)]), "events.csv")
+
+
+def test_text_in_a_numeric_column_names_the_values_that_are_not_numbers(raw_interactions):
+    bad = raw_interactions.with_columns(pl.col("rating").cast(pl.String)).with_columns(
+        pl.when(pl.int_range(pl.len()) == 2).then(pl.lit("five")).otherwise(pl.col("rating")).alias("rating")
+    )
+    with pytest.raises(DataValidationError, match=r"'rating': has type String; expected numeric; 1 value\(s\)") as err:
+        validate_interactions(bad, "i.csv")
+    assert "row 2 (" in str(err.value) and "rating='five'" in str(err.value)
+    assert "\n" not in str(err.value)  # one line
