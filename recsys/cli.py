@@ -110,10 +110,11 @@ def _guard(fn):
         from recsys.bundle import BundleError
         from recsys.config import ConfigError
         from recsys.data.schemas import DataValidationError
+        from recsys.resume import ConcurrentJobError
 
         try:
             return fn(*args, **kwargs)
-        except (DataValidationError, ConfigError, BundleError, FileNotFoundError) as err:
+        except (DataValidationError, ConfigError, BundleError, FileNotFoundError, ConcurrentJobError) as err:
             _fail(str(err))
 
     return wrapper
@@ -226,12 +227,12 @@ def recommend(
     k: Annotated[int, typer.Option("--k", min=1, max=10_000)] = 10,
     exclude_seen: Annotated[bool, typer.Option("--exclude-seen", help="Never recommend a user's seen items.")] = False,
     candidates: Annotated[Optional[Path], typer.Option("--candidates", help="Parquet/CSV with an item_id column.")] = None,
-    chunk_size: Annotated[int, typer.Option(min=1)] = 1024,
+    chunk_size: Annotated[int, typer.Option("--chunk-size", min=1, help="Users per chunk; each finished chunk is kept, so a killed run resumes (same job) where it stopped.")] = 1024,
     live_log: Annotated[Optional[Path], typer.Option("--live-log", help="Live catalog log to replay (default: the bundle's live_catalog.jsonl, if any).")] = None,
     quiet: QuietOpt = False,
     threads: ThreadsOpt = None,
 ) -> None:
-    """Batch top-K recommendations to parquet, in chunks, written atomically."""
+    """Batch top-K recommendations to parquet, in chunks, written atomically; a re-run of a killed job resumes it."""
     _start(quiet, threads)
     from pipelines.recommend import run_recommend, summarise
 
