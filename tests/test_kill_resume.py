@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -120,29 +121,36 @@ def reference_recs(bundle, work) -> bytes:
 
 
 @pytest.mark.parametrize(
-    "point, parts_left",
+    "kills",
     [
-        ("recommend:part:0", 1),  # the first chunk written
-        ("recommend:part:14", 15),  # about half
-        ("recommend:concat:20", N_CHUNKS),  # concatenating the parts into the output
-        ("recommend:replaced", N_CHUNKS),  # output in place, work folder not yet removed
+        # After the first part, then (that re-run killed too) at about half.
+        [("recommend:part:0", 1), ("recommend:part:14", 15)],
+        # While concatenating the parts into the output, then (re-run) after the output's rename,
+        # before the work folder is removed.
+        [("recommend:concat:20", N_CHUNKS), ("recommend:replaced", N_CHUNKS)],
     ],
+    ids=["part0-then-half", "concat-then-replaced"],
 )
-def test_killed_batch_job_resumes_to_the_uninterrupted_output(bundle, reference_recs, tmp_path, point, parts_left):
+def test_killed_batch_job_resumes_to_the_uninterrupted_output(bundle, reference_recs, tmp_path, kills):
     out = tmp_path / "recs.parquet"
     folder = tmp_path / ".recs.parquet.parts"
-    _kill_at(_recommend_args(bundle, out), point)
-    parts = sorted(p.name for p in folder.glob("part-*.parquet"))
-    assert parts == [f"part-{i:06d}.parquet" for i in range(parts_left)]
-    manifest = json.loads((folder / "manifest.json").read_text())
-    assert manifest["job"]["n_chunks"] == N_CHUNKS and manifest["job"]["k"] == 10
-    if point == "recommend:replaced":
-        assert out.read_bytes() == reference_recs  # the rename is the last step that matters
-    else:
-        assert not out.exists(), "a killed batch job left an output file"
+    reused = 0
+    for point, parts_left in kills:
+        stderr = _kill_at(_recommend_args(bundle, out), point)
+        if reused:
+            assert f"{reused} of {N_CHUNKS} chunks reused" in stderr
+        parts = sorted(p.name for p in folder.glob("part-*.parquet"))
+        assert parts == [f"part-{i:06d}.parquet" for i in range(parts_left)]
+        manifest = json.loads((folder / "manifest.json").read_text())
+        assert manifest["job"]["n_chunks"] == N_CHUNKS and manifest["job"]["k"] == 10
+        if point == "recommend:replaced":
+            assert out.read_bytes() == reference_recs  # the rename is the last step that matters
+        else:
+            assert not out.exists(), "a killed batch job left an output file"
+        reused = parts_left
 
     rerun = _run(_recommend_args(bundle, out))
-    assert f"{parts_left} of {N_CHUNKS} chunks reused" in rerun.stderr
+    assert f"{reused} of {N_CHUNKS} chunks reused" in rerun.stderr
     assert out.read_bytes() == reference_recs  # byte-for-byte
     assert sorted(p.name for p in tmp_path.iterdir()) == ["recs.parquet"], "temp files or the work folder remain"
 
@@ -192,19 +200,21 @@ def test_killed_training_leaves_no_bundle_or_the_old_one_and_the_rerun_matches(b
     # 1. Killed in the middle of training (validation fit done, refit not begun): nothing is written.
     _kill_at(_train_args(work, out), "train:fitted")
     assert list(tmp_path.iterdir()) == [], "a training killed mid-way left files beside its bundle"
-    _run(_train_args(work, out))
-    _same_bundle(out, bundle)
-    assert _recommendations(out).equals(_recommendations(bundle))
 
-    # 2. Killed with the new bundle fully staged but not yet renamed over the existing one: the old
-    #    bundle stays in place, complete; the staging folder is the only leftover, and the re-run clears it.
+    # 2. Over an existing bundle, killed with the new one fully staged but not yet renamed: the old
+    #    bundle stays in place, complete; the staging folder is the only leftover.
+    shutil.copytree(bundle, out)
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
     _kill_at(_train_args(work, out), "bundle:staged")
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
     load_bundle(out)
     leftovers = [p.name for p in tmp_path.iterdir() if p.name != "bundle"]
     assert len(leftovers) == 1 and leftovers[0].startswith(".bundle.staging-"), leftovers
+
+    # 3. The re-run clears the leftover and writes the uninterrupted run's bundle.
     rerun = _run(_train_args(work, out))
     assert "left by a bundle write that did not finish" in rerun.stderr
     assert [p.name for p in tmp_path.iterdir()] == ["bundle"]
+    assert (out / "bundle.json").read_bytes() != before["bundle.json"]  # a new bundle, not the copy
     _same_bundle(out, bundle)
+    assert _recommendations(out).equals(_recommendations(bundle))
