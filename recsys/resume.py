@@ -184,8 +184,12 @@ class PartsJob:
                 else:
                     path.unlink(missing_ok=True)
             for path in self.work.iterdir():  # temp files a killed run left
-                if path.name not in (LOCK, MANIFEST) and not _PART.match(path.name):
-                    shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+                if path.name in (LOCK, MANIFEST) or _PART.match(path.name):
+                    continue
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
             logger.info(
                 "resuming %s: %d of %d chunks reused from %s, %d to compute",
                 self.out_path, len(done), self.n_chunks, self.work, self.n_chunks - len(done),
