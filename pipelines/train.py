@@ -16,6 +16,7 @@ from recsys.data.schemas import require_sequences
 from recsys.data.splits import loo_split, order_interactions
 from recsys.encoders.features import ItemFeatures
 from recsys.encoders.text import select_text_columns
+from recsys.hooks import pause_point
 from recsys.index import ItemIndex
 from recsys.model.train import TrainResult, fit_two_tower, refit_on_everything
 from recsys.model.two_tower import retrieval_items
@@ -107,6 +108,7 @@ def run_train(
             features, train, valid, cfg, make_logger=tracker.lightning_logger, show_progress=show_progress
         )
         record_choices(result, tracker)
+        pause_point("train:fitted")
         if not valid.is_empty():
             logger.info("refitting the chosen model on all %d interactions", interactions.height)
             result = refit_on_everything(features, order_interactions(interactions, cfg.train.seed), result,

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -34,9 +36,12 @@ import torch
 from recsys import __version__
 from recsys.config import PipelineConfig, load_config
 from recsys.encoders.features import ItemFeatures
+from recsys.hooks import pause_point
 from recsys.index import ItemIndex
 from recsys.model.modalities import MODALITIES, feature_widths
 from recsys.model.two_tower import RetrievalModel, build_model
+
+logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 2
 REQUIRED_FILES = (
@@ -84,6 +89,62 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: Path) -> None:
+    """fsync every file and folder under `root` (and root itself)."""
+    for folder, _, files in os.walk(root):
+        for name in files:
+            fd = os.open(os.path.join(folder, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(folder))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
+
+
+def remove_stale_staging(out_dir: Path) -> list[Path]:
+    """Clear what a killed `save_bundle` of `out_dir` left beside it, when its process <pid> is gone:
+    its staging folder (`.<name>.staging-<pid>-*`) is removed; a retired old bundle
+    (`.<name>.old-<pid>`: killed between the two renames of a swap) is put back when `out_dir` is
+    missing, else removed. A complete bundle at `out_dir` is never touched."""
+    removed = []
+    pattern = re.compile(rf"^\.{re.escape(out_dir.name)}\.(?:staging-(\d+)-.+|old-(\d+))$")
+    if not out_dir.parent.is_dir():
+        return removed
+    for path in out_dir.parent.iterdir():
+        match = pattern.match(path.name)
+        if not match:
+            continue
+        pid = int(match.group(1) or match.group(2))
+        if pid != os.getpid() and _pid_alive(pid):
+            continue
+        if match.group(2) and not out_dir.exists() and (path / "bundle.json").exists():
+            os.replace(path, out_dir)
+            logger.info("restored %s from %s, left by a bundle swap that did not finish", out_dir, path)
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+        logger.info("removed %s, left by a bundle write that did not finish (process %d is gone)", path, pid)
+    return removed
+
+
 def save_bundle(
     out_dir: str | Path,
     *,
@@ -101,7 +162,8 @@ def save_bundle(
     """Write a bundle atomically: build in a temp dir beside `out_dir`, then swap it in."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    remove_stale_staging(out_dir)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.staging-{os.getpid()}-", dir=out_dir.parent))
     try:
         torch.save(model.state_dict(), staging / "model.pt")
         features.save(staging / "item_features.npz")
@@ -135,6 +197,8 @@ def save_bundle(
             **(extra_meta or {}),
         }
         (staging / "bundle.json").write_text(json.dumps(meta, indent=2, default=str))
+        _fsync_tree(staging)  # the rename below must not land before the files' contents (power loss)
+        pause_point("bundle:staged")
         if out_dir.exists():
             retired = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
             os.replace(out_dir, retired)
@@ -142,6 +206,7 @@ def save_bundle(
             shutil.rmtree(retired, ignore_errors=True)
         else:
             os.replace(staging, out_dir)
+        _fsync_dir(out_dir.parent)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

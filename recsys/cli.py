@@ -121,16 +121,16 @@ def _guard(fn):
     def wrapper(*args, **kwargs):
         from recsys.config import ConfigError
         from recsys.data.schemas import DataValidationError
-        from recsys.tracking import TrackingError
 
         try:
             return fn(*args, **kwargs)
         except Exception as err:
             # recsys.bundle imports torch: a BundleError can only come from it once it is loaded, and a
             # bad input file then fails in a second instead of after torch's import (the same for
-            # recsys.tracking and mlflow).
+            # recsys.tracking and mlflow, and for the batch job's lock).
             loaded = [getattr(sys.modules.get(module), name, ()) for module, name in
-                      (("recsys.bundle", "BundleError"), ("recsys.tracking", "TrackingError"))]
+                      (("recsys.bundle", "BundleError"), ("recsys.tracking", "TrackingError"),
+                       ("recsys.resume", "ConcurrentJobError"))]
             if isinstance(err, (DataValidationError, ConfigError, FileNotFoundError, *loaded)):
                 _fail(str(err))
             if isinstance(err, OSError):  # permission denied, read-only file system, disk full, ...
@@ -272,12 +272,12 @@ def recommend(
     k: Annotated[int, typer.Option("--k", min=1, max=10_000)] = 10,
     exclude_seen: Annotated[bool, typer.Option("--exclude-seen", help="Never recommend a user's seen items.")] = False,
     candidates: Annotated[Optional[Path], typer.Option("--candidates", help="Parquet/CSV with an item_id column.")] = None,
-    chunk_size: Annotated[int, typer.Option(min=1)] = 1024,
+    chunk_size: Annotated[int, typer.Option("--chunk-size", min=1, help="Users per chunk; each finished chunk is kept, so a killed run resumes (same job) where it stopped.")] = 1024,
     live_log: Annotated[Optional[Path], typer.Option("--live-log", help="Live catalog log to replay (default: the bundle's live_catalog.jsonl, if any).")] = None,
     quiet: QuietOpt = False,
     threads: ThreadsOpt = None,
 ) -> None:
-    """Batch top-K recommendations to parquet, in chunks, written atomically."""
+    """Batch top-K recommendations to parquet, in chunks, written atomically; a re-run of a killed job resumes it."""
     _start(quiet, threads)
     from pipelines.recommend import run_recommend, summarise
 

@@ -8,6 +8,8 @@ no retraining. All public methods are thread-safe.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import threading
 from collections.abc import Iterable, Sequence
@@ -17,7 +19,6 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-import pyarrow.parquet as pq
 
 from recsys.bundle import Bundle, BundleError, load_bundle
 from recsys.data.histories import Histories
@@ -387,44 +388,75 @@ class Recommender:
         chunk_size: int = 1024,
         show_progress: bool = True,
     ) -> Path:
-        """Top-k per user to parquet (user_id, item_id, rank, score, fallback), chunk by chunk, atomically."""
+        """Top-k per user to parquet (user_id, item_id, rank, score, fallback), chunk by chunk, resumably.
+
+        Each finished chunk is a part file in `.<name>.parts/` beside the output (recsys.resume); a
+        re-run of the same job (same model and live catalog, users, k, exclude_seen, candidates,
+        chunk_size) computes only the chunks a killed run did not finish. The output appears, atomically,
+        only when every chunk is done, byte-for-byte what an uninterrupted run writes."""
         from tqdm.auto import tqdm
 
+        from recsys.resume import PartsJob
+
         out_path = Path(out_path)
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out_path.with_name(f".{out_path.name}.tmp")
         user_dtype = pl.Int64 if self.user_id_type is int else pl.String
         item_dtype = pl.Int64 if self.id_type is int else pl.String
         # fallback: null where the model ranked the items, "popular" for users it does not know (their
         # score is the item's interaction count, not a model score).
         schema = {"user_id": user_dtype, "item_id": item_dtype, "rank": pl.Int32, "score": pl.Float32, "fallback": pl.String}
-        writer = None
-        try:
-            for start in tqdm(range(0, len(user_ids), chunk_size), desc="recommend", unit="chunk", disable=not show_progress):
-                chunk = list(user_ids[start : start + chunk_size])
-                recs = self.recommend_users(chunk, k, exclude_seen=exclude_seen, candidates=candidates)
-                users, items, ranks, scores, fallbacks = [], [], [], [], []
-                for user, rec in zip(chunk, recs):
-                    n = len(rec.item_ids)
-                    users.extend([user] * n)
-                    items.extend(rec.item_ids)
-                    ranks.extend(range(1, n + 1))
-                    scores.extend(rec.scores)
-                    fallbacks.extend([rec.fallback] * n)
-                table = pl.DataFrame(
-                    {"user_id": users, "item_id": items, "rank": ranks, "score": scores, "fallback": fallbacks}, schema=schema
-                ).to_arrow()
-                if writer is None:
-                    writer = pq.ParquetWriter(tmp, table.schema, compression="zstd")
-                writer.write_table(table)
-            if writer is None:
-                pl.DataFrame(schema=schema).write_parquet(tmp)
-            else:
-                writer.close()
-                writer = None
-            tmp.replace(out_path)
-        finally:
-            if writer is not None:
-                writer.close()
-            tmp.unlink(missing_ok=True)
-        return out_path
+        n_chunks = -(-len(user_ids) // chunk_size)
+        job = self.batch_job(user_ids, k, exclude_seen=exclude_seen, candidates=candidates, chunk_size=chunk_size)
+        with PartsJob(out_path, job, n_chunks) as parts:
+            with tqdm(total=n_chunks, initial=parts.reused, desc="recommend", unit="chunk", disable=not show_progress) as bar:
+                for chunk_index in parts.missing():
+                    start = chunk_index * chunk_size
+                    chunk = list(user_ids[start : start + chunk_size])
+                    recs = self.recommend_users(chunk, k, exclude_seen=exclude_seen, candidates=candidates)
+                    users, items, ranks, scores, fallbacks = [], [], [], [], []
+                    for user, rec in zip(chunk, recs):
+                        n = len(rec.item_ids)
+                        users.extend([user] * n)
+                        items.extend(rec.item_ids)
+                        ranks.extend(range(1, n + 1))
+                        scores.extend(rec.scores)
+                        fallbacks.extend([rec.fallback] * n)
+                    table = pl.DataFrame(
+                        {"user_id": users, "item_id": items, "rank": ranks, "score": scores, "fallback": fallbacks}, schema=schema
+                    ).to_arrow()
+                    parts.write(chunk_index, table)
+                    bar.update(1)
+            return parts.finish(pl.DataFrame(schema=schema).to_arrow().schema)
+
+    def batch_job(self, user_ids: Sequence, k: int, *, exclude_seen: bool, candidates, chunk_size: int) -> dict:
+        """What decides a batch job's output, for its resume fingerprint: the bundle (its bundle.json,
+        which records the weights' and vectors' hashes and the model version), the live catalog state
+        (item ids, removed ids, every item vector: items added or removed through the live log or the
+        API), the users in order, k, exclude_seen, the candidate set and the chunking."""
+        from recsys import __version__
+        from recsys.resume import values_digest
+
+        with self._lock:
+            removed = sorted(self._removed, key=lambda v: (type(v).__name__, v))
+            live = {
+                "items": len(self._item_ids),
+                "removed": len(removed),
+                "state": hashlib.sha256(
+                    values_digest(self._item_ids).encode() + values_digest(removed).encode() + self._vectors.tobytes()
+                ).hexdigest(),
+            }
+        plain_candidates = None
+        if candidates is not None:
+            plain_candidates = sorted({_plain(c) for c in candidates}, key=lambda v: (type(v).__name__, v))
+        return {
+            "recsys_version": __version__,
+            "bundle": {
+                "model_version": self.model_version,
+                "meta_sha256": hashlib.sha256(json.dumps(self.bundle.meta, sort_keys=True, default=str).encode()).hexdigest(),
+            },
+            "live_catalog": live,
+            "users": {"count": len(user_ids), "sha256": values_digest(_plain(u) for u in user_ids)},
+            "k": int(k),
+            "exclude_seen": bool(exclude_seen),
+            "candidates": None if plain_candidates is None else {"count": len(plain_candidates), "sha256": values_digest(plain_candidates)},
+            "chunk_size": int(chunk_size),
+        }
