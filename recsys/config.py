@@ -28,6 +28,12 @@ class DataConfig(_Section):
     drop_unknown_items: bool = Field(
         default=False, description="Drop interactions whose item is not in the catalog (else fail)."
     )
+    columns: dict[Literal["user_id", "item_id", "timestamp", "rating", "weight", "title", "text", "image", "categories"], str] = Field(
+        default_factory=dict,
+        description="The files' own names of the columns recsys reads, e.g. {user_id: buyer, item_id: sku}. Without "
+        "an entry a missing column is looked up among common names (userId, movieId, product_id, ts, name, ...; "
+        "recsys.data.schemas.COLUMN_ALIASES) and the log says which was read.",
+    )
     min_rating: float | None = Field(
         default=None, description="Keep only interactions with rating >= this (None keeps all)."
     )

@@ -91,6 +91,8 @@ def _apply(df: pl.DataFrame, spec: dict, folder: Path) -> pl.DataFrame:
         df = df.drop(spec["drop"])
     if "rename" in spec:
         df = df.rename(spec["rename"])
+    for column, copy in spec.get("copy", {}).items():
+        df = df.with_columns(pl.col(column).alias(copy))
     for column, dtype in spec.get("cast", {}).items():
         df = df.with_columns(pl.col(column).cast(getattr(pl, dtype)))
     if "set" in spec:

@@ -93,20 +93,23 @@ def write_table(df: pl.DataFrame, path: str | Path) -> Path:
     return path
 
 
-def read_catalog(path: str | Path) -> pl.DataFrame:
-    """Read and validate a catalog; relative `image` paths resolve against the file's folder."""
+def read_catalog(path: str | Path, columns: dict[str, str] | None = None) -> pl.DataFrame:
+    """Read and validate a catalog; relative `image` paths resolve against the file's folder; `columns`
+    names the file's own columns (data.columns)."""
     path = Path(path)
-    df = validate_catalog(read_table(path), str(path), base_dir=path.resolve().parent)
+    df = validate_catalog(read_table(path), str(path), base_dir=path.resolve().parent, columns=columns)
     log.info("catalog %s: %d items", path, df.height)
     return df
 
 
 def read_interactions(
-    path: str | Path, catalog: pl.DataFrame | None = None, drop_unknown_items: bool = False
+    path: str | Path, catalog: pl.DataFrame | None = None, drop_unknown_items: bool = False,
+    columns: dict[str, str] | None = None,
 ) -> pl.DataFrame:
-    """Read and validate interactions; with a catalog, unknown items fail (or are dropped if asked)."""
+    """Read and validate interactions; with a catalog, unknown items fail (or are dropped if asked);
+    `columns` names the file's own columns (data.columns)."""
     path = Path(path)
-    df = validate_interactions(read_table(path), str(path))
+    df = validate_interactions(read_table(path), str(path), columns=columns)
     if catalog is not None:
         df = check_items_in_catalog(df, catalog, str(path), drop_unknown=drop_unknown_items)
     log.info("interactions %s: %d rows, %d users", path, df.height, df["user_id"].n_unique())
@@ -141,8 +144,8 @@ def load_dataset(cfg: DataConfig) -> tuple[pl.DataFrame, pl.DataFrame]:
                 "config: set data.movielens, or both data.catalog and data.interactions "
                 f"(got catalog={cfg.catalog}, interactions={cfg.interactions})"
             )
-        catalog = read_catalog(cfg.catalog)
-        interactions = read_interactions(cfg.interactions)
+        catalog = read_catalog(cfg.catalog, cfg.columns)
+        interactions = read_interactions(cfg.interactions, columns=cfg.columns)
         source = str(cfg.interactions)
     interactions = check_items_in_catalog(interactions, catalog, source, drop_unknown=cfg.drop_unknown_items)
     interactions = apply_min_rating(interactions, cfg.min_rating, source)

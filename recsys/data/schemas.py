@@ -77,6 +77,53 @@ def _require_columns(df: pl.DataFrame, source: str, required: tuple[str, ...]) -
         raise _fail(source, missing[0], f"missing required column(s) {missing}; columns present: {df.columns}")
 
 
+# Names other tools and public data sets give the columns (compared without case, '_', '-' or spaces).
+# A file that lacks a column but has exactly one of its names is read with that column renamed (logged);
+# `data.columns` names a file's own column explicitly and wins.
+COLUMN_ALIASES: dict[str, tuple[str, ...]] = {
+    "user_id": ("user", "userid", "customer", "customerid", "visitor", "visitorid", "member", "memberid",
+                "client", "clientid", "account", "accountid", "uid"),
+    "item_id": ("item", "itemid", "movie", "movieid", "product", "productid", "sku", "article", "articleid",
+                "track", "trackid", "book", "bookid", "asin", "contentid", "iid"),
+    "timestamp": ("ts", "time", "datetime", "date", "eventtime", "eventtimestamp", "createdat", "unixtime",
+                  "timestamps", "eventdate"),
+    "title": ("name", "itemname", "productname", "movietitle", "trackname", "booktitle"),
+    "rating": ("score", "stars", "ratings"),
+    "categories": ("genres", "genre", "category"),
+    "image": ("imagepath", "imagefile", "poster", "posterpath", "picture", "img"),
+}
+CATALOG_ID_ALIASES = ("id",)  # a catalog's plain "id" is its item id (an interaction log's is not)
+
+
+def _squash(name: str) -> str:
+    return "".join(ch for ch in name.lower() if ch not in "_- ")
+
+
+def adopt_column_names(df: pl.DataFrame, source: str, wanted: tuple[str, ...], columns: dict[str, str] | None = None,
+                       extra: dict[str, tuple[str, ...]] | None = None) -> pl.DataFrame:
+    """Rename a file's columns to the names recsys reads: first `columns` (canonical name -> the file's
+    name, from data.columns), then, for a canonical column the file lacks, the one known alias it has
+    (COLUMN_ALIASES). Two aliases of one column are an error that names both."""
+    renames: dict[str, str] = {}
+    for canonical, own in (columns or {}).items():
+        if own in df.columns and canonical not in df.columns:
+            renames[own] = canonical
+    for canonical in wanted:
+        if canonical in df.columns or canonical in renames.values():
+            continue
+        names = {_squash(a) for a in (*COLUMN_ALIASES.get(canonical, ()), *(extra or {}).get(canonical, ()))}
+        found = [c for c in df.columns if _squash(c) in names and c not in renames]
+        if len(found) > 1:
+            raise _fail(source, canonical, f"missing, and columns {found} could each be it; rename one to "
+                        f"'{canonical}' or set data.columns.{canonical}")
+        if found:
+            renames[found[0]] = canonical
+    if renames:
+        log.warning("%s: reading %s", source, ", ".join(f"column '{own}' as {canonical}" for own, canonical in renames.items()))
+        df = df.rename(renames)
+    return df
+
+
 def _is_stringish(dtype: pl.DataType) -> bool:
     return dtype == pl.String or dtype == pl.Categorical or isinstance(dtype, pl.Enum)
 
@@ -154,9 +201,12 @@ def _reorder(df: pl.DataFrame, first: list[str]) -> pl.DataFrame:
     return df.select([*first, *[c for c in df.columns if c not in first]])
 
 
-def validate_catalog(df: pl.DataFrame, source: str, base_dir: Path | None = None) -> pl.DataFrame:
-    """Check and normalise a catalog table; `base_dir` resolves relative `image` paths (None = cwd)."""
+def validate_catalog(df: pl.DataFrame, source: str, base_dir: Path | None = None,
+                     columns: dict[str, str] | None = None) -> pl.DataFrame:
+    """Check and normalise a catalog table; `base_dir` resolves relative `image` paths (None = cwd);
+    `columns` (data.columns) maps canonical names to the file's own (see adopt_column_names)."""
     _require_rows(df, source)
+    df = adopt_column_names(df, source, (*CATALOG_REQUIRED, "image", "categories"), columns, {"item_id": CATALOG_ID_ALIASES})
     _require_columns(df, source, CATALOG_REQUIRED)
     df = _normalise_id(df, "item_id", source)
     _check_unique(df, "item_id", source)
@@ -291,9 +341,17 @@ def _numeric(df: pl.DataFrame, column: str, source: str) -> None:
         raise _fail(source, column, f"{n_bad} null or non-finite value(s)", rows)
 
 
-def validate_interactions(df: pl.DataFrame, source: str) -> pl.DataFrame:
-    """Check and normalise an interaction log; weight comes from `weight`, else `rating`, else 1.0."""
+def validate_interactions(df: pl.DataFrame, source: str, columns: dict[str, str] | None = None) -> pl.DataFrame:
+    """Check and normalise an interaction log; weight comes from `weight`, else `rating`, else 1.0.
+    `columns` (data.columns) maps canonical names to the file's own (see adopt_column_names). A log
+    without any time column is read as one without a time order (every timestamp 0, with a warning):
+    the splits then order each user's history at random (seeded) and the recipe treats it as unordered."""
     _require_rows(df, source)
+    df = adopt_column_names(df, source, (*INTERACTIONS_REQUIRED, "rating"), columns)
+    if "timestamp" not in df.columns and all(c in df.columns for c in ("user_id", "item_id")):
+        log.warning("%s: no timestamp column (nor ts, time, date, ...; columns present: %s): the log is read without a "
+                    "time order (every timestamp 0); the temporal protocol needs one", source, df.columns)
+        df = df.with_columns(pl.lit(0, dtype=pl.Int64).alias("timestamp"))
     _require_columns(df, source, INTERACTIONS_REQUIRED)
     df = _normalise_id(df, "user_id", source)
     df = _normalise_id(df, "item_id", source)

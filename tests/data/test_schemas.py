@@ -216,3 +216,32 @@ def test_text_in_a_numeric_column_names_the_values_that_are_not_numbers(raw_inte
         validate_interactions(bad, "i.csv")
     assert "row 2 (" in str(err.value) and "rating='five'" in str(err.value)
     assert "\n" not in str(err.value)  # one line
+
+
+def test_other_column_names_are_read_and_data_columns_wins():
+    """Common names of other tools (MovieLens' userId/movieId, a shop's sku/name) are read as recsys'
+    columns; data.columns names any other; a name that could be two columns is an error naming both."""
+    from recsys.data.schemas import validate_catalog, validate_interactions
+
+    log = pl.DataFrame({"userId": [1, 1, 2], "movieId": [10, 11, 10], "ts": [5, 6, 7], "score": [4.0, 3.0, 5.0]})
+    out = validate_interactions(log, "ratings.csv")
+    assert out.columns[:5] == ["user_id", "item_id", "timestamp", "weight", "rating"]
+    assert out["weight"].to_list() == [4.0, 3.0, 5.0]
+    shop = pl.DataFrame({"buyer": ["a", "b"], "sku": ["x", "y"], "when": ["2026-01-01", "2026-01-02"]})
+    with pytest.raises(DataValidationError, match="column 'user_id': missing required"):
+        validate_interactions(shop, "orders.csv")
+    out = validate_interactions(shop, "orders.csv", columns={"user_id": "buyer", "timestamp": "when"})
+    assert out["user_id"].to_list() == ["a", "b"] and out["item_id"].to_list() == ["x", "y"]
+    assert out["timestamp"].to_list() == [1767225600, 1767312000]
+    catalog = validate_catalog(pl.DataFrame({"id": [1, 2], "name": ["A", "B"], "genres": ["x|y", "z"]}), "items.csv")
+    assert catalog["item_id"].to_list() == [1, 2] and catalog["title"].to_list() == ["A", "B"]
+    assert catalog["categories"].to_list() == [["x", "y"], ["z"]]
+    with pytest.raises(DataValidationError, match=r"items.csv: column 'item_id': missing, and columns \['id', 'sku'\] could each be it"):
+        validate_catalog(pl.DataFrame({"id": [1], "sku": [2], "title": ["A"]}), "items.csv")
+
+
+def test_a_log_without_time_is_read_as_unordered():
+    from recsys.data.schemas import validate_interactions
+
+    out = validate_interactions(pl.DataFrame({"user_id": [1, 1], "item_id": [3, 4]}), "buys.csv")
+    assert out["timestamp"].to_list() == [0, 0]
