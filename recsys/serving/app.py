@@ -78,7 +78,11 @@ def create_app(
 
     install_error_handlers(app)
     # added last = outermost: metrics also time/count the 413s produced by the size limit
-    app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodySizeLimitMiddleware,
+        max_body_bytes=settings.max_body_bytes,
+        route_limits={("POST", "/v1/items"): settings.items_body_limit},  # room for image_base64
+    )
     known_routes: list[BaseRoute] = []  # filled below; lets metrics label requests rejected before routing
     app.add_middleware(MetricsMiddleware, metrics=metrics, routes=known_routes)
     app.add_middleware(RequestIdMiddleware)  # outermost: every answer, the early 413s too, carries the id
@@ -86,7 +90,10 @@ def create_app(
     require_admin = admin_guard(token)
     if token is None:
         logger.warning("admin endpoints (reload, add and delete items) are disabled: no admin token is configured")
-    v1 = build_router(state, settings.max_k, require_admin, settings.image_root)
+    v1 = build_router(
+        state, settings.max_k, require_admin, settings.image_root,
+        image_store=settings.image_store, max_image_bytes=settings.max_image_bytes,
+    )
     app.include_router(v1)
 
     @app.get("/healthz", response_model=HealthResponse, tags=["ops"], summary="Liveness: the process answers")
@@ -162,6 +169,7 @@ def serve(
     *,
     poll_seconds: float = 0.0,
     max_body_bytes: int = 1 << 20,
+    max_image_bytes: int | None = None,
     log_level: str = "info",
     threads: int | None = None,
     live_log: Path | None = None,
@@ -182,9 +190,10 @@ def serve(
     configure_threads(threads, role_default=1)
     import uvicorn  # lazy: only the server entry point needs it
 
+    limits = {} if max_image_bytes is None else {"max_image_bytes": max_image_bytes}
     settings = ServingSettings(
         bundle=bundle, model_uri=model_uri, poll_seconds=poll_seconds, max_body_bytes=max_body_bytes, live_log=live_log,
-        admin_token=admin_token, bundle_root=bundle_root, image_root=image_root,
+        admin_token=admin_token, bundle_root=bundle_root, image_root=image_root, **limits,
     )
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     uvicorn.run(create_app(settings), host=host, port=port, workers=1, log_level=log_level, access_log=False)
