@@ -336,6 +336,9 @@ def serve(
     max_image_bytes: Annotated[
         int, typer.Option(min=0, help="Largest image a new item may carry as bytes (image_base64; larger: 413; 0: refused).")
     ] = 4 << 20,
+    graceful_timeout: Annotated[
+        float, typer.Option(min=0, help="On SIGTERM: seconds in-flight requests get to finish before the server exits (0: no limit).")
+    ] = 30.0,
     live_log: Annotated[
         Optional[Path],
         typer.Option("--live-log", help="Where items added/removed through the API are kept and replayed from (default: BUNDLE/live_catalog.jsonl, or $RECSYS_HOME/live/ for --model)."),
@@ -369,7 +372,7 @@ def serve(
     serve_app(
         bundle=bundle, model_uri=model, host=host, port=port, poll_seconds=poll_seconds, max_body_bytes=max_body_bytes,
         threads=threads, live_log=live_log, admin_token=token, bundle_root=bundle_root, image_root=image_root,
-        max_image_bytes=max_image_bytes,
+        max_image_bytes=max_image_bytes, graceful_timeout_s=graceful_timeout or None,
     )
 
 

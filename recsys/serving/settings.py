@@ -49,6 +49,11 @@ class ServingSettings(BaseModel):
         description="Largest decoded image_base64 of a new item (larger: 413); 0 refuses image bytes. POST /v1/items "
         "may carry a body this much (base64-encoded) larger than max_body_bytes.",
     )
+    graceful_timeout_s: float | None = Field(
+        default=30.0, gt=0,
+        description="On SIGTERM/SIGINT: stop accepting connections, let in-flight requests finish for at most this "
+        "long, then exit (0). None: wait for them however long they take.",
+    )
 
     model_config = ConfigDict(frozen=True, protected_namespaces=())
 
