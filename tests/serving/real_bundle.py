@@ -66,22 +66,26 @@ def tiny_config(tmp: Path, seed: int):
     )
 
 
-def build_tiny_bundles(tmp: Path) -> TinyBundles:
-    """Two real bundles (seeds 1 and 2) over the same tiny catalog; ~10-30 s on 2 CPU cores."""
+def build_tiny_bundle(tmp: Path, seed: int, data: tuple[pl.DataFrame, pl.DataFrame] | None = None) -> Path:
+    """One real bundle over the tiny catalog, trained with `seed`, at tmp/bundle<seed> (features cached in tmp)."""
     from pipelines.train import build_bundle, holdout_last
     from recsys.encoders.features import build_item_features
     from recsys.encoders.store import FeatureStore
     from recsys.model.train import fit_two_tower
 
+    catalog, interactions = data if data is not None else tiny_data()
+    cfg = tiny_config(tmp, seed)
+    features = build_item_features(catalog, cfg.encoders, store=FeatureStore(tmp / "features"), show_progress=False)
+    train, valid = holdout_last(interactions, cfg.train.seed)
+    result = fit_two_tower(features, train, valid, cfg, show_progress=False)
+    return build_bundle(cfg, tmp / f"bundle{seed}", catalog, interactions, features, result)
+
+
+def build_tiny_bundles(tmp: Path) -> TinyBundles:
+    """Two real bundles (seeds 1 and 2) over the same tiny catalog; ~10-30 s on 2 CPU cores."""
     catalog, interactions = tiny_data()
-    out = []
-    for seed in (1, 2):
-        cfg = tiny_config(tmp, seed)
-        features = build_item_features(catalog, cfg.encoders, store=FeatureStore(tmp / "features"), show_progress=False)
-        train, valid = holdout_last(interactions, cfg.train.seed)
-        result = fit_two_tower(features, train, valid, cfg, show_progress=False)
-        out.append(build_bundle(cfg, tmp / f"bundle{seed}", catalog, interactions, features, result))
-    return TinyBundles(out[0], out[1], catalog, interactions)
+    first, second = (build_tiny_bundle(tmp, seed, (catalog, interactions)) for seed in (1, 2))
+    return TinyBundles(first, second, catalog, interactions)
 
 
 N_IMAGE_ITEMS = 40
