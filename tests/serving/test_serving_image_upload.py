@@ -146,3 +146,13 @@ def test_uploads_can_be_switched_off_and_need_the_admin_token(tmp_path) -> None:
 def test_openapi_documents_the_field(client: TestClient) -> None:
     schema = client.get("/openapi.json").json()["components"]["schemas"]["AddItemRequest"]["properties"]
     assert "image_base64" in schema and "max-image-bytes" in str(schema["image_base64"])
+
+
+def test_an_unwritable_image_store_is_503_and_adds_nothing(tmp_path) -> None:
+    (tmp_path / "a-file").write_text("not a folder")
+    settings = ServingSettings(bundle=Path("/bundles/v1"), live_log=tmp_path / "a-file" / "live.jsonl", admin_token=ADMIN_TOKEN)
+    loader, _ = make_loader()
+    with TestClient(create_app(settings, loader), headers=ADMIN_HEADERS) as client:
+        r = client.post("/v1/items", json={"item_id": 909, "title": "t", "image_base64": b64(image_bytes())})
+        assert r.status_code == 503 and r.json()["error"] == "image_store_unwritable", r.text
+        assert not _recommender(client).has_item(909)
