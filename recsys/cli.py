@@ -396,6 +396,12 @@ def serve(
     port: Annotated[int, typer.Option(help="Port.")] = 8000,
     poll_seconds: Annotated[float, typer.Option(help="With --model: re-resolve the alias this often and hot-reload when it moves (0 = off).")] = 0.0,
     max_body_bytes: Annotated[int, typer.Option(help="Larger request bodies get 413.")] = 1 << 20,
+    max_image_bytes: Annotated[
+        int, typer.Option(min=0, help="Largest image a new item may carry as bytes (image_base64; larger: 413; 0: refused).")
+    ] = 4 << 20,
+    graceful_timeout: Annotated[
+        float, typer.Option(min=0, help="On SIGTERM: seconds in-flight requests get to finish before the server exits (0: no limit).")
+    ] = 30.0,
     live_log: Annotated[
         Optional[Path],
         typer.Option("--live-log", help="Where items added/removed through the API are kept and replayed from (default: BUNDLE/live_catalog.jsonl, or $RECSYS_HOME/live/ for --model)."),
@@ -429,6 +435,7 @@ def serve(
     serve_app(
         bundle=bundle, model_uri=model, host=host, port=port, poll_seconds=poll_seconds, max_body_bytes=max_body_bytes,
         threads=threads, live_log=live_log, admin_token=token, bundle_root=bundle_root, image_root=image_root,
+        max_image_bytes=max_image_bytes, graceful_timeout_s=graceful_timeout or None,
     )
 
 

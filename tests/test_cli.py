@@ -85,10 +85,10 @@ def test_recommend_contract(trained, files, tiny_data):
 
 def test_bad_interactions_give_a_clear_error(files, tmp_path):
     bad = tmp_path / "bad.csv"
-    pl.read_csv(files["interactions"]).drop("timestamp").write_csv(bad)
+    pl.read_csv(files["interactions"]).drop("user_id").write_csv(bad)
     result = runner.invoke(app, ["train", "--catalog", str(files["catalog"]), "--interactions", str(bad), "--out", str(tmp_path / "b"), "-q", "-s", "tracking.enabled=false", *FAST])
     assert result.exit_code == 2
-    assert "bad.csv" in result.output and "timestamp" in result.output
+    assert "bad.csv" in result.output and "user_id" in result.output
 
 
 def test_recommend_users_file_without_user_id_column(trained, tmp_path):

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import time
 from pathlib import Path
 from typing import AsyncIterator
 
@@ -78,7 +80,11 @@ def create_app(
 
     install_error_handlers(app)
     # added last = outermost: metrics also time/count the 413s produced by the size limit
-    app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodySizeLimitMiddleware,
+        max_body_bytes=settings.max_body_bytes,
+        route_limits={("POST", "/v1/items"): settings.items_body_limit},  # room for image_base64
+    )
     known_routes: list[BaseRoute] = []  # filled below; lets metrics label requests rejected before routing
     app.add_middleware(MetricsMiddleware, metrics=metrics, routes=known_routes)
     app.add_middleware(RequestIdMiddleware)  # outermost: every answer, the early 413s too, carries the id
@@ -86,7 +92,10 @@ def create_app(
     require_admin = admin_guard(token)
     if token is None:
         logger.warning("admin endpoints (reload, add and delete items) are disabled: no admin token is configured")
-    v1 = build_router(state, settings.max_k, require_admin, settings.image_root)
+    v1 = build_router(
+        state, settings.max_k, require_admin, settings.image_root,
+        image_store=settings.image_store, max_image_bytes=settings.max_image_bytes,
+    )
     app.include_router(v1)
 
     @app.get("/healthz", response_model=HealthResponse, tags=["ops"], summary="Liveness: the process answers")
@@ -154,6 +163,65 @@ def create_app(
     return app
 
 
+EXIT_ABANDONED = 1  # status when the graceful timeout ran out with requests still running
+
+
+def run_server(
+    app: FastAPI, host: str, port: int, *, log_level: str = "info", graceful_timeout_s: float | None = 30.0
+) -> None:
+    """uvicorn, one worker, with a clean stop: on SIGTERM or SIGINT it stops accepting connections at
+    once, lets in-flight requests finish (for at most `graceful_timeout_s`; None: however long they
+    take), runs the lifespan shutdown and returns, and the process then exits with status 0.
+
+    uvicorn re-raises the signal it caught once it has shut down (so that a default handler would kill
+    the process with it, status -15 / 143); the handler installed here turns that into a plain exit(0),
+    since the shutdown was graceful. A signal that arrives before uvicorn has installed its own
+    handlers exits (0) at once: nothing was being served yet.
+
+    When the timeout runs out, uvicorn cancels the requests still running (their clients get a 500),
+    but a sync handler's worker thread cannot be stopped, and the interpreter would wait for it on the
+    way out. So a thread still busy once uvicorn is done makes the process exit at once with status
+    EXIT_ABANDONED (1), and say so in the log.
+    """
+    import signal
+    import threading
+
+    import uvicorn  # lazy: only the server entry point needs it
+
+    def exit_cleanly(signum, frame) -> None:
+        logger.info("stopped by %s after a graceful shutdown", signal.Signals(signum).name)
+        raise SystemExit(0)
+
+    config = uvicorn.Config(
+        app, host=host, port=port, workers=1, log_level=log_level, access_log=False,
+        timeout_graceful_shutdown=graceful_timeout_s,  # type: ignore[arg-type]  (annotated int; any number works)
+    )
+    handled = (signal.SIGTERM, signal.SIGINT)
+    previous = {sig: signal.signal(sig, exit_cleanly) for sig in handled}
+    try:
+        uvicorn.Server(config).run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        # idle worker threads were told to stop when the event loop ended; a busy one is a request
+        # the graceful timeout gave up on
+        deadline = time.monotonic() + 1.0
+        busy = []
+        for thread in threading.enumerate():
+            if thread is threading.current_thread() or thread.daemon:
+                continue
+            thread.join(max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():
+                busy.append(thread.name)
+        if busy:
+            logger.error(
+                "graceful shutdown gave up after %ss on %d request(s) still running (%s); exiting with status %d",
+                graceful_timeout_s, len(busy), ", ".join(busy), EXIT_ABANDONED,
+            )
+            logging.shutdown()  # flush the log before the hard exit
+            os._exit(EXIT_ABANDONED)
+
+
 def serve(
     bundle: Path | None = None,
     model_uri: str | None = None,
@@ -162,6 +230,8 @@ def serve(
     *,
     poll_seconds: float = 0.0,
     max_body_bytes: int = 1 << 20,
+    max_image_bytes: int | None = None,
+    graceful_timeout_s: float | None = 30.0,
     log_level: str = "info",
     threads: int | None = None,
     live_log: Path | None = None,
@@ -175,16 +245,16 @@ def serve(
     so intra-op parallelism only adds thread wake-ups and contention: torch and faiss (OpenMP) run
     single-threaded here; concurrency comes from the request threadpool. Measured on 2 shared cores:
     a known-user request was several times slower with 2 OpenMP threads than with 1 (docs/serving.md).
-    `threads` (or $RECSYS_THREADS) overrides; see recsys.runtime.
+    `threads` (or $RECSYS_THREADS) overrides; see recsys.runtime. SIGTERM stops it cleanly (run_server).
     """
     from recsys.runtime import configure_threads
 
     configure_threads(threads, role_default=1)
-    import uvicorn  # lazy: only the server entry point needs it
-
+    limits = {} if max_image_bytes is None else {"max_image_bytes": max_image_bytes}
     settings = ServingSettings(
         bundle=bundle, model_uri=model_uri, poll_seconds=poll_seconds, max_body_bytes=max_body_bytes, live_log=live_log,
-        admin_token=admin_token, bundle_root=bundle_root, image_root=image_root,
+        admin_token=admin_token, bundle_root=bundle_root, image_root=image_root, graceful_timeout_s=graceful_timeout_s,
+        **limits,
     )
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run(create_app(settings), host=host, port=port, workers=1, log_level=log_level, access_log=False)
+    run_server(create_app(settings), host, port, log_level=log_level, graceful_timeout_s=settings.graceful_timeout_s)

@@ -32,12 +32,16 @@ _HTTP_CODES = {
 class ApiError(Exception):
     """Raised by handlers for an expected client-facing error."""
 
-    def __init__(self, status_code: int, error: str, message: str, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, status_code: int, error: str, message: str, headers: dict[str, str] | None = None,
+        details: list[dict[str, Any]] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status_code = status_code
         self.error = error
         self.message = message
         self.headers = headers
+        self.details = details
 
 
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -77,7 +81,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return _answer(request, exc.status_code, _body(request, exc.error, exc.message), exc.headers)
+        return _answer(request, exc.status_code, _body(request, exc.error, exc.message, exc.details), exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

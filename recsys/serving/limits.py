@@ -39,15 +39,18 @@ async def _send_error(send: Send, status: int, error: str, message: str, scope: 
 
 
 class BodySizeLimitMiddleware:
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+    """`route_limits` maps (method, path) to that route's own limit (POST /v1/items may carry an image)."""
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int, route_limits: dict[tuple[str, str], int] | None = None) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.route_limits = dict(route_limits or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = self.max_body_bytes
+        limit = self.route_limits.get((scope.get("method", ""), scope.get("path", "")), self.max_body_bytes)
         declared = _content_length(scope)
         if declared == -1:
             await _send_error(send, 400, "bad_request", "invalid Content-Length header", scope)

@@ -16,6 +16,7 @@ from fastapi import APIRouter, Depends, Path, Query, Response
 
 from recsys.serving.auth import admin_guard, path_under
 from recsys.serving.errors import ApiError, error_responses
+from recsys.serving.images import decode_image, store_image
 from recsys.serving.protocol import user_id_type
 from recsys.serving.schemas import (
     MAX_ID_LEN,
@@ -124,9 +125,12 @@ def recommendations_json(result: Any, k: int, model: LoadedModel, **extra: Any) 
 # ---------------------------------------------------------------- router
 
 
-def build_router(state: ModelState, max_k: int, require_admin=None, image_root=None) -> APIRouter:
+def build_router(
+    state: ModelState, max_k: int, require_admin=None, image_root=None, *, image_store=None, max_image_bytes: int = 0
+) -> APIRouter:
     """All /v1 routes, bound to one app's model state and k limit. `require_admin` guards the routes
-    that change the catalog (recsys.serving.auth); `image_root` is where a new item's image may lie."""
+    that change the catalog (recsys.serving.auth); `image_root` is where a new item's image may lie;
+    `image_store` keeps images sent as bytes (at most `max_image_bytes` each; 0: refused)."""
     if require_admin is None:
         require_admin = admin_guard(None)
 
@@ -259,7 +263,8 @@ def build_router(state: ModelState, max_k: int, require_admin=None, image_root=N
         status_code=201,
         response_model=ItemMutationResponse,
         responses=error_responses(401, 403, 409, 413, 422),
-        summary="Add a cold item (embedded from its content; no index rebuild). Admin token.",
+        summary="Add a cold item (embedded from its content: text, categories and an image path or image bytes; "
+        "no index rebuild). Admin token.",
         tags=["items"],
         dependencies=[Depends(require_admin)],
     )
@@ -269,6 +274,14 @@ def build_router(state: ModelState, max_k: int, require_admin=None, image_root=N
         if rec.has_item(iid):
             raise ApiError(409, "item_exists", f"item {iid!r} already exists")
         image = None if body.image_path is None else str(path_under(body.image_path, image_root, "image"))
+        if body.image_base64 is not None:
+            decoded = decode_image(body.image_base64, max_image_bytes)
+            if image_store is None:
+                raise ApiError(403, "image_not_allowed", "this server keeps no images sent as bytes (no image store)")
+            try:
+                image = str(store_image(decoded, image_store))
+            except OSError as exc:
+                raise ApiError(503, "image_store_unwritable", f"image store not writable: {exc}") from None
         try:
             rec.add_item(iid, body.title, text=body.text, image_path=image, categories=body.categories)
         except ValueError as exc:

@@ -163,6 +163,13 @@ class AddItemRequest(_Strict):
         default=None, max_length=4096,
         description="An image file under the server's image root (--image-root); relative paths are read from that root.",
     )
+    image_base64: str | None = Field(
+        default=None,
+        description="The image itself, base64 (standard alphabet; a `data:image/...;base64,` prefix and line breaks "
+        "are accepted): JPEG, PNG, WebP, GIF or BMP of at most --max-image-bytes decoded bytes (413 above). "
+        "Not together with image_path. Kept by the server beside its live catalog log.",
+        json_schema_extra={"contentEncoding": "base64"},
+    )
     categories: list[Category] | None = Field(default=None, max_length=100)
 
     model_config = ConfigDict(
@@ -171,6 +178,12 @@ class AddItemRequest(_Strict):
             "examples": [{"item_id": 5001, "title": "A new film", "text": "Plot summary ...", "categories": ["Drama"]}]
         },
     )
+
+    @model_validator(mode="after")
+    def _one_image(self) -> "AddItemRequest":
+        if self.image_path is not None and self.image_base64 is not None:
+            raise ValueError("image_path and image_base64: give one of them, not both")
+        return self
 
 
 class ItemMutationResponse(BaseModel):

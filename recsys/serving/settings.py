@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from recsys.serving.schemas import MAX_K
 
 MODEL_URI_PREFIX = "models:/"
+DEFAULT_MAX_IMAGE_BYTES = 4 << 20  # 4 MiB: a large poster JPEG is a few hundred KB
 
 
 def is_model_uri(reference: str) -> bool:
@@ -43,6 +44,16 @@ class ServingSettings(BaseModel):
     image_root: Path | None = Field(
         default=None, description="A new item's image_path must lie under this folder; None: image paths are refused."
     )
+    max_image_bytes: int = Field(
+        default=DEFAULT_MAX_IMAGE_BYTES, ge=0,
+        description="Largest decoded image_base64 of a new item (larger: 413); 0 refuses image bytes. POST /v1/items "
+        "may carry a body this much (base64-encoded) larger than max_body_bytes.",
+    )
+    graceful_timeout_s: float | None = Field(
+        default=30.0, gt=0,
+        description="On SIGTERM/SIGINT: stop accepting connections, let in-flight requests finish for at most this "
+        "long, then exit (0). None: wait for them however long they take.",
+    )
 
     model_config = ConfigDict(frozen=True, protected_namespaces=())
 
@@ -66,6 +77,18 @@ class ServingSettings(BaseModel):
             return self.bundle / LOG_NAME
         slug = re.sub(r"[^A-Za-z0-9._-]+", "_", self.model_uri.removeprefix(MODEL_URI_PREFIX)).strip("_")
         return recsys_home() / "live" / f"{slug}.jsonl"
+
+    @property
+    def image_store(self) -> Path:
+        """Where images sent as bytes (image_base64) are kept, one file per distinct image named by its
+        sha256, beside the live catalog log: the log records this path and every load replays it."""
+        log = self.live_log_path
+        return log.with_name(f"{log.stem}_images")
+
+    @property
+    def items_body_limit(self) -> int:
+        """Body limit of POST /v1/items: the general limit plus room for the largest allowed image in base64."""
+        return self.max_body_bytes + 4 * -(-self.max_image_bytes // 3)
 
     @property
     def reload_root(self) -> Path | None:

@@ -33,3 +33,12 @@ def tiny_bundles(tmp_path_factory):
     from real_bundle import build_tiny_bundles
 
     return build_tiny_bundles(tmp_path_factory.mktemp("tiny_bundles"))
+
+
+@pytest.fixture(scope="session")
+def image_bundle(tmp_path_factory):
+    """A real bundle whose item tower reads posters (real_bundle.build_image_bundle; ~5 s once the
+    training stack is imported)."""
+    from real_bundle import build_image_bundle
+
+    return build_image_bundle(tmp_path_factory.mktemp("image_bundle"))

@@ -66,22 +66,63 @@ def tiny_config(tmp: Path, seed: int):
     )
 
 
-def build_tiny_bundles(tmp: Path) -> TinyBundles:
-    """Two real bundles (seeds 1 and 2) over the same tiny catalog; ~10-30 s on 2 CPU cores."""
+def build_tiny_bundle(tmp: Path, seed: int, data: tuple[pl.DataFrame, pl.DataFrame] | None = None) -> Path:
+    """One real bundle over the tiny catalog, trained with `seed`, at tmp/bundle<seed> (features cached in tmp)."""
     from pipelines.train import build_bundle, holdout_last
     from recsys.encoders.features import build_item_features
     from recsys.encoders.store import FeatureStore
     from recsys.model.train import fit_two_tower
 
+    catalog, interactions = data if data is not None else tiny_data()
+    cfg = tiny_config(tmp, seed)
+    features = build_item_features(catalog, cfg.encoders, store=FeatureStore(tmp / "features"), show_progress=False)
+    train, valid = holdout_last(interactions, cfg.train.seed)
+    result = fit_two_tower(features, train, valid, cfg, show_progress=False)
+    return build_bundle(cfg, tmp / f"bundle{seed}", catalog, interactions, features, result)
+
+
+def build_tiny_bundles(tmp: Path) -> TinyBundles:
+    """Two real bundles (seeds 1 and 2) over the same tiny catalog; ~10-30 s on 2 CPU cores."""
     catalog, interactions = tiny_data()
-    out = []
-    for seed in (1, 2):
-        cfg = tiny_config(tmp, seed)
-        features = build_item_features(catalog, cfg.encoders, store=FeatureStore(tmp / "features"), show_progress=False)
-        train, valid = holdout_last(interactions, cfg.train.seed)
-        result = fit_two_tower(features, train, valid, cfg, show_progress=False)
-        out.append(build_bundle(cfg, tmp / f"bundle{seed}", catalog, interactions, features, result))
-    return TinyBundles(out[0], out[1], catalog, interactions)
+    first, second = (build_tiny_bundle(tmp, seed, (catalog, interactions)) for seed in (1, 2))
+    return TinyBundles(first, second, catalog, interactions)
+
+
+N_IMAGE_ITEMS = 40
+
+
+@dataclass
+class ImageBundle:
+    path: Path
+    catalog: pl.DataFrame  # item_id (str), title, text, image (poster path), categories
+
+
+def build_image_bundle(tmp: Path) -> ImageBundle:
+    """A real bundle whose item tower reads posters: the N_IMAGE_ITEMS most-rated items of the tiny slice,
+    modalities image + categories (EfficientNet-Lite0 on the shared posters; no text encoder), 1 epoch.
+    For the image-bytes test of POST /v1/items; ~10 s on 2 CPU cores."""
+    from pipelines.train import build_bundle, holdout_last
+    from recsys.config import PipelineConfig
+    from recsys.encoders.features import build_item_features
+    from recsys.model.train import fit_two_tower
+
+    catalog, interactions = tiny_data()
+    top = interactions.group_by("item_id").len().sort(["len", "item_id"], descending=[True, False]).head(N_IMAGE_ITEMS)
+    catalog = catalog.filter(pl.col("item_id").is_in(top["item_id"].implode()))
+    interactions = interactions.filter(pl.col("item_id").is_in(top["item_id"].implode()))
+    cfg = PipelineConfig.model_validate(
+        {
+            "encoders": {"text": {"enabled": False}, "image": {"batch_size": 8}, "cache_dir": str(tmp / "features")},
+            "model": {"modalities": ["image", "categories"], "dim": 16, "head_hidden": 32},
+            "train": {"epochs": 1, "batch_size": 256, "num_uniform_negatives": 16, "seed": 1, "patience": 1, "tune": False},
+            "tracking": {"enabled": False},
+            "output_dir": str(tmp / "run"),
+        }
+    )
+    features = build_item_features(catalog, cfg.encoders, store=None, show_progress=False)
+    train, valid = holdout_last(interactions, cfg.train.seed)
+    result = fit_two_tower(features, train, valid, cfg, show_progress=False)
+    return ImageBundle(build_bundle(cfg, tmp / "bundle_images", catalog, interactions, features, result), catalog)
 
 
 if __name__ == "__main__":  # `python tests/serving/real_bundle.py OUT_DIR`: build by hand

@@ -6,11 +6,13 @@ same one `recsys serve` uses. Items are str ids ("m50") and users int ids, as bu
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 from fastapi.testclient import TestClient
@@ -213,3 +215,43 @@ def test_reload_swaps_and_broken_reload_keeps_serving(tiny_bundles, tmp_path: Pa
             ready = client.get("/readyz").json()
             assert ready["ready"] and ready["model_version"] == _version(second) and str(bad) in ready["last_error"]
         assert client.post("/v1/search", json={"query": "comedy", "k": 2}).status_code == 200
+
+
+def test_image_bytes_are_embedded_like_the_same_image_file(image_bundle, tmp_path: Path) -> None:
+    """A real bundle whose item tower reads posters: an item added with a poster's bytes gets the same
+    vector as its catalog twin (embedded from the poster file) and as an item added by image_path, keeps
+    it across a reload (the live log names the stored file), and differs from the item without it."""
+    twin = image_bundle.catalog.row(0, named=True)
+    poster = Path(twin["image"])
+    settings = ServingSettings(
+        bundle=image_bundle.path, live_log=tmp_path / "live.jsonl", admin_token=ADMIN_TOKEN, image_root=poster.parent
+    )
+    with TestClient(create_app(settings), headers=ADMIN_HEADERS) as client:
+        first = client.app.state.model_state.current.recommender
+        assert "image" in first.encoders() and "text" not in first.encoders()
+
+        def vector(item_id: str) -> np.ndarray:
+            current = client.app.state.model_state.current.recommender
+            return current._vectors[current._row_of[item_id]]
+
+        content = {"title": "uploaded twin", "categories": twin["categories"]}
+        encoded = base64.b64encode(poster.read_bytes()).decode()
+        r = client.post("/v1/items", json={"item_id": "by-bytes", **content, "image_base64": encoded})
+        assert r.status_code == 201, r.text
+        assert client.post("/v1/items", json={"item_id": "by-path", **content, "image_path": poster.name}).status_code == 201
+        assert client.post("/v1/items", json={"item_id": "no-image", **content}).status_code == 201
+        np.testing.assert_allclose(vector("by-bytes"), vector(twin["item_id"]), atol=1e-5)
+        np.testing.assert_allclose(vector("by-bytes"), vector("by-path"), atol=1e-6)
+        assert np.abs(vector("no-image") - vector("by-bytes")).max() > 1e-3, "the image must matter to this model"
+        assert _ids(client.get("/v1/items/by-bytes/similar", params={"k": 2}))[:2] in (
+            [twin["item_id"], "by-path"], ["by-path", twin["item_id"]]
+        )
+
+        record = json.loads(settings.live_log.read_text().splitlines()[0])
+        stored = Path(record["image_path"])
+        assert record["item_id"] == "by-bytes" and stored.parent == settings.image_store
+        assert stored.read_bytes() == poster.read_bytes()
+        before = vector("by-bytes").copy()
+        assert client.post("/admin/reload").status_code == 200  # a fresh model replays the live log
+        assert client.app.state.model_state.current.recommender is not first
+        np.testing.assert_allclose(vector("by-bytes"), before, atol=1e-6)
