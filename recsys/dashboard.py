@@ -1,0 +1,162 @@
+"""The experiment dashboard: MLflow's UI over the project's store, opened on the training runs.
+
+MLflow 3 opens an experiment in its GenAI view (traces, an assistant) and folds every step run under
+its collapsed `pipeline` parent. So every experiment the `Tracker` creates carries:
+
+- `mlflow.experimentKind = custom_model_development`: the kind MLflow reads to show the classic
+  machine-learning pages (MLflow 3.17 decides the view from a global "GenAI / Model training" switch
+  instead, which the `workflowType=machine_learning` URL parameter below sets);
+- two saved views (experiment tags `mlflow.sharedViewState.<id>`, the format MLflow's own "Views >
+  Save as new view" writes): **Training runs** (every `train` step run, flat, with its validation score
+  beside the same-run baselines) and **Runs by step** (every step run grouped by step, the evaluation
+  metrics as columns).
+
+`python -m recsys.dashboard` (what `make dashboard` runs) adds them to a store made before this, prints
+the address of the training-runs view, and starts `mlflow ui` on 127.0.0.1 with one worker and job
+execution off.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+import zlib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"  # MLflow's "Machine learning" kind (not "genai_development")
+SAVED_VIEW_PREFIX = "mlflow.sharedViewState."
+TRAINING_VIEW = "recsys-training-runs"
+STEPS_VIEW = "recsys-runs-by-step"
+DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 5000
+
+
+def _metric_columns(*names: str) -> list[str]:
+    return [f"metrics.`{name}`" for name in names]
+
+
+def _by_step() -> dict[str, Any]:
+    """Group rows by the `step` tag: each step run is its own row instead of hiding in its parent."""
+    return {"aggregateFunction": "average", "groupByKeys": [{"mode": "tag", "groupByData": "step"}]}
+
+
+def saved_views() -> dict[str, tuple[str, dict[str, Any]]]:
+    """id -> (name, state) of the views every experiment gets; `state` is MLflow's runs-page state
+    (search facets and table settings)."""
+    facets = {"orderByKey": "attributes.start_time", "orderByAsc": False, "startTime": "ALL", "lifecycleFilter": "Active",
+              "datasetsFilter": [], "modelVersionFilter": "All Runs"}
+    return {
+        TRAINING_VIEW: ("Training runs", {
+            **facets, "searchFilter": "tags.step = 'train'", "groupBy": _by_step(),
+            "selectedColumns": _metric_columns("best_valid", "baseline_valid.popularity", "baseline_valid.content_knn",
+                                               "best_epoch", "train_seconds"),
+        }),
+        STEPS_VIEW: ("Runs by step", {
+            **facets, "searchFilter": "", "groupBy": _by_step(),
+            "selectedColumns": _metric_columns("best_valid", "recsys.ndcg_at_10", "popularity.ndcg_at_10",
+                                               "content_knn.ndcg_at_10", "recsys.recall_at_20", "pipeline_seconds"),
+        }),
+    }
+
+
+def _saved_view_value(name: str, state: Mapping[str, Any], now_ms: int) -> str:
+    """The tag value MLflow's UI writes for a saved view: a JSON envelope whose `state` is the
+    deflate-compressed, base64 JSON state."""
+    packed = base64.b64encode(zlib.compress(json.dumps(state, separators=(",", ":")).encode())).decode("ascii")
+    return json.dumps({"name": name, "createdAt": now_ms, "updatedAt": now_ms, "state": f"deflate;{packed}"},
+                      separators=(",", ":"))
+
+
+def experiment_tags(existing: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The dashboard tags an experiment lacks (all of them for a new one); a user's own edits of a
+    view or of the kind are left alone."""
+    existing = existing or {}
+    now = int(time.time() * 1000)
+    tags = {} if EXPERIMENT_KIND_TAG in existing else {EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+    for view_id, (name, state) in saved_views().items():
+        if SAVED_VIEW_PREFIX + view_id not in existing:
+            tags[SAVED_VIEW_PREFIX + view_id] = _saved_view_value(name, state, now)
+    return tags
+
+
+def ensure_experiment_tags(client, experiment_id: str, existing: Mapping[str, str] | None = None) -> None:
+    """Set the dashboard tags `experiment_id` lacks (one call per missing tag)."""
+    for key, value in experiment_tags(existing).items():
+        client.set_experiment_tag(experiment_id, key, value)
+
+
+def runs_url(base: str, experiment_id: str, view: str | None = TRAINING_VIEW) -> str:
+    """The address of an experiment's runs table in the machine-learning view, opened on a saved view
+    (None: the plain table)."""
+    query = (f"viewStateShareKey={view}&" if view else "") + "workflowType=machine_learning"
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?{query}"
+
+
+def server_command(store_uri: str, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> list[str]:
+    """`mlflow ui` over `store_uri`: one worker (job execution is switched off in `server_env`)."""
+    mlflow_bin = Path(sys.executable).with_name("mlflow")
+    cmd = [str(mlflow_bin) if mlflow_bin.exists() else (shutil.which("mlflow") or "mlflow"), "ui",
+           "--backend-store-uri", store_uri, "--host", host, "--port", str(port), "--workers", "1"]
+    return cmd
+
+
+def server_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ if base is None else base)
+    env.update({"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"})
+    return env
+
+
+def prepare(store_uri: str, experiment: str, base: str) -> list[str]:
+    """Add the dashboard tags to `experiment` in the store (if it exists) and return the lines to print."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=store_uri, registry_uri=store_uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return [f"No experiment {experiment!r} in {store_uri} yet (run `make demo` or any recsys command first).",
+                f"Experiments: {base}/#/experiments"]
+    ensure_experiment_tags(client, found.experiment_id, found.tags)
+    return [
+        f"Training runs (each `train` step, validation vs baselines): {runs_url(base, found.experiment_id, TRAINING_VIEW)}",
+        f"Runs by step (evaluation metrics per protocol):            {runs_url(base, found.experiment_id, STEPS_VIEW)}",
+        f"All runs (pipeline runs, expand a row for its steps):      {runs_url(base, found.experiment_id, None)}",
+        "Compare: tick two or more runs' boxes, then 'Compare'; a run's plots are under its Artifacts tab, in plots/.",
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    from recsys.tracking import default_tracking_uri
+
+    parser = argparse.ArgumentParser(prog="python -m recsys.dashboard", description=__doc__.split("\n")[0])
+    parser.add_argument("--store", default=None, help="tracking URI (default: $MLFLOW_TRACKING_URI or $RECSYS_HOME/mlflow/mlflow.db)")
+    parser.add_argument("--experiment", default="recsys")
+    parser.add_argument("--host", default=DEFAULT_HOST)
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
+    parser.add_argument("--print-only", action="store_true", help="print the addresses, do not start the UI")
+    args = parser.parse_args(argv)
+    store = args.store or default_tracking_uri()
+    base = f"http://{args.host}:{args.port}"
+    for line in prepare(store, args.experiment, base):
+        print(line, flush=True)
+    if args.print_only:
+        return 0
+    print(f"Starting the MLflow UI on {base} over {store} (Ctrl-C stops it)", flush=True)
+    try:
+        return subprocess.call(server_command(store, args.host, args.port), env=server_env())
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
