@@ -55,8 +55,8 @@ bench-serving: $(STAMP)  ## HTTP load test of `recsys serve` on the ml-100k bund
 
 RECSYS_HOME ?= $(CURDIR)
 
-dashboard: $(STAMP)  ## MLflow UI over the store every command writes: $RECSYS_HOME/mlflow (default: this folder)
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(RECSYS_HOME)/mlflow/mlflow.db --workers 1 --host 127.0.0.1 --port 5000
+dashboard: $(STAMP)  ## MLflow UI over the store every command writes ($RECSYS_HOME/mlflow); prints the training-runs address
+	$(BIN)/python -m recsys.dashboard --store sqlite:///$(RECSYS_HOME)/mlflow/mlflow.db --host 127.0.0.1 --port 5000
 
 serve: $(STAMP)  ## the retrieval API over the demo bundle
 	$(BIN)/recsys serve --bundle artifacts/demo/bundle

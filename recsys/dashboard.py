@@ -20,15 +20,18 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
 import zlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +118,64 @@ def server_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ if base is None else base)
     env.update({"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"})
     return env
+
+
+def free_port(host: str = DEFAULT_HOST) -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def running_server(store_uri: str, port: int | None = None, host: str = DEFAULT_HOST, log_path: Path | None = None,
+                   timeout_s: float = 120.0) -> Iterator[str]:
+    """`mlflow ui` over `store_uri` in a subprocess (its own process group) until the block ends; yields
+    its base address once /health answers. Used by the browser test and the screenshot script."""
+    import urllib.request
+
+    port = port or free_port(host)
+    base = f"http://{host}:{port}"
+    out = open(log_path, "wb") if log_path else subprocess.DEVNULL  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(server_command(store_uri, host, port), env=server_env(), stdout=out, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"mlflow ui exited with {proc.returncode} before answering"
+                                   + (f"; log: {log_path}" if log_path else ""))
+            try:
+                with urllib.request.urlopen(f"{base}/health", timeout=2) as answer:
+                    if answer.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"mlflow ui did not answer on {base} within {timeout_s:.0f}s")
+            time.sleep(0.5)
+        yield base
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)  # the group: mlflow ui and the uvicorn worker it started
+            proc.wait(timeout=15)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=15)
+        if log_path:
+            out.close()
+
+
+def tidy_page(page) -> None:
+    """Close what covers the runs table in a screenshot: the assistant panel MLflow opens on a local
+    server's first visit, and the shared-view banner (a Playwright page)."""
+    for component in ("mlflow.assistant.chat_panel.close", "mlflow.experiment_page.shared_view.dismiss"):
+        button = page.locator(f'button[data-component-id="{component}"]')
+        if button.count():
+            button.first.click()
+    page.wait_for_timeout(300)
 
 
 def prepare(store_uri: str, experiment: str, base: str) -> list[str]:

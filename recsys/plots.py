@@ -483,20 +483,20 @@ def gallery_html(rows: Sequence[GalleryRow], catalog: pl.DataFrame, title: str =
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>", html.escape(title), "</title><style>",
         "body{font-family:sans-serif;margin:12px;color:#222}h2{font-size:15px;margin:18px 0 6px}",
-        ".row{display:flex;align-items:flex-start;gap:6px;flex-wrap:nowrap;overflow-x:auto}",
-        ".sep{width:3px;align-self:stretch;background:#999;margin:0 10px}",
+        ".row{display:flex;align-items:flex-start;gap:6px;flex-wrap:wrap;margin-bottom:4px}",
+        ".label{width:90px;flex:none;font-size:12px;color:#555;padding-top:60px}.rec-label{color:#1e5aa0}",
         "figure{margin:0;width:96px;flex:none}img,.blank{width:96px;height:140px;object-fit:contain;background:#eee;display:block}",
         ".blank{font-size:11px;padding:4px;box-sizing:border-box}.rec img,.rec .blank{outline:2px solid #1e5aa0}",
         "figcaption{font-size:10px;line-height:12px;height:24px;overflow:hidden}",
         "</style></head><body><h1 style='font-size:18px'>", html.escape(title), "</h1>",
-        "<p>Each row: the user's latest items (oldest first), then the model's recommendations (best first, "
+        "<p>Per user: their latest items (oldest first), then the model's recommendations (best first, "
         "seen items excluded).</p>",
     ]
     for row in rows:
-        parts.append(f"<h2>user {html.escape(str(row.user_id))}: last {len(row.history)} of {row.n_history} items "
-                     f"&rarr; top {len(row.recommended)}</h2><div class='row'>")
+        parts.append(f"<h2>user {html.escape(str(row.user_id))}</h2><div class='row'>"
+                     f"<div class='label'>last {len(row.history)} of {row.n_history} items</div>")
         parts += [card(i, False) for i in row.history]
-        parts.append("<div class='sep'></div>")
+        parts.append(f"</div><div class='row'><div class='label rec-label'>recommended (top {len(row.recommended)})</div>")
         parts += [card(i, True) for i in row.recommended]
         parts.append("</div>")
     parts.append("</body></html>")

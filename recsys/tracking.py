@@ -215,6 +215,11 @@ class Tracker:
         """The innermost run this tracker opened, or None."""
         return self._runs[-1] if self._runs else None
 
+    @property
+    def experiment_id(self) -> str | None:
+        """The id of the experiment this tracker's runs went to (None before the first run)."""
+        return self._experiment_id
+
     def _activate(self) -> None:
         """Point MLflow's fluent API (used by log_model and Lightning) at our store."""
         mlflow.set_tracking_uri(self.tracking_uri)
