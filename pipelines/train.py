@@ -117,8 +117,7 @@ def run_train(
                                          make_logger=tracker.lightning_logger, show_progress=show_progress)
             tracker.log_metrics({"refit_seconds": result.refit["seconds"]})
         # Curves, baselines and segments of the model chosen on validation, on the queries it was judged on.
-        plots.log_validation_plots(tracker, features, train, valid, validated,
-                                   refit_history=result.history if result is not validated else ())
+        plots.log_validation_plots(tracker, features, train, valid, validated)
         tracker.log_metrics(
             {"best_valid": result.best_metric, "best_epoch": result.best_epoch, "train_seconds": result.train_seconds,
              **result.item_item_metrics(), **{f"baseline_valid.{name}": value for name, value in result.baselines.items()}}

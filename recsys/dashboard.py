@@ -178,6 +178,40 @@ def tidy_page(page) -> None:
     page.wait_for_timeout(300)
 
 
+def runs_frame(store_uri: str, experiment: str = "recsys", filter_string: str = "", max_results: int = 1000):
+    """The experiment's runs as a polars frame: run_id, run_name, status, start_time, the `step` and
+    `variant` tags, the parent run, then every param (`params.<key>`, text) and every metric's latest
+    value (`metrics.<key>`); the newest run first. Empty when the experiment does not exist."""
+    import datetime as dt
+
+    import polars as pl
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=store_uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return pl.DataFrame()
+    rows = []
+    for run in client.search_runs([found.experiment_id], filter_string, max_results=max_results, order_by=["attributes.start_time DESC"]):
+        tags = run.data.tags
+        rows.append({
+            "run_id": run.info.run_id, "run_name": run.info.run_name, "status": run.info.status,
+            "start_time": dt.datetime.fromtimestamp(run.info.start_time / 1000),
+            "step": tags.get("step"), "variant": tags.get("variant"), "parent_run_id": tags.get("mlflow.parentRunId"),
+            **{f"params.{k}": v for k, v in run.data.params.items()},
+            **{f"metrics.{k}": float(v) for k, v in run.data.metrics.items()},
+        })
+    if not rows:
+        return pl.DataFrame()
+    keys = list(dict.fromkeys(k for row in rows for k in row))
+    fixed = [k for k in keys if not k.startswith(("params.", "metrics."))]
+    params = sorted(k for k in keys if k.startswith("params."))
+    metrics = sorted(k for k in keys if k.startswith("metrics."))
+    schema = {**{k: pl.String for k in params}, **{k: pl.Float64 for k in metrics}}
+    return pl.DataFrame([{k: row.get(k) for k in fixed + params + metrics} for row in rows],
+                        schema_overrides=schema, infer_schema_length=None)
+
+
 def prepare(store_uri: str, experiment: str, base: str) -> list[str]:
     """Add the dashboard tags to `experiment` in the store (if it exists) and return the lines to print."""
     from mlflow.tracking import MlflowClient

@@ -156,11 +156,18 @@ def baselines_figure(metric: str, model_value: float, baselines: Mapping[str, fl
 
 def protocols_figure(results: Mapping[str, Mapping[str, Mapping[str, float]]], metric: str = "ndcg@10") -> Figure | None:
     """Grouped bars: each protocol (loo: known items, cold: new items, temporal: the future) x each model."""
+    described = {"loo": "loo\n(known items)", "cold": "cold\n(new items)", "temporal": "temporal\n(the future)"}
+    return grouped_bars(results, metric, f"test {metric} per protocol, same split for every model", f"test {metric}", described)
+
+
+def grouped_bars(results: Mapping[str, Mapping[str, Mapping[str, float]]], metric: str, title: str, ylabel: str,
+                 described: Mapping[str, str] | None = None) -> Figure | None:
+    """Bars of `metric` for each group (a protocol, a run) x each model in it (recsys, the baselines)."""
+    described = described or {}
     protocols = [p for p in results if any(metric in m for m in results[p].values())]
     if not protocols:
         return None
     names = list(dict.fromkeys(n for p in protocols for n in results[p]))
-    described = {"loo": "loo\n(known items)", "cold": "cold\n(new items)", "temporal": "temporal\n(the future)"}
     fig = _figure(1.6 + 1.7 * len(protocols), 3.6)
     ax = fig.subplots()
     width = 0.8 / len(names)
@@ -172,8 +179,8 @@ def protocols_figure(results: Mapping[str, Mapping[str, Mapping[str, float]]], m
             if np.isfinite(v):
                 ax.annotate(f"{v:.3f}", (x, v), xytext=(0, 2), textcoords="offset points", ha="center", fontsize=7)
     ax.set_xticks(np.arange(len(protocols)), [described.get(p, p) for p in protocols])
-    ax.set_ylabel(f"test {metric}")
-    ax.set_title(f"test {metric} per protocol, same split for every model", fontsize=10)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     return fig
@@ -416,9 +423,40 @@ def poster_gallery(rows: Sequence[GalleryRow], catalog: pl.DataFrame, poster: tu
 
 def save_png(image, path: str | Path) -> None:
     """A gallery as PNG in 256 adaptive colours: posters stay readable at a third of the size."""
+    Path(path).write_bytes(png_bytes(image))
+
+
+def png_bytes(image) -> bytes:
+    """`save_png`'s bytes (for `IPython.display.Image` in a notebook: small outputs)."""
+    import io
+
     from PIL import Image
 
-    image.convert("RGB").quantize(colors=256, method=Image.Quantize.FASTOCTREE).save(path, optimize=True)
+    buffer = io.BytesIO()
+    image.convert("RGB").quantize(colors=256, method=Image.Quantize.FASTOCTREE).save(buffer, "PNG", optimize=True)
+    return buffer.getvalue()
+
+
+def poster_grid(item_ids: Sequence[Any], catalog: pl.DataFrame, columns: int = 10, poster: tuple[int, int] = (96, 140),
+                title: str | None = None, highlight: Sequence[Any] = ()):
+    """A PIL image: the items' posters (a title card where there is none) in rows of `columns`, titles
+    under each; `highlight`ed items framed."""
+    from PIL import Image, ImageDraw
+
+    lookup = _catalog_lookup(catalog)
+    pw, ph = poster
+    pad, caption, header = 6, 28, 24 if title else 0
+    n_rows = max(1, -(-len(item_ids) // columns))
+    width = pad + min(columns, max(1, len(item_ids))) * (pw + pad)
+    canvas = Image.new("RGB", (width, header + n_rows * (ph + caption + pad) + pad), "white")
+    draw = ImageDraw.Draw(canvas)
+    if title:
+        draw.text((pad, 5), title, fill="black", font=_font(13))
+    small, marked = _font(9), set(highlight)
+    for i, item in enumerate(item_ids):
+        at = (pad + (i % columns) * (pw + pad), header + pad + (i // columns) * (ph + caption + pad))
+        _paste(canvas, draw, item, lookup, at, poster, small, border=(30, 90, 160) if item in marked else None)
+    return canvas
 
 
 def _paste(canvas, draw, item, lookup, at, size, font, border=None) -> None:
@@ -480,15 +518,17 @@ def gallery_html(rows: Sequence[GalleryRow], catalog: pl.DataFrame, title: str =
                else f'<div class="blank">{html.escape(str(name))}</div>')
         return f'<figure class="{"rec" if rec else "seen"}">{pic}<figcaption>{html.escape(str(name))}</figcaption></figure>'
 
+    g = ".recsys-gallery"  # every rule scoped, so the page can be embedded (a notebook output) without leaking
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>", html.escape(title), "</title><style>",
-        "body{font-family:sans-serif;margin:12px;color:#222}h2{font-size:15px;margin:18px 0 6px}",
-        ".row{display:flex;align-items:flex-start;gap:6px;flex-wrap:wrap;margin-bottom:4px}",
-        ".label{width:90px;flex:none;font-size:12px;color:#555;padding-top:60px}.rec-label{color:#1e5aa0}",
-        "figure{margin:0;width:96px;flex:none}img,.blank{width:96px;height:140px;object-fit:contain;background:#eee;display:block}",
-        ".blank{font-size:11px;padding:4px;box-sizing:border-box}.rec img,.rec .blank{outline:2px solid #1e5aa0}",
-        "figcaption{font-size:10px;line-height:12px;height:24px;overflow:hidden}",
-        "</style></head><body><h1 style='font-size:18px'>", html.escape(title), "</h1>",
+        f"{g}{{font-family:sans-serif;margin:12px;color:#222}}{g} h1{{font-size:18px}}{g} h2{{font-size:15px;margin:18px 0 6px}}",
+        f"{g} .row{{display:flex;align-items:flex-start;gap:6px;flex-wrap:wrap;margin-bottom:4px}}",
+        f"{g} .label{{width:90px;flex:none;font-size:12px;color:#555;padding-top:60px}}{g} .rec-label{{color:#1e5aa0}}",
+        f"{g} figure{{margin:0;width:96px;flex:none}}",
+        f"{g} img,{g} .blank{{width:96px;height:140px;object-fit:contain;background:#eee;display:block}}",
+        f"{g} .blank{{font-size:11px;padding:4px;box-sizing:border-box}}{g} .rec img,{g} .rec .blank{{outline:2px solid #1e5aa0}}",
+        f"{g} figcaption{{font-size:10px;line-height:12px;height:24px;overflow:hidden}}",
+        "</style></head><body><div class='recsys-gallery'><h1>", html.escape(title), "</h1>",
         "<p>Per user: their latest items (oldest first), then the model's recommendations (best first, "
         "seen items excluded).</p>",
     ]
@@ -499,7 +539,7 @@ def gallery_html(rows: Sequence[GalleryRow], catalog: pl.DataFrame, title: str =
         parts.append(f"</div><div class='row'><div class='label rec-label'>recommended (top {len(row.recommended)})</div>")
         parts += [card(i, True) for i in row.recommended]
         parts.append("</div>")
-    parts.append("</body></html>")
+    parts.append("</div></body></html>")
     return "".join(parts)
 
 
@@ -543,8 +583,8 @@ def _log_folder(tracker: Tracker, folder: Path, written: list[Path]) -> None:
 @never_fails("validation plots")
 def log_validation_plots(tracker: Tracker, features: ItemFeatures, train: pl.DataFrame, valid: pl.DataFrame,
                          result: TrainResult, refit_history: Sequence[Mapping[str, Any]] = ()) -> pl.DataFrame | None:
-    """In the `train` step run, for the model chosen on validation (before its refit): its curves (the
-    refit's loss dashed beside them), its
+    """In the `train` step run, for the model chosen on validation (before its refit; the refit's loss
+    curve is in the run's metrics, `refit-train/loss`): its curves, its
     validation score beside the baselines, and the score per segment of the same validation queries it
     was early-stopped on (users by history length; target items new / tail / head: a user's held-out
     last item is rarely new, so "new" often has no queries here; the `cold` protocol's evaluation
