@@ -523,9 +523,9 @@ def gallery_html(rows: Sequence[GalleryRow], catalog: pl.DataFrame, title: str =
         "<!doctype html><html><head><meta charset='utf-8'><title>", html.escape(title), "</title><style>",
         f"{g}{{font-family:sans-serif;margin:12px;color:#222}}{g} h1{{font-size:18px}}{g} h2{{font-size:15px;margin:18px 0 6px}}",
         f"{g} .row{{display:flex;align-items:flex-start;gap:6px;flex-wrap:wrap;margin-bottom:4px}}",
-        f"{g} .label{{width:90px;flex:none;font-size:12px;color:#555;padding-top:60px}}{g} .rec-label{{color:#1e5aa0}}",
-        f"{g} figure{{margin:0;width:96px;flex:none}}",
-        f"{g} img,{g} .blank{{width:96px;height:140px;object-fit:contain;background:#eee;display:block}}",
+        f"{g} .label{{font-size:12px;color:#555;margin:6px 0 3px}}{g} .rec-label{{color:#1e5aa0}}",
+        f"{g} figure{{margin:0;width:84px;flex:none}}",
+        f"{g} img,{g} .blank{{width:84px;height:123px;object-fit:contain;background:#eee;display:block}}",
         f"{g} .blank{{font-size:11px;padding:4px;box-sizing:border-box}}{g} .rec img,{g} .rec .blank{{outline:2px solid #1e5aa0}}",
         f"{g} figcaption{{font-size:10px;line-height:12px;height:24px;overflow:hidden}}",
         "</style></head><body><div class='recsys-gallery'><h1>", html.escape(title), "</h1>",
@@ -533,10 +533,10 @@ def gallery_html(rows: Sequence[GalleryRow], catalog: pl.DataFrame, title: str =
         "seen items excluded).</p>",
     ]
     for row in rows:
-        parts.append(f"<h2>user {html.escape(str(row.user_id))}</h2><div class='row'>"
-                     f"<div class='label'>last {len(row.history)} of {row.n_history} items</div>")
+        parts.append(f"<h2>user {html.escape(str(row.user_id))}</h2>"
+                     f"<div class='label'>last {len(row.history)} of {row.n_history} items, oldest first</div><div class='row'>")
         parts += [card(i, False) for i in row.history]
-        parts.append(f"</div><div class='row'><div class='label rec-label'>recommended (top {len(row.recommended)})</div>")
+        parts.append(f"</div><div class='label rec-label'>recommended (top {len(row.recommended)})</div><div class='row'>")
         parts += [card(i, True) for i in row.recommended]
         parts.append("</div>")
     parts.append("</div></body></html>")
