@@ -10,7 +10,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export TOKENIZERS_PARALLELISM := false
 export MLFLOW_SERVER_ENABLE_JOB_EXECUTION := false
 
-.PHONY: setup demo test test-fast bench bench-shared bench-quality bench-quality-ml1m bench-ablation bench-serving dashboard serve clean
+.PHONY: setup demo test test-fast bench bench-shared bench-quality bench-quality-ml1m bench-ablation bench-serving dashboard notebooks serve clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -55,8 +55,11 @@ bench-serving: $(STAMP)  ## HTTP load test of `recsys serve` on the ml-100k bund
 
 RECSYS_HOME ?= $(CURDIR)
 
-dashboard: $(STAMP)  ## MLflow UI over the store every command writes: $RECSYS_HOME/mlflow (default: this folder)
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(RECSYS_HOME)/mlflow/mlflow.db --workers 1 --host 127.0.0.1 --port 5000
+dashboard: $(STAMP)  ## MLflow UI over the store every command writes ($RECSYS_HOME/mlflow); prints the training-runs address
+	$(BIN)/python -m recsys.dashboard --store sqlite:///$(RECSYS_HOME)/mlflow/mlflow.db --host 127.0.0.1 --port 5000
+
+notebooks: $(STAMP)  ## execute notebooks/ on the demo data (full, not QUICK); rendered copies with figures in docs/notebooks/
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python scripts/render_notebooks.py
 
 serve: $(STAMP)  ## the retrieval API over the demo bundle
 	$(BIN)/recsys serve --bundle artifacts/demo/bundle

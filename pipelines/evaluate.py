@@ -7,16 +7,18 @@ The deployed model is never scored here: it saw every interaction, so its number
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
+from recsys import plots
 from recsys.config import PipelineConfig
 from recsys.data.splits import Split, make_split
 from recsys.encoders.features import ItemFeatures
 from recsys.eval.baselines import ContentKNNScorer, PopularityScorer, frozen_content_embeddings
-from recsys.eval.protocol import build_queries, evaluate
+from recsys.eval.protocol import RankingJudge, build_queries
 from recsys.eval.report import write_report
 from recsys.model.train import fit_two_tower, item_index_of, item_rows, refit_on_everything
 from recsys.model.two_tower import ModelScorer
@@ -53,9 +55,18 @@ def evaluate_split(
     if "content_knn" in cfg.eval.baselines:
         scorers.append(ContentKNNScorer(frozen_content_embeddings(features), name="content_knn"))
     metrics: dict[str, dict[str, float]] = {}
+    judge = RankingJudge(queries, n_items, candidates)  # what `evaluate` ranks with; kept for the segment plots
+    ranked: dict[str, np.ndarray] = {}
     for scorer in scorers:
-        metrics[scorer.name] = evaluate(scorer, queries, n_items, ks=ks, candidates=candidates)
+        started = time.perf_counter()
+        ranked[scorer.name] = judge.rank(scorer, max(ks))
+        metrics[scorer.name] = {**judge.metrics(ranked[scorer.name], ks), "n_users": len(queries)}
+        logger.info("evaluated %s on %d users in %.1fs: %s", scorer.name, len(queries), time.perf_counter() - started,
+                    {key: round(v, 4) for key, v in metrics[scorer.name].items()})
         tracker.log_metrics({f"{scorer.name}.{k.replace('@', '_at_')}": v for k, v in metrics[scorer.name].items()})
+    popularity = next((s.counts for s in scorers if isinstance(s, PopularityScorer)),
+                      PopularityScorer(split.before_test(), item_index).counts)
+    plots.log_evaluation_plots(tracker, split.protocol, queries, ranked, popularity, f"ndcg@{min(ks)}")
     metrics["recsys"]["train_seconds"] = round(result.train_seconds, 1)
     metrics["recsys"]["best_epoch"] = result.best_epoch
     metrics["recsys"]["epochs_run"] = result.epochs_run
@@ -116,4 +127,5 @@ def run_evaluate(
     md_path, json_path = write_report(results, out_dir, meta)
     tracker.log_artifact(md_path, "report")
     tracker.log_artifact(json_path, "report")
+    plots.log_protocol_plots(tracker, results, f"ndcg@{min(cfg.eval.k)}")
     return md_path, json_path, results

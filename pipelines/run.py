@@ -33,6 +33,7 @@ class RunOutputs:
     parent_run_id: str | None
     seconds: float
     tracking_failure: str | None = None  # the store failed mid-run: these outputs are complete, its record is not
+    experiment_id: str | None = None  # the MLflow experiment the runs are in (the dashboard's address names it)
 
 
 def run_pipeline(cfg: PipelineConfig, *, evaluate: bool = True, show_progress: bool = True) -> RunOutputs:
@@ -66,6 +67,6 @@ def run_pipeline(cfg: PipelineConfig, *, evaluate: bool = True, show_progress: b
         seconds = time.perf_counter() - started
         tracker.log_metrics({"pipeline_seconds": seconds})
     outputs = RunOutputs(bundle, recs, report_md, report_json, registration, tracker.tracking_uri, parent_id, seconds,
-                         tracker.failure)
+                         tracker.failure, tracker.experiment_id)
     (out / "run.json").write_text(json.dumps({k: str(v) for k, v in outputs.__dict__.items()}, indent=2))
     return outputs

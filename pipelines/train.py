@@ -9,6 +9,7 @@ from pathlib import Path
 
 import polars as pl
 
+from recsys import plots
 from recsys.bundle import save_bundle
 from recsys.config import PipelineConfig
 from recsys.data.readers import data_fingerprint
@@ -109,11 +110,14 @@ def run_train(
         )
         record_choices(result, tracker)
         pause_point("train:fitted")
+        validated = result
         if not valid.is_empty():
             logger.info("refitting the chosen model on all %d interactions", interactions.height)
             result = refit_on_everything(features, order_interactions(interactions, cfg.train.seed), result,
                                          make_logger=tracker.lightning_logger, show_progress=show_progress)
             tracker.log_metrics({"refit_seconds": result.refit["seconds"]})
+        # Curves, baselines and segments of the model chosen on validation, on the queries it was judged on.
+        plots.log_validation_plots(tracker, features, train, valid, validated)
         tracker.log_metrics(
             {"best_valid": result.best_metric, "best_epoch": result.best_epoch, "train_seconds": result.train_seconds,
              **result.item_item_metrics(), **{f"baseline_valid.{name}": value for name, value in result.baselines.items()}}
@@ -123,6 +127,7 @@ def run_train(
         tracker.set_tags({"data_fingerprint": fingerprint})
         bundle_dir = build_bundle(cfg, out_dir, catalog, interactions, features, result, fingerprint)
         logger.info("bundle written to %s", bundle_dir)
+        plots.log_model_plots(tracker, catalog, features, interactions, result.model, seed=cfg.train.seed)
         registration = None
         if register:  # the registered model carries the bundle as its artifact
             registration = tracker.register_bundle(

@@ -354,7 +354,11 @@ def _print_outputs(outputs) -> None:
     if outputs.registration:
         r = outputs.registration
         typer.echo(f"  registry:         models:/{r.name}/{r.version}{'  -> alias champion' if r.champion else ''}")
-    typer.echo("  dashboard:        make dashboard   (mlflow ui on http://127.0.0.1:5000)")
+    from recsys.dashboard import DEFAULT_HOST, DEFAULT_PORT, runs_url
+
+    address = (runs_url(f"http://{DEFAULT_HOST}:{DEFAULT_PORT}", outputs.experiment_id) if outputs.experiment_id
+               else f"http://{DEFAULT_HOST}:{DEFAULT_PORT}")
+    typer.echo(f"  dashboard:        make dashboard, then open {address}")
 
 
 @app.command()

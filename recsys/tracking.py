@@ -30,6 +30,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from recsys.config import PipelineConfig, TrackingConfig
+from recsys.dashboard import ensure_experiment_tags, experiment_tags
 
 if TYPE_CHECKING:
     from pytorch_lightning.loggers import MLFlowLogger
@@ -214,6 +215,11 @@ class Tracker:
         """The innermost run this tracker opened, or None."""
         return self._runs[-1] if self._runs else None
 
+    @property
+    def experiment_id(self) -> str | None:
+        """The id of the experiment this tracker's runs went to (None before the first run)."""
+        return self._experiment_id
+
     def _activate(self) -> None:
         """Point MLflow's fluent API (used by log_model and Lightning) at our store."""
         mlflow.set_tracking_uri(self.tracking_uri)
@@ -225,13 +231,17 @@ class Tracker:
             exp = self.client.get_experiment_by_name(name)
             if exp is None:
                 self._experiment_id = self.client.create_experiment(
-                    name, artifact_location=_artifact_location(self.tracking_uri, name)
+                    name, artifact_location=_artifact_location(self.tracking_uri, name), tags=experiment_tags()
                 )
                 log.info("created MLflow experiment %r at %s", name, self.tracking_uri)
             else:
                 if exp.lifecycle_stage == "deleted":
                     self.client.restore_experiment(exp.experiment_id)
                 self._experiment_id = exp.experiment_id
+                try:  # an experiment made before the dashboard views existed gets them now
+                    ensure_experiment_tags(self.client, exp.experiment_id, exp.tags)
+                except Exception as err:  # noqa: BLE001 - the views are a convenience; the run goes on
+                    log.warning("MLflow: could not add the dashboard views to experiment %r: %s", name, err)
         return self._experiment_id
 
     @contextmanager

@@ -128,6 +128,15 @@ def test_run_is_tracked_in_mlflow(files, tmp_path):
     report = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
     assert {"report/report.md", "report/report.json"} <= report
     assert "recsys.ndcg_at_10" in children["evaluate-loo"].data.metrics
+    # The plots (recsys/plots.py): the train step's, each protocol's segments, the protocols chart beside the
+    # report; and the dashboard's address of the training runs.
+    train_plots = {a.path for a in client.list_artifacts(children["train"].info.run_id, "plots")}
+    assert {f"plots/{name}" for name in ("curves.png", "baselines.png", "segments.png", "segments.csv", "item_map.png",
+                                         "gallery.png", "gallery.html")} <= train_plots
+    assert "valid_segment.users_short" in children["train"].data.metrics
+    assert "plots/segments.png" in {a.path for a in client.list_artifacts(children["evaluate-loo"].info.run_id, "plots")}
+    assert "plots/protocols.png" in {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
+    assert f"#/experiments/{experiment.experiment_id}/runs?viewStateShareKey=recsys-training-runs" in result.output
     # The registered name comes from the data (catalog folder + file), and the version carries the
     # data fingerprint and the same-split baselines; it is champion exactly when it beats them.
     name = f"recsys-{files['catalog'].parent.name}-catalog"

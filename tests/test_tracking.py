@@ -334,3 +334,49 @@ def test_a_store_failing_mid_run_turns_tracking_off_and_the_run_goes_on(tracker:
     assert tracker.failure.startswith("logging metrics: MlflowException: connection reset")
     assert not tracker.enabled
     assert _client(uri).get_run(parent).data.metrics == {"before": 1.0}
+
+
+def test_new_experiments_open_in_the_machine_learning_view_with_saved_views(tracker: Tracker, uri: str) -> None:
+    """The experiment is marked as classic ML, and carries the dashboard's saved views in the format
+    MLflow's own "Save as new view" writes; an older experiment gets the missing ones, a user's edit stays."""
+    import base64
+    import json
+    import zlib
+
+    from recsys import dashboard
+
+    with tracker.step("train"):
+        pass
+    client = _client(uri)
+    exp = client.get_experiment_by_name("test-exp")
+    assert exp.tags[dashboard.EXPERIMENT_KIND_TAG] == "custom_model_development"
+    envelope = json.loads(exp.tags[dashboard.SAVED_VIEW_PREFIX + dashboard.TRAINING_VIEW])
+    assert envelope["name"] == "Training runs" and isinstance(envelope["createdAt"], int)
+    state = json.loads(zlib.decompress(base64.b64decode(envelope["state"].removeprefix("deflate;"))))
+    assert state["searchFilter"] == "tags.step = 'train'"
+    assert state["groupBy"]["groupByKeys"] == [{"mode": "tag", "groupByData": "step"}]
+    assert "metrics.`best_valid`" in state["selectedColumns"]
+
+    client.delete_experiment_tag(exp.experiment_id, dashboard.SAVED_VIEW_PREFIX + dashboard.STEPS_VIEW)
+    client.set_experiment_tag(exp.experiment_id, dashboard.SAVED_VIEW_PREFIX + dashboard.TRAINING_VIEW, "mine")
+    again = Tracker(TrackingConfig(experiment="test-exp"), root=Path(uri.removeprefix("sqlite:///")).parent.parent)
+    with again.step("train"):
+        pass
+    tags = client.get_experiment(exp.experiment_id).tags
+    assert tags[dashboard.SAVED_VIEW_PREFIX + dashboard.TRAINING_VIEW] == "mine"
+    assert dashboard.SAVED_VIEW_PREFIX + dashboard.STEPS_VIEW in tags
+
+
+def test_dashboard_prints_the_training_runs_address(tracker: Tracker, uri: str) -> None:
+    from recsys import dashboard
+
+    assert dashboard.prepare(uri, "test-exp", "http://127.0.0.1:5000")[0].startswith("No experiment 'test-exp'")
+    with tracker.step("train"):
+        pass
+    exp_id = _client(uri).get_experiment_by_name("test-exp").experiment_id
+    lines = dashboard.prepare(uri, "test-exp", "http://127.0.0.1:5000")
+    assert lines[0].endswith(f"http://127.0.0.1:5000/#/experiments/{exp_id}/runs?viewStateShareKey=recsys-training-runs"
+                             "&workflowType=machine_learning")
+    cmd = dashboard.server_command(uri, port=5001)
+    assert cmd[1:] == ["ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", "5001", "--workers", "1"]
+    assert dashboard.server_env({})["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
