@@ -40,6 +40,7 @@ from recsys.hooks import pause_point
 from recsys.index import ItemIndex
 from recsys.model.modalities import MODALITIES, feature_widths
 from recsys.model.two_tower import RetrievalModel, build_model
+from recsys.paths import fsync_dir
 
 logger = logging.getLogger(__name__)
 
@@ -89,14 +90,6 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _fsync_tree(root: Path) -> None:
     """fsync every file and folder under `root` (and root itself)."""
     for folder, _, files in os.walk(root):
@@ -106,7 +99,7 @@ def _fsync_tree(root: Path) -> None:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        _fsync_dir(Path(folder))
+        fsync_dir(Path(folder))
 
 
 def _pid_alive(pid: int) -> bool:
@@ -206,7 +199,7 @@ def save_bundle(
             shutil.rmtree(retired, ignore_errors=True)
         else:
             os.replace(staging, out_dir)
-        _fsync_dir(out_dir.parent)
+        fsync_dir(out_dir.parent)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -1,4 +1,5 @@
-"""Where things live: the shared MovieLens data and recsys's own state (RECSYS_HOME)."""
+"""Where things live (the shared MovieLens data, recsys's own state in RECSYS_HOME) and how a folder's
+entries are made durable."""
 
 from __future__ import annotations
 
@@ -20,3 +21,12 @@ def recsys_home() -> Path:
     logs): `$RECSYS_HOME`, else the repository root, whatever the working directory."""
     override = os.environ.get("RECSYS_HOME")
     return Path(override).expanduser().resolve() if override else repo_root()
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new entry in `path` survive a power cut (the folder's own fsync)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

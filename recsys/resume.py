@@ -32,6 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from recsys.hooks import pause_point
+from recsys.paths import fsync_dir
 
 logger = logging.getLogger(__name__)
 
@@ -65,14 +66,6 @@ def job_fingerprint(job: dict) -> str:
 def work_dir_for(out_path: str | Path) -> Path:
     out_path = Path(out_path)
     return out_path.with_name(f".{out_path.name}.parts")
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _write_table(table: pa.Table, path: Path) -> None:
@@ -213,7 +206,7 @@ class PartsJob:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, manifest_path)
-        _fsync_dir(self.work)
+        fsync_dir(self.work)
         return set()
 
     @staticmethod
@@ -254,7 +247,7 @@ class PartsJob:
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(tmp, self.out_path)
-            _fsync_dir(self.out_path.parent)
+            fsync_dir(self.out_path.parent)
         finally:
             if writer is not None:
                 writer.close()

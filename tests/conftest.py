@@ -21,6 +21,7 @@ import pytest  # noqa: E402
 
 from recsys.config import PipelineConfig, load_config  # noqa: E402
 from recsys.paths import repo_root  # noqa: E402
+from tiny_settings import TINY_TRAINING  # noqa: E402
 
 SAMPLE = repo_root() / "data" / "sample"
 
@@ -46,15 +47,9 @@ def image_encoder():
 def tiny_config(tmp: Path, **overrides) -> PipelineConfig:
     """A small, fast config rooted in `tmp` (text encoder only, 2 epochs, no recipe, tracking off)."""
     base = {
-        "encoders.image.enabled": False,
+        **TINY_TRAINING,
         "encoders.cache_dir": str(tmp / "features"),
-        "model.dim": 32,
-        "model.head_hidden": 64,
-        "model.max_history": 20,
-        "train.epochs": 2,
         "train.batch_size": 64,
-        "train.num_uniform_negatives": 64,
-        "train.tune": False,  # the recipe's own tests turn it on
         "tracking.enabled": False,
         "output_dir": str(tmp / "out"),
     }

@@ -21,22 +21,14 @@ from typer.testing import CliRunner
 
 from recsys.cli import app
 from recsys.paths import repo_root
+from tiny_settings import cli_overrides
 
 BAD = Path(__file__).resolve().parent / "data" / "bad"
 CASES: list[dict] = yaml.safe_load((BAD / "cases.yaml").read_text())
 DOC = repo_root() / "docs" / "reliability.md"
 N_ITEMS = 120  # tiny_data's catalog
 
-FAST = [
-    "-s", "encoders.image.enabled=false",
-    "-s", "model.dim=32",
-    "-s", "model.head_hidden=64",
-    "-s", "model.max_history=20",
-    "-s", "train.epochs=2",
-    "-s", "train.num_uniform_negatives=64",
-    "-s", "train.tune=false",
-    "-s", "tracking.enabled=false",
-]
+FAST = cli_overrides(tracking__enabled=False)
 DEFAULT_FORMAT = {"catalog": "parquet", "interactions": "csv", "users": "csv", "candidates": "csv"}
 INPUTS = tuple(DEFAULT_FORMAT)
 FILLER = "A long plot summary that goes on and on about the film and its characters. "

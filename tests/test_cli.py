@@ -10,18 +10,11 @@ import pytest
 from typer.testing import CliRunner
 
 from recsys.cli import app
+from tiny_settings import cli_overrides
 
 runner = CliRunner()
 
-FAST = [
-    "-s", "encoders.image.enabled=false",
-    "-s", "model.dim=32",
-    "-s", "model.head_hidden=64",
-    "-s", "model.max_history=20",
-    "-s", "train.epochs=2",
-    "-s", "train.num_uniform_negatives=64",
-    "-s", "train.tune=false",  # the CLI's own behaviour; test_train_with_the_recipe runs the default recipe
-]
+FAST = cli_overrides()  # test_train_with_the_recipe runs the default recipe
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from recsys import dashboard
 from recsys.cli import app
+from tiny_settings import cli_overrides
 
 
 def _chromium() -> str | None:
@@ -32,8 +33,7 @@ pytestmark = [
     pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary (apt-get install chromium; .ci/run installs it)"),
 ]
 PLOTS = ("curves.png", "baselines.png", "segments.png", "item_map.png", "gallery.png", "gallery.html")
-FAST = ["-s", "encoders.image.enabled=false", "-s", "model.dim=32", "-s", "model.head_hidden=64", "-s", "model.max_history=20",
-        "-s", "train.epochs=2", "-s", "train.num_uniform_negatives=64", "-s", "train.tune=false"]
+FAST = cli_overrides()
 
 
 @pytest.fixture(scope="module")

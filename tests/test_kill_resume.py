@@ -29,18 +29,10 @@ import pytest
 
 from recsys.hooks import PAUSE_ENV
 from recsys.paths import repo_root
+from tiny_settings import cli_overrides
 
 REPO = repo_root()
-TRAIN_FAST = [
-    "-s", "encoders.image.enabled=false",
-    "-s", "model.dim=32",
-    "-s", "model.head_hidden=64",
-    "-s", "model.max_history=20",
-    "-s", "train.epochs=2",
-    "-s", "train.num_uniform_negatives=64",
-    "-s", "train.tune=false",
-    "-s", "tracking.enabled=false",
-]
+TRAIN_FAST = cli_overrides(tracking__enabled=False)
 CHUNK_SIZE, N_CHUNKS = 5, 30  # 150 users
 
 
