@@ -10,7 +10,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export TOKENIZERS_PARALLELISM := false
 export MLFLOW_SERVER_ENABLE_JOB_EXECUTION := false
 
-.PHONY: setup demo test test-fast bench bench-shared bench-quality bench-quality-ml1m bench-ablation bench-serving dashboard notebooks serve clean
+.PHONY: setup demo test test-fast bench bench-shared bench-quality bench-quality-ml1m bench-ablation bench-serving bench-embedding bench-training bench-batch bench-index-scale bench-end-to-end dashboard notebooks serve clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -52,6 +52,22 @@ bench-serving: $(STAMP)  ## HTTP load test of `recsys serve` on the ml-100k bund
 	$(BIN)/pip install --quiet -e ".[bench]"
 	test -d artifacts/ml100k/bundle || $(BIN)/recsys train -c pipelines/configs/ml100k.yaml --out artifacts/ml100k/bundle -q
 	$(BIN)/python bench/serving/loadtest.py --bundle artifacts/ml100k/bundle
+
+# Issue 23: each figure against its limit, measured in the same run (docs/benchmarks.md, "Performance against the limit").
+bench-embedding: $(STAMP)  ## embedding step vs the bare encoder forward; warm-cache and 1%-changed re-runs
+	$(BIN)/python bench/embedding.py
+
+bench-training: $(STAMP)  ## seconds per epoch, a profile, time-to-quality against the peers
+	$(BIN)/python bench/training.py
+
+bench-batch: $(STAMP)  ## batch top-100 for all ml-1m users vs user-tower forward + one exact faiss search
+	$(BIN)/python bench/batch.py
+
+bench-index-scale: $(STAMP)  ## 1M items, 100k users: build, memory, single/batched query, recall@10
+	$(BIN)/python bench/index_scale.py
+
+bench-end-to-end: $(STAMP)  ## the demo and the ml-1m pipeline, step by step
+	$(BIN)/python bench/end_to_end.py
 
 RECSYS_HOME ?= $(CURDIR)
 
