@@ -57,3 +57,27 @@ def write_doc_section(name: str, markdown: str, doc: Path = DOC) -> None:
             text = text.rstrip() + f"\n\n{PERFORMANCE_HEADING}\n"
         text = text.rstrip() + "\n\n" + block + "\n"
     atomic_write_bytes(doc, text.encode())
+
+
+ML1M_BUNDLE = ROOT / "artifacts" / "bench" / "ml1m-bundle"
+
+
+def ml1m_bundle(path: Path = ML1M_BUNDLE, epochs: int = 3) -> Path:
+    """A trained ml-1m bundle for the speed figures (batch, index at scale): the hand-written ml-1m model
+    shape (bench/configs/hand_ml1m.yaml: 128-d towers, the rank-1024 item-item block) trained for a few
+    epochs. Speed does not depend on how long it trained; quality is bench/quality.py's job.
+    Built once (under a lock, so two benchmarks started together build it once) and reused."""
+    import fcntl
+    import subprocess
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.parent / ".ml1m-bundle.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (path / "bundle.json").exists():
+            env = {**os.environ, "RECSYS_HOME": str(ROOT), "HF_HUB_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
+            subprocess.run(
+                [sys.executable, "-m", "recsys.cli", "train", "-c", str(ROOT / "bench/configs/hand_ml1m.yaml"),
+                 "--set", f"train.epochs={epochs}", "--out", str(path), "--no-register", "-q"],
+                check=True, cwd=ROOT, env=env,
+            )
+    return path
