@@ -73,8 +73,8 @@ def evaluate_split(
     metrics["recsys"]["best_valid"] = result.best_metric  # what early stopping (and tuning) looked at
     if result.refit:
         metrics["recsys"]["refit_seconds"] = result.refit["seconds"]
-    if result.item_item:  # model.item_item: what was picked on validation, and the towers' own score
-        picked = result.item_item_metrics()
+    if result.item_item or result.content_knn:  # what the block and content-kNN picked on validation
+        picked = result.picked_metrics()
         metrics["recsys"].update(picked)
         tracker.log_metrics({f"recsys.{key}": value for key, value in picked.items()})
     if result.choices:  # train.tune: what the recipe chose on this split's validation
@@ -91,6 +91,8 @@ def recipe_summary(result) -> str:
              f"ensemble {model.ensemble_size}", f"identity {'on' if model.item_id_embedding else 'off'}"]
     if model.item_item == "ease":
         parts.append(f"item-item block {'kept' if result.item_item.get('kept') else 'dropped'}")
+    if model.content_knn:
+        parts.append("content-kNN floor" if result.content_knn.get("floor") else "content-kNN added")
     return ", ".join(parts)
 
 

@@ -78,6 +78,7 @@ def build_bundle(
             **({"text_columns": select_text_columns(catalog, cfg.encoders.text.fields).used} if features.text is not None else {}),
             **({"data_fingerprint": fingerprint} if fingerprint else {}),
             **({"item_item": result.item_item} if result.item_item else {}),
+            **({"content_knn": result.content_knn} if result.content_knn else {}),
             **({"recipe": result.choices, "recipe_fits": result.recipe_fits} if result.choices else {}),
             **({"refit": result.refit} if result.refit else {}),
             "best_epoch": result.best_epoch,
@@ -120,7 +121,7 @@ def run_train(
         plots.log_validation_plots(tracker, features, train, valid, validated)
         tracker.log_metrics(
             {"best_valid": result.best_metric, "best_epoch": result.best_epoch, "train_seconds": result.train_seconds,
-             **result.item_item_metrics(), **{f"baseline_valid.{name}": value for name, value in result.baselines.items()}}
+             **result.picked_metrics(), **{f"baseline_valid.{name}": value for name, value in result.baselines.items()}}
         )
         report_against_baselines(result)
         fingerprint = data_fingerprint(catalog, interactions)

@@ -135,6 +135,14 @@ class ModelConfig(_Section):
         "train.item_item_content_l2), so what known users' histories say about similar known items reaches "
         "new items too. A new item still adds nothing to a user's history.",
     )
+    content_knn: bool = Field(
+        default=False,
+        description="Add content-kNN's scores (cosine between an item's frozen text + image embeddings and the mean "
+        "of the user's history's) to the model's, with a weight picked on validation (train.content_knn_weights), "
+        "served as extra vector dimensions. The recipe turns it on only where it wins on held-out validation users "
+        "or the model is below content-kNN itself (then content-kNN ranks: a small catalog is never served worse "
+        "than its frozen embeddings).",
+    )
 
 
 class TrainConfig(_Section):
@@ -224,6 +232,11 @@ class TrainConfig(_Section):
         "over the prior's; 0 (the first) is kept unless a weight wins on held-out validation users; and when the "
         "blend is below popularity itself on validation, popularity ranks and the blend only orders items of equal "
         "count (a small or sparse catalog is never served worse than popularity).",
+    )
+    content_knn_weights: list[float] = Field(
+        default_factory=lambda: [0.1, 0.25, 0.5, 1.0, 2.0],
+        description="model.content_knn: weights of content-kNN's scores added to the model's, in units of the "
+        "model's score spread over content-kNN's, tried on validation; without validation (a refit) the first.",
     )
     ease_max_items: int = Field(
         default=20_000, ge=1,
@@ -343,6 +356,7 @@ class PipelineConfig(_Section):
             ("train.item_item_content_l2", t.item_item_content_l2, lambda v: v > 0, "> 0"),
             ("train.item_item_popularity_weights", t.item_item_popularity_weights, lambda v: v >= 0, ">= 0"),
             ("train.item_item_popularity_days", t.item_item_popularity_days, lambda v: v >= 0, ">= 0"),
+            ("train.content_knn_weights", t.content_knn_weights, lambda v: v >= 0, ">= 0"),
             ("train.item_item_content_norms", t.item_item_content_norms, lambda v: v in ("unit", "raw"), "unit or raw"),
         ):
             if not values or not all(ok(v) for v in values):

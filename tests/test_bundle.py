@@ -261,3 +261,36 @@ def test_item_item_bundle_serves_the_block_and_embeds_new_items_from_content(
     assert all(-1.0 - 1e-4 <= score <= 1.0 + 1e-4 for score in hits.scores)
     similar = rec.similar_items(history[0], 3)
     assert history[0] not in similar.item_ids and len(similar.item_ids) == 3
+
+
+def test_content_knn_bundle_serves_the_model_plus_weighted_content_knn(tiny_data, tiny_features, tmp_path, make_config):
+    """model.content_knn: what the index returns for a history is the model's score plus the weight times
+    content-kNN's cosine (the baseline's own scorer), after a save and reload; a new item is scored too."""
+    from pipelines.train import build_bundle, holdout_last
+    from recsys.eval.baselines import ContentKNNScorer, frozen_content_embeddings
+    from recsys.model.train import fit_two_tower
+    from recsys.model.two_tower import ContentKNNBlend
+
+    catalog, interactions = tiny_data
+    cfg = make_config(tmp_path, **{"model.content_knn": True, "train.epochs": 1, "model.item_item": "ease",
+                                   "model.item_item_rank": 8, "train.content_knn_weights": [2.0]})
+    train, valid = holdout_last(interactions, cfg.train.seed)
+    result = fit_two_tower(tiny_features, train, valid, cfg, show_progress=False)
+    # Pinned by the config: the wrapper stays; its weight is 0 unless a weight wins on held-out users.
+    assert result.content_knn["kept"] and result.content_knn["weight_relative"] in (0.0, 2.0, 1000.0)
+    bundle = load_bundle(build_bundle(cfg, tmp_path / "bundle", catalog, interactions, tiny_features, result))
+    model = bundle.model
+    assert isinstance(model, ContentKNNBlend) and float(model.content_weight) == pytest.approx(result.content_knn["weight"])
+    model.set_weight(0.7)  # a weight that shows the content term in every score below
+    assert bundle.item_vectors.shape[1] == model.base.dim + model.content_width
+    rec = Recommender(bundle)
+    history = list(interactions["item_id"].head(6))
+    rows = np.asarray([rec._row_of[i] for i in history])
+    base_vectors, base_bias = model.base.encode_items_with_bias(model.feature_tensors(bundle.features))
+    content = ContentKNNScorer(frozen_content_embeddings(bundle.features)).score([rows], None)[0]
+    expected = model.base.encode_histories(base_vectors, [rows])[0] @ base_vectors.T + base_bias + float(model.content_weight) * content
+    top = rec.recommend_history(history, 5)
+    for item, score in zip(top.item_ids, top.scores):
+        assert score == pytest.approx(expected[rec._row_of[item]], rel=1e-4, abs=1e-3)
+    rec.add_item(50_000, "Galactic Heist (2024)", text="A crew of thieves robs a space station.")
+    assert np.abs(rec._vectors[rec._row_of[50_000], model.base.dim:-1]).sum() > 0  # its content row (the last column is the bias)

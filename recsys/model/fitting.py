@@ -71,6 +71,8 @@ class TrainResult:
     member_best_epochs: list[int] = field(default_factory=list)
     # model.item_item: what was picked on validation (ridge, decay, weight) and the towers' own score.
     item_item: dict = field(default_factory=dict)
+    # model.content_knn (or the recipe's try of it): the weight picked on validation, kept or not, and why.
+    content_knn: dict = field(default_factory=dict)
     # The same validation metric for the reference scorers (popularity, content_knn), same queries.
     baselines: dict = field(default_factory=dict)
     # The config the model was built with: the recipe's resolved one (train.tune), else the given one.
@@ -85,9 +87,11 @@ class TrainResult:
         """The baselines this model does not beat on validation (empty: it beats them all)."""
         return [name for name, value in self.baselines.items() if not self.best_metric > value]
 
-    def item_item_metrics(self) -> dict[str, float]:
-        """The item-item picks as numbers, for MLflow and the benchmark tables ("item_item_l2", ...)."""
-        return {f"item_item_{key}": float(value) for key, value in self.item_item.items()}
+    def picked_metrics(self) -> dict[str, float]:
+        """What the item-item block and content-kNN picked on validation, as numbers, for MLflow and the
+        benchmark tables ("item_item_l2", "content_knn_weight", ...)."""
+        return {f"{prefix}_{key}": float(value) for prefix, picked in (("item_item", self.item_item), ("content_knn", self.content_knn))
+                for key, value in picked.items()}
 
 
 class Fit(Protocol):
@@ -246,11 +250,16 @@ def compose(
     cfg: PipelineConfig, make_logger: Callable[[str], Logger | None] | None = None, show_progress: bool = True
 ) -> Fit:
     """The components of `cfg` composed into one fit: the towers (one model or an ensemble), wrapped
-    by the item-item block when model.item_item is set."""
+    by the item-item block when model.item_item is set, and by content-kNN when model.content_knn is."""
     from recsys.model.item_item_fit import ItemItemFit
 
     if cfg.model.ensemble_size == 1:
         towers: Fit = TowersFit(cfg, make_logger("") if make_logger else None, show_progress)
     else:
         towers = EnsembleFit(cfg, make_logger, show_progress)
-    return ItemItemFit(towers, cfg) if cfg.model.item_item == "ease" else towers
+    fit = ItemItemFit(towers, cfg) if cfg.model.item_item == "ease" else towers
+    if cfg.model.content_knn:
+        from recsys.model.content_knn_fit import ContentKNNFit
+
+        fit = ContentKNNFit(fit, cfg, decide=False)
+    return fit

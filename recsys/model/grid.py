@@ -8,6 +8,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+# A weight (in units of the score spreads) at which an added reference scorer decides the ranking and the
+# model only orders its near-ties: how a floor (popularity, content-kNN) is installed.
+FLOOR_WEIGHT = 1000.0
+
 
 @dataclass(frozen=True)
 class Grid:

@@ -22,12 +22,11 @@ from recsys.config import PipelineConfig
 from recsys.data.histories import time_ordered_share, times_of
 from recsys.encoders.features import ItemFeatures
 from recsys.model.fitting import Fit, TrainingData, TrainResult, validation_score
-from recsys.model.grid import Grid, Trial, best, crossfit, search
+from recsys.model.grid import FLOOR_WEIGHT, Grid, Trial, best, crossfit, search
 from recsys.model.item_item import GramSpectrum, block_user_vectors, fit_content_map
 from recsys.model.two_tower import ItemItemBlend, ModelScorer
 
 logger = logging.getLogger(__name__)
-POPULARITY_FLOOR = 1000.0  # a prior weight (x spread) at which popularity decides the ranking
 
 
 class BlockSearch:
@@ -196,7 +195,7 @@ class ItemItemFit:
             alone = {days: data.valid.value(counts[None, :].repeat(len(blended), 0), metric) for days, counts in log_counts.items()}
             best_days = max(alone, key=alone.get)
             if verdict.winner.value < alone[best_days]:
-                point = {"days": best_days, "weight": POPULARITY_FLOOR}
+                point = {"days": best_days, "weight": FLOOR_WEIGHT}
         days, weight = point["days"], point["weight"]
         model.set_popularity_prior(weight * spreads[days] * log_counts[days][block.seen_rows])
         return {"popularity_days": days, "popularity_weight_relative": weight, "popularity_weight": weight * spreads[days],

@@ -246,7 +246,30 @@ class RecipeFit:
             result = ItemItemFit(Fitted(result), cfg).fit(features, data)
             self.choices.append(Choice("recipe.item_item_block", bool(result.item_item.get("kept")),
                                        f"kept only if its search wins on held-out validation users (out-of-sample gain {result.item_item.get('crossfit_gain', float('nan')):+.4f})"))
+        result, cfg = self._content_knn(cfg, features, data, result)
         return self._finish(result, cfg, data)
+
+    def _content_knn(self, cfg: PipelineConfig, features: ItemFeatures, data: TrainingData, result: TrainResult) -> tuple[TrainResult, PipelineConfig]:
+        """Content-kNN's scores added to the model's where they win on held-out validation users, or as the
+        floor where the model is below content-kNN itself (recsys.model.content_knn_fit)."""
+        from recsys.model.content_knn_fit import ContentKNNFit
+
+        pinned = "model.content_knn" in self.pinned
+        if pinned and not cfg.model.content_knn:
+            return result, cfg
+        result = ContentKNNFit(Fitted(result), cfg, decide=not pinned).fit(features, data)
+        picked = result.content_knn
+        if not picked.get("kept"):
+            if picked:
+                self.choices.append(Choice("model.content_knn", False, f"the model ({picked['model_valid']:.4f}) is not below "
+                                           f"content-kNN ({picked['content_knn_valid']:.4f}) and adding it does not win on "
+                                           f"held-out validation users (out-of-sample gain {picked['crossfit_gain']:+.4f})"))
+            return result, cfg
+        reason = (f"the model ({picked['model_valid']:.4f}) is below content-kNN ({picked['content_knn_valid']:.4f}) on "
+                  "validation: content-kNN ranks and the model orders its near-ties" if picked.get("floor") else
+                  f"weight {picked['weight_relative']:g} x spread wins on held-out validation users (out-of-sample gain "
+                  f"{picked['crossfit_gain']:+.4f})")
+        return result, self.decide(cfg, {"model.content_knn": True, "train.content_knn_weights": [picked["weight_relative"]]}, reason)
 
     def _ensemble(self, cfg: PipelineConfig, features: ItemFeatures, data: TrainingData, budget: Budget,
                   first: TrainResult, first_trial: Trial) -> tuple[TrainResult, PipelineConfig]:

@@ -145,6 +145,12 @@ def refit_on_everything(
         result = ItemItemFit(Fitted(towers), pinned, keep_block=bool(block.get("kept"))).fit(features, data)
     elif cfg.model.item_item == "ease":  # neither the block nor the prior helped on validation: the towers alone
         cfg = with_values(cfg, {"model.item_item": "none"})
+    if cfg.model.content_knn:
+        from recsys.model.content_knn_fit import ContentKNNFit
+
+        weight = chosen.content_knn.get("weight_relative", cfg.train.content_knn_weights[0])
+        pinned = with_values(cfg, {"train.content_knn_weights": [weight]})
+        result = ContentKNNFit(Fitted(result), pinned, decide=False).fit(features, data)
     return dataclasses.replace(
         chosen, model=result.model, config=cfg, train_seconds=chosen.train_seconds + result.train_seconds,
         refit={"interactions": int(data.popularity.sum()), "epochs": epochs,

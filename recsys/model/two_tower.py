@@ -378,6 +378,84 @@ class ItemItemBlend(RetrievalModel):
         return np.concatenate([towers, block, np.zeros((len(vectors), 1), np.float32)], axis=1).astype(np.float32)
 
 
+class ContentKNNBlend(RetrievalModel):
+    """A model plus content-kNN (model.content_knn): score_i = base score_i + weight * cos(mean of the
+    history's content rows, item i's content row), where an item's content row is its unit frozen text and
+    image embeddings concatenated and re-normalised (recsys.eval.baselines.ContentKNNScorer's rows).
+
+    Served as one inner product: item vectors [v_i, c_i], user vectors [u, weight * unit(mean_j c_j)], so
+    the index, bundles and the API are unchanged. It is there for catalogs where the trained model does not
+    beat its own frozen embeddings (a few dozen items): the recipe adds it only when it wins on held-out
+    validation users, or with a floor weight when the model is below content-kNN (then content-kNN ranks).
+    New items have content rows, so it reaches them too."""
+
+    MODALITIES = ("text", "image")  # the frozen embeddings content-kNN reads (frozen_content_embeddings)
+
+    def __init__(self, base: RetrievalModel):
+        super().__init__()
+        self.base = base
+        self.cfg = base.cfg
+        self.widths = base.widths
+        self.item_id_vocab = base.item_id_vocab
+        self.content_names = tuple(name for name in self.MODALITIES if self.widths.get(name))
+        if not self.content_names:
+            raise ValueError("model.content_knn needs frozen text or image features")
+        self.content_width = sum(self.widths[name] for name in self.content_names)
+        self.register_buffer("content_weight", torch.zeros(()))
+
+    def set_weight(self, weight: float) -> None:
+        self.content_weight.fill_(float(weight))
+
+    @property
+    def dim(self) -> int:
+        return self.base.dim + self.content_width
+
+    def shape_info(self) -> dict:
+        return {**self.base.shape_info(), "dim": self.dim, "content_knn_width": self.content_width}
+
+    def feature_tensors(self, features: ItemFeatures) -> FeatureTensors:
+        return self.base.feature_tensors(features)
+
+    def content_rows(self, features: FeatureTensors) -> torch.Tensor:
+        """[n, content width]: each modality's embedding at unit length (zeros where an item lacks it), the
+        concatenation re-normalised."""
+        parts = [F.normalize(features.values[name].float() * features.present[name].unsqueeze(-1).float(), dim=1)
+                 if name in features.values else torch.zeros(features.n, self.widths[name])
+                 for name in self.content_names]
+        return F.normalize(torch.cat(parts, dim=1), dim=1)
+
+    def item_vectors_and_bias(
+        self, features: FeatureTensors, use_identity: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        vectors, bias = self.base.item_vectors_and_bias(features, use_identity)
+        return torch.cat([vectors, self.content_rows(features).to(vectors.dtype)], dim=-1), bias
+
+    @torch.inference_mode()
+    def encode_histories(
+        self, item_vectors: np.ndarray | torch.Tensor, histories: list[np.ndarray], batch_size: int = 1024
+    ) -> np.ndarray:
+        """The base model reads its slice; the content part is the unit mean of the whole history's
+        content rows (zeros for an empty history), times the weight."""
+        vectors = item_vectors.numpy() if isinstance(item_vectors, torch.Tensor) else np.asarray(item_vectors)
+        d = self.base.dim
+        users = self.base.encode_histories(vectors[:, :d], histories, batch_size)
+        content = np.zeros((len(histories), self.content_width), np.float32)
+        for u, history in enumerate(histories):
+            rows = np.asarray(history, dtype=np.int64)
+            if len(rows):
+                content[u] = vectors[rows, d:].mean(axis=0)
+        norms = np.linalg.norm(content, axis=1, keepdims=True)
+        content *= float(self.content_weight) / np.where(norms > 0, norms, 1.0)
+        return np.concatenate([users, content], axis=1).astype(np.float32)
+
+    def similarity_queries(self, item_vectors: np.ndarray) -> np.ndarray:
+        """The base model's queries, and the item's own content row times the weight."""
+        vectors = np.asarray(item_vectors, dtype=np.float32)
+        d = self.base.dim
+        queries = self.base.similarity_queries(vectors[:, :d])
+        return np.concatenate([queries, vectors[:, d:] * float(self.content_weight)], axis=1).astype(np.float32)
+
+
 def _bundles_before_the_prior(module, state_dict, prefix, *args) -> None:
     """A bundle saved before the popularity prior and the content scaling existed loads with neither."""
     if prefix + "block_scale" not in state_dict:
@@ -405,14 +483,15 @@ def build_model(
     item_id_vocab: Sequence | None = None,
 ) -> RetrievalModel:
     """One two-tower model, or `cfg.ensemble_size` of the same shape (weights from the torch RNG state),
-    wrapped with an item-item block over `item_id_vocab` when `cfg.item_item` is set."""
+    wrapped with an item-item block over `item_id_vocab` when `cfg.item_item` is set, and that with
+    content-kNN when `cfg.content_knn` is."""
     members = [
         TwoTowerModel(cfg, widths, item_id_vocab) for _ in range(cfg.ensemble_size)
     ]
     model = members[0] if len(members) == 1 else TwoTowerEnsemble(members)
-    if cfg.item_item == "none":
-        return model
-    return ItemItemBlend(model, item_id_vocab if item_id_vocab is not None else [], cfg.item_item_rank)
+    if cfg.item_item != "none":
+        model = ItemItemBlend(model, item_id_vocab if item_id_vocab is not None else [], cfg.item_item_rank)
+    return ContentKNNBlend(model) if cfg.content_knn else model
 
 
 class ModelScorer:

@@ -14,11 +14,13 @@ import numpy as np
 import polars as pl
 import pytest
 
-from recsys.data.splits import loo_split, make_split
+from recsys.data.splits import loo_split, make_split, order_interactions
 from recsys.encoders.features import ItemFeatures
 from recsys.model.grid import Trial, crossfit
 from recsys.model.recipe import DataShape, pinned_fields, rank_for, shape_rules
-from recsys.model.train import fit_two_tower, item_index_of, item_rows, prepare_training_data
+from recsys.model.train import fit_two_tower, item_index_of, item_rows, prepare_training_data, refit_on_everything
+from recsys.eval.baselines import ContentKNNScorer, frozen_content_embeddings
+from recsys.model.two_tower import ContentKNNBlend, ModelScorer
 
 N_ITEMS, N_CLUSTERS, N_USERS, PER_USER = 160, 8, 320, 12
 PIN_ALL_BUT_MODALITIES = {
@@ -189,3 +191,34 @@ def test_a_shop_whose_recent_items_sell_gets_a_fading_popularity_prior(make_conf
     result = fit_two_tower(features, split.train, split.valid, cfg, show_progress=False)
     assert result.item_item["popularity_days"] > 0 and result.item_item["popularity_weight_relative"] > 0, result.item_item
     assert result.best_metric > result.baselines["popularity"], (result.best_metric, result.baselines)
+
+
+def test_a_model_below_content_knn_is_not_shipped_and_one_above_stays_narrow(make_config, tmp_path):
+    """The content-kNN floor: towers that learned nothing (a learning rate of ~0) validate below
+    content-kNN on a catalog whose text carries the signal, so the recipe adds content-kNN at the floor
+    weight and ships a model at least as good as content-kNN on validation. Towers that learned the
+    clusters beat it, and adding content-kNN is then kept only if it wins on held-out users."""
+    features, interactions = _synthetic(image_signal=False)
+    features.image, features.image_mask = None, None
+    pins = {"model.modalities": ["text"], "train.epochs": 1}
+    weak = _recipe_fit(make_config, tmp_path / "weak", features, interactions, **pins, **{"train.lr": 1e-9})
+    assert weak.config.model.content_knn and weak.content_knn["floor"], weak.content_knn
+    assert weak.content_knn["model_valid"] < weak.baselines["content_knn"]
+    assert weak.best_metric >= weak.baselines["content_knn"] - 1e-9, (weak.best_metric, weak.baselines)
+    assert _choice(weak, "model.content_knn") is True
+    # The deployed model, refit on every interaction, keeps content-kNN at the weight validation picked.
+    refit = refit_on_everything(features, order_interactions(interactions, 0), weak, show_progress=False)
+    assert isinstance(refit.model, ContentKNNBlend) and refit.config.model.content_knn
+    histories = [np.asarray(h) for h in prepare_training_data(features, order_interactions(interactions, 0), interactions.clear(), refit.config).sequences[:50]]
+    served = ModelScorer(refit.model, refit.model.feature_tensors(features)).score(histories)
+    content = ContentKNNScorer(frozen_content_embeddings(features)).score(histories, None)
+    assert (served.argmax(axis=1) == content.argmax(axis=1)).mean() > 0.9  # content-kNN ranks
+    # Text that is noise: content-kNN is near random, the towers learn the items' identities from it.
+    noisy, interactions = _synthetic(image_signal=True)
+    noisy.image, noisy.image_mask = None, None
+    trained = _recipe_fit(make_config, tmp_path / "trained", noisy, interactions, **{"model.modalities": ["text"]})
+    assert trained.content_knn["model_valid"] > trained.baselines["content_knn"], (trained.content_knn, trained.baselines)
+    assert not trained.content_knn.get("floor")
+    assert trained.config.model.content_knn == trained.content_knn["kept"]
+    assert isinstance(trained.model, ContentKNNBlend) == trained.content_knn["kept"]
+    assert trained.best_metric >= trained.baselines["content_knn"]
