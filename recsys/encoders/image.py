@@ -24,6 +24,7 @@ from recsys.encoders.base import FrozenEncoder, freeze, item_label, l2_normalize
 log = logging.getLogger(__name__)
 
 ARCH = "efficientnet-lite0"
+MAX_FAILURE_LINES = 3  # unreadable images logged one by one per encode call; the rest are counted (features)
 RESIZE_RATIO = 256 / 224  # resize the shorter side to image_size * 256/224, then center crop
 
 
@@ -89,13 +90,13 @@ class ImageEncoder(FrozenEncoder):
         except OSError:
             return hashlib.sha256(f"{value}\0missing".encode()).hexdigest()
 
-    def _load(self, path: str, label: str) -> np.ndarray | None:
+    def _load(self, path: str, label: str) -> np.ndarray | str:
+        """The preprocessed image, or why it could not be read."""
         try:
             with Image.open(path) as image:
                 return preprocess_image(image, self.cfg.image_size, self.cfg.mean, self.cfg.std)
         except Exception as err:  # noqa: BLE001 - any unreadable file is a masked item, not a crash
-            log.warning("image for item %s unreadable at %s: %s: %s", label, path, type(err).__name__, err)
-            return None
+            return f"{type(err).__name__}: {err}"
 
     def _forward(self, batch: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(batch).to(self.device)
@@ -124,6 +125,7 @@ class ImageEncoder(FrozenEncoder):
             from tqdm.auto import tqdm
 
             progress = tqdm(total=len(todo), desc="images", unit="img")
+        failures = 0
         with ThreadPoolExecutor(self.decode_workers, thread_name_prefix="img-decode") as pool:
             pending: deque[tuple[list[int], list[Future]]] = deque()
 
@@ -139,7 +141,13 @@ class ImageEncoder(FrozenEncoder):
                     submit(batches[next_batch])
                     next_batch += 1
                 arrays = [f.result() for f in futures]
-                good = [(i, a) for i, a in zip(batch, arrays) if a is not None]
+                for i, a in zip(batch, arrays):
+                    if isinstance(a, str):
+                        failures += 1
+                        # The first few name their reason; the feature step counts them all in one warning.
+                        level = logging.WARNING if failures <= MAX_FAILURE_LINES else logging.DEBUG
+                        log.log(level, "image for item %s unreadable at %s: %s", item_label(ids, i), inputs[i], a)
+                good = [(i, a) for i, a in zip(batch, arrays) if not isinstance(a, str)]
                 if good:
                     rows = [i for i, _ in good]
                     out[rows] = l2_normalize(self._forward(np.stack([a for _, a in good])))
