@@ -361,13 +361,17 @@ class SASRecScorer:
         return _rank_unseen_last(out, self.seen)
 
 
-def train_sasrec(data: PeerData, p: SASRecParams, seed: int) -> SASRecScorer:
+def train_sasrec(data: PeerData, p: SASRecParams, seed: int,
+                 on_epoch: Callable[[int, SASRecScorer], bool] | None = None) -> SASRecScorer:
     """Next-item prediction at every position of a window of max_len + 1 consecutive training items
     per user, full cross-entropy over the catalog, Adam, a fixed number of epochs. A user with a longer
     sequence gets a new window each epoch, ending at a uniformly random position (at the end of the
     sequence or earlier), so training reads whole sequences at the cost of max_len positions per user:
     in dev runs on ml-100k loo (max_len 50, one seed) it gave test NDCG@10 about 0.10 after 60-80
-    epochs, where always taking the last window stayed near 0.085-0.09."""
+    epochs, where always taking the last window stayed near 0.085-0.09.
+
+    `on_epoch(epoch, scorer)`, when given, is called after each epoch (1-based) with a scorer of the model
+    as it stands; training stops early when it returns False (time-to-quality curves, bench/training.py)."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     seqs = [s + 1 for s in train_sequences(data) if len(s) >= 2]  # ids shifted: 0 = padding
@@ -378,7 +382,7 @@ def train_sasrec(data: PeerData, p: SASRecParams, seed: int) -> SASRecScorer:
     sizes = np.array([len(s) for s in seqs])
     shortest_end = np.minimum(sizes, p.max_len + 1)
     model.train()
-    for _ in range(p.epochs):
+    for epoch in range(p.epochs):
         ends = rng.integers(shortest_end, sizes + 1)  # window = seq[end - max_len - 1 : end]
         windows = [s[max(0, e - p.max_len - 1) : e] for s, e in zip(seqs, ends.tolist())]
         lengths = np.array([len(w) - 1 for w in windows])
@@ -394,6 +398,11 @@ def train_sasrec(data: PeerData, p: SASRecParams, seed: int) -> SASRecScorer:
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
+        if on_epoch is not None:
+            keep_going = on_epoch(epoch + 1, SASRecScorer(model, data.seen_items()))
+            model.train()
+            if keep_going is False:
+                break
     return SASRecScorer(model, data.seen_items())
 
 
@@ -404,7 +413,10 @@ def fit_popularity(data: PeerData, params: Mapping[str, Any], seed: int) -> Popu
     return PopularityScorer(data.train, data.item_index, name="popularity")
 
 
-def fit_als(data: PeerData, params: Mapping[str, Any], seed: int) -> FactorScorer:
+def fit_als(data: PeerData, params: Mapping[str, Any], seed: int,
+            on_iteration: Callable[[int, FactorScorer], None] | None = None) -> FactorScorer:
+    """`on_iteration(i, scorer)`, when given, is called after each ALS iteration i (1-based) with a scorer
+    of the factors as they stand (for time-to-quality curves, bench/training.py)."""
     from implicit.cpu.als import AlternatingLeastSquares
 
     user_row, mat = data.user_items()
@@ -416,12 +428,15 @@ def fit_als(data: PeerData, params: Mapping[str, Any], seed: int) -> FactorScore
         random_state=seed,
         num_threads=1,
     )
-    model.fit(mat, show_progress=False)
-
     def fold_in(hist: sp.csr_matrix) -> np.ndarray:
         return model.recalculate_user(np.arange(hist.shape[0]), hist)
 
-    return FactorScorer("als", user_row, model.user_factors, model.item_factors, seen=data.seen_items(), fold_in=fold_in)
+    def scorer() -> FactorScorer:
+        return FactorScorer("als", user_row, model.user_factors, model.item_factors, seen=data.seen_items(), fold_in=fold_in)
+
+    callback = None if on_iteration is None else (lambda iteration, *_: on_iteration(iteration + 1, scorer()))
+    model.fit(mat, show_progress=False, callback=callback)
+    return scorer()
 
 
 def fit_bpr(data: PeerData, params: Mapping[str, Any], seed: int) -> FactorScorer:

@@ -112,13 +112,19 @@ def validation_trial(model: RetrievalModel, features: ItemFeatures, judge: Ranki
 
 
 class _KeepBest(Callback):
-    """Keeps the best weights in memory and stops after `patience` epochs without improvement."""
+    """Keeps the best weights in memory and stops after `patience` epochs without improvement. Each
+    history entry records "seconds": wall time from the start of the fit to the end of that epoch's
+    validation (or of its training, without validation), for time-to-quality curves."""
 
     def __init__(self, monitor: str, patience: int):
         self.monitor, self.patience = monitor, patience
         self.best, self.best_epoch = -float("inf"), -1
         self.best_state: dict | None = None
         self.history: list[dict] = []
+        self.started = time.perf_counter()
+
+    def on_fit_start(self, trainer, module) -> None:
+        self.started = time.perf_counter()
 
     def _entry(self, epoch: int) -> dict:
         if not self.history or self.history[-1]["epoch"] != epoch:
@@ -131,6 +137,7 @@ class _KeepBest(Callback):
             return
         entry = self._entry(trainer.current_epoch)
         entry.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("valid/")})
+        entry["seconds"] = round(time.perf_counter() - self.started, 3)
         value = entry.get(self.monitor)
         if value is None:
             return
@@ -145,6 +152,7 @@ class _KeepBest(Callback):
         for key, value in trainer.callback_metrics.items():
             if key.startswith("train/"):  # the loss, and each optional term's part
                 self._entry(trainer.current_epoch)[key] = float(value)
+        self._entry(trainer.current_epoch).setdefault("seconds", round(time.perf_counter() - self.started, 3))
 
 
 class TowersFit:

@@ -207,12 +207,18 @@ class RecipeFit:
         return stages + drops[1:]
 
     # ----- the fit -----
-    def fit(self, features: ItemFeatures, data: TrainingData) -> TrainResult:
+    def shaped(self, features: ItemFeatures, data: TrainingData) -> tuple[DataShape, PipelineConfig]:
+        """The data's shape and the config after the cheap choices (`shape_rules`): what the recipe's first
+        fit ("recipe-base") trains, before anything is tried on validation."""
         shape = DataShape.of(features, data)
         logger.info("recipe: the data: %s", shape.describe())
         cfg = self.cfg
         for values, reason in shape_rules(shape, cfg):
             cfg = self.decide(cfg, values, reason)
+        return shape, cfg
+
+    def fit(self, features: ItemFeatures, data: TrainingData) -> TrainResult:
+        shape, cfg = self.shaped(features, data)
         if data.valid is None:  # nothing to choose on: the shape's choices and the config's defaults
             self.choices.append(Choice("recipe.validation", None, "no validation queries: nothing is tried"))
             result = compose(cfg, self.make_logger, self.show_progress).fit(features, data)

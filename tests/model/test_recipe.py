@@ -17,7 +17,7 @@ import pytest
 from recsys.data.splits import loo_split, make_split, order_interactions
 from recsys.encoders.features import ItemFeatures
 from recsys.model.grid import Trial, crossfit
-from recsys.model.recipe import DataShape, pinned_fields, rank_for, shape_rules
+from recsys.model.recipe import DataShape, RecipeFit, pinned_fields, rank_for, shape_rules
 from recsys.model.train import fit_two_tower, item_index_of, item_rows, prepare_training_data, refit_on_everything
 from recsys.eval.baselines import ContentKNNScorer, frozen_content_embeddings
 from recsys.model.two_tower import ContentKNNBlend, ModelScorer
@@ -96,6 +96,10 @@ def test_a_log_without_timestamps_gets_mean_pooling(make_config, tmp_path):
     assert shape.ordered and shape.modalities == ("text", "image")
     rules = dict((k, v) for values, _ in shape_rules(shape, make_config(tmp_path)) for k, v in values.items())
     assert rules["model.user_pooling"] == "attention" and rules["train.objective"] == "next_item"
+    # RecipeFit.shaped: the config the recipe's first fit trains (what bench/training.py times), pins kept
+    recipe = RecipeFit(make_config(tmp_path, **{"model.max_history": 7}), show_progress=False)
+    _, base = recipe.shaped(ordered[0], data)
+    assert base.model.user_pooling == "attention" and base.train.objective == "next_item" and base.model.max_history == 7
 
 
 def _train_valid(interactions):

@@ -134,3 +134,25 @@ def test_training_with_the_ease_teacher_on_next_items(tiny_data, tiny_features, 
     result = fit_two_tower(tiny_features, split.train, split.valid, cfg, show_progress=False)
     distill = [h["train/distill_loss"] for h in result.history if "train/distill_loss" in h]
     assert len(distill) == 3 and distill[-1] < distill[0]
+
+
+def test_distillation_loss_matches_autograd_through_the_plain_formula():
+    """The closed-form gradient (softmax(student) - p_teacher, per row) equals autograd's through the
+    KL as written, with excluded entries and a row whose target is the only candidate left."""
+    gen = torch.Generator().manual_seed(0)
+    student = torch.randn(6, 9, generator=gen, dtype=torch.float64)
+    teacher = torch.randn(6, 9, generator=gen, dtype=torch.float64)
+    excluded = torch.rand(6, 9, generator=gen) < 0.3
+    excluded[0] = True
+    excluded[0, 4] = False
+    plain = student.clone().requires_grad_(True)
+    t_log_p = torch.log_softmax(teacher.masked_fill(excluded, -1e9), dim=-1)
+    s_log_p = torch.log_softmax(plain.masked_fill(excluded, -1e9), dim=-1)
+    expected = (t_log_p.exp() * (t_log_p - s_log_p)).sum(dim=-1).mean()
+    expected.backward()
+    fast = student.clone().requires_grad_(True)
+    loss = distillation_loss(fast, teacher, excluded)
+    (2.0 * loss).backward()  # the upstream gradient is applied
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-12)
+    torch.testing.assert_close(fast.grad, 2.0 * plain.grad)
+    assert (fast.grad[excluded] == 0).all()

@@ -38,6 +38,9 @@ def test_fit_improves_validation_and_keeps_best(tiny_data, tiny_features, tmp_pa
     metrics = [h[result.valid_metric_name] for h in result.history]
     assert result.best_metric == max(metrics)
     assert result.best_epoch == int(np.argmax(metrics))
+    # each epoch records the wall time since the fit began (time-to-quality curves), growing
+    seconds = [h["seconds"] for h in result.history]
+    assert all(0 < a < b for a, b in zip(seconds, seconds[1:])) and seconds[-1] <= result.train_seconds
     assert 0.0 < result.best_metric <= 1.0
 
 
