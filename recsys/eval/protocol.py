@@ -123,7 +123,7 @@ class RankingJudge:
     so a validation number and a test number on the same queries are the same number."""
 
     def __init__(self, queries: EvalQueries, n_items: int, candidates: np.ndarray | None = None, seed: int = TIE_SEED):
-        self.queries, self.n_items = queries, n_items
+        self.queries, self.n_items, self.candidates, self.seed = queries, n_items, candidates, seed
         self.order = tie_order(n_items, seed)
         self.allowed = None
         self.pool = n_items
@@ -139,6 +139,11 @@ class RankingJudge:
         lengths = np.fromiter((np.asarray(e).size for e in queries.exclude), dtype=np.int64, count=len(queries))
         self._offsets = np.concatenate([[0], np.cumsum(lengths)])
         self._excluded = np.concatenate([np.asarray(e, dtype=np.int64) for e in queries.exclude]) if len(queries) else np.zeros(0, np.int64)
+
+    def subset(self, n: int | None, seed: int = 0) -> "RankingJudge":
+        """The same ranking over a fixed random subset of at most `n` queries (EvalQueries.subset)."""
+        queries = self.queries.subset(n, seed)
+        return self if queries is self.queries else RankingJudge(queries, self.n_items, self.candidates, self.seed)
 
     def top_k(self, scores: np.ndarray, k: int, start: int = 0) -> np.ndarray:
         """[b, k] item indices, best first (-1 padded), of `scores` [b, n_items] for queries start..start+b."""

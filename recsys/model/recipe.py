@@ -219,6 +219,8 @@ class RecipeFit:
 
     def fit(self, features: ItemFeatures, data: TrainingData) -> TrainResult:
         shape, cfg = self.shaped(features, data)
+        if data.valid is not None:  # the validation users the shape's rules ask for (fit_two_tower passes them all)
+            data = dataclasses.replace(data, valid=data.valid.subset(cfg.train.valid_max_users, cfg.train.seed))
         if data.valid is None:  # nothing to choose on: the shape's choices and the config's defaults
             self.choices.append(Choice("recipe.validation", None, "no validation queries: nothing is tried"))
             result = compose(cfg, self.make_logger, self.show_progress).fit(features, data)

@@ -83,12 +83,17 @@ def fit_two_tower(
     items, so early stopping watches the quality that matters for that protocol. `make_logger(prefix)`
     gives the Lightning logger of a fit ("" for a single model, "member1" .. "memberK" for ensemble members).
     """
-    data = prepare_training_data(features, train, valid, cfg, valid_candidates)
+    # The recipe decides train.valid_max_users from the data's shape (every user for logs without a time
+    # order): it gets every validation query and takes its own sample (RecipeFit.fit).
+    recipe_caps = cfg.train.tune and "valid_max_users" not in cfg.train.model_fields_set
+    prepared_cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"valid_max_users": None})}) if recipe_caps else cfg
+    data = prepare_training_data(features, train, valid, prepared_cfg, valid_candidates)
     result = model_fit(cfg, make_logger, show_progress).fit(features, data)
     if result.config is None:
         result.config = cfg
-    if data.valid is not None:
-        result.baselines = validation_baselines(features, data, cfg.train.valid_metric)
+    if data.valid is not None:  # the baselines on the queries the model was judged on
+        judged = dataclasses.replace(data, valid=data.valid.subset(result.config.train.valid_max_users, cfg.train.seed))
+        result.baselines = validation_baselines(features, judged, cfg.train.valid_metric)
     return result
 
 

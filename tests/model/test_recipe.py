@@ -226,3 +226,26 @@ def test_a_model_below_content_knn_is_not_shipped_and_one_above_stays_narrow(mak
     assert trained.config.model.content_knn == trained.content_knn["kept"]
     assert isinstance(trained.model, ContentKNNBlend) == trained.content_knn["kept"]
     assert trained.best_metric >= trained.baselines["content_knn"]
+
+
+@pytest.mark.parametrize("timestamps", [False, True], ids=["unordered-log", "ordered-log"])
+def test_the_recipe_validates_on_the_users_its_shape_rules_ask_for(make_config, tmp_path, timestamps):
+    """train.valid_max_users is the recipe's to choose: a log without a time order validates on every user
+    (the rule sets None), an ordered one keeps the default sample. Here the default is 50 users, so the
+    two differ on the synthetic log's 320; the model's validation score and the baselines are measured on
+    the same users."""
+    from recsys.model.fitting import validation_score
+
+    features, interactions = _synthetic(image_signal=False, timestamps=timestamps)
+    features.image, features.image_mask = None, None
+    cfg = make_config(tmp_path, **{"train.tune": True, **PIN_ALL_BUT_MODALITIES, "model.modalities": ["text"], "train.epochs": 2})
+    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"valid_max_users": 50})})
+    cfg.train.__pydantic_fields_set__.discard("valid_max_users")  # as if 50 were the default
+    split = loo_split(interactions, seed=0)
+    result = fit_two_tower(features, split.train, split.valid, cfg, show_progress=False)
+    expected = None if not timestamps else 50
+    assert result.config.train.valid_max_users == expected
+    everyone = prepare_training_data(features, split.train, split.valid, result.config.model_copy(
+        update={"train": result.config.train.model_copy(update={"valid_max_users": expected})}))
+    assert len(everyone.valid.queries) == (N_USERS if expected is None else 50)
+    assert result.best_metric == pytest.approx(validation_score(result.model, features, everyone.valid, "ndcg@10"), abs=1e-6)
