@@ -255,6 +255,9 @@ class IndexConfig(_Section):
     hnsw_ef_construction: int = 200
     ivf_nlist: int | None = None
     ivf_nprobe: int = 16
+    ivf_train_per_list: int = Field(
+        default=64, ge=39, description="IVF k-means trains on at most this many vectors per list (a seeded sample)."
+    )
 
 
 class EvalConfig(_Section):
