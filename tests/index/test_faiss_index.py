@@ -205,7 +205,7 @@ def test_auto_chooses_by_size(data) -> None:
     vectors, ids, _ = data
     cfg = IndexConfig(kind="auto", flat_max_items=100)
     assert ItemIndex.build(vectors[:100], ids[:100], cfg).kind == "flat"
-    assert ItemIndex.build(vectors[:101], ids[:101], cfg).kind == "hnsw"
+    assert ItemIndex.build(vectors[:101], ids[:101], cfg).kind == "ivf"
 
 
 def test_string_ids_and_padding(tmp_path) -> None:
