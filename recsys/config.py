@@ -262,12 +262,15 @@ class TrainConfig(_Section):
 
 class IndexConfig(_Section):
     kind: Literal["auto", "flat", "hnsw", "ivf"] = "auto"
-    flat_max_items: int = Field(default=200_000, description="'auto' uses exact search up to this size, HNSW above.")
+    flat_max_items: int = Field(default=200_000, description="'auto' uses exact search up to this size, IVF above.")
     hnsw_m: int = 32
     hnsw_ef_search: int = 128
     hnsw_ef_construction: int = 200
     ivf_nlist: int | None = None
-    ivf_nprobe: int = 16
+    ivf_nprobe: int = Field(default=32, description="IVF lists searched per query (bench/index_scale.py: recall@10 0.99 at 1M items).")
+    ivf_train_per_list: int = Field(
+        default=64, ge=39, description="IVF k-means trains on at most this many vectors per list (a seeded sample)."
+    )
 
 
 class EvalConfig(_Section):

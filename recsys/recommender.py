@@ -437,13 +437,11 @@ class Recommender:
 
         with self._lock:
             removed = sorted(self._removed, key=lambda v: (type(v).__name__, v))
-            live = {
-                "items": len(self._item_ids),
-                "removed": len(removed),
-                "state": hashlib.sha256(
-                    values_digest(self._item_ids).encode() + values_digest(removed).encode() + self._vectors.tobytes()
-                ).hexdigest(),
-            }
+            state = hashlib.sha256(values_digest(self._item_ids).encode() + values_digest(removed).encode())
+            # The vectors' buffer, not a bytes copy: at a million items a copy is 0.5 GB (4.6 GB with an
+            # item-item block) on top of the job's peak memory; the digest is the same.
+            state.update(memoryview(np.ascontiguousarray(self._vectors)).cast("B"))
+            live = {"items": len(self._item_ids), "removed": len(removed), "state": state.hexdigest()}
         plain_candidates = None
         if candidates is not None:
             plain_candidates = sorted({_plain(c) for c in candidates}, key=lambda v: (type(v).__name__, v))

@@ -48,9 +48,14 @@ class ItemIndexError(ValueError):
 
 
 def resolve_kind(n_items: int, cfg: IndexConfig) -> IndexKind:
-    """'auto' -> exact flat search for small catalogs, HNSW above `cfg.flat_max_items`."""
+    """'auto' -> exact flat search for small catalogs, IVF above `cfg.flat_max_items`.
+
+    IVF rather than HNSW (bench/index_scale.py, docs/benchmarks.md figure 4): at a million items on two
+    cores an IVF index builds in about a minute and answers one query in about a millisecond at recall@10
+    >= 0.95, where HNSW with its parameters here would build for most of an hour; IVF also really
+    removes items. HNSW stays available as kind='hnsw'."""
     if cfg.kind == "auto":
-        return "flat" if n_items <= cfg.flat_max_items else "hnsw"
+        return "flat" if n_items <= cfg.flat_max_items else "ivf"
     return cfg.kind
 
 
@@ -109,6 +114,7 @@ class ItemIndex:
         self._id_kind = id_kind
         self._cfg = cfg
         self._lock = threading.RLock()
+        self._sorted: tuple[np.ndarray, np.ndarray] | None = None  # int ids: _sorted_live()'s cache
         self._item_to_row: dict[int | str, int] = {
             self._key(item): row for row, item in enumerate(row_items.tolist()) if live[row]
         }
@@ -153,6 +159,9 @@ class ItemIndex:
             if nlist > n:
                 raise ItemIndexError(f"index.ivf_nlist: {nlist} lists need at least as many vectors, got {n}")
             ivf = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+            # k-means on a sample of at most ivf_train_per_list vectors per list (faiss's own default, 256,
+            # makes a million-item build spend minutes in k-means for no measurable recall).
+            ivf.cp.max_points_per_centroid = cfg.ivf_train_per_list
             ivf.train(train)
             ivf.nprobe = cfg.ivf_nprobe
             # IVF keeps our row ids natively (an IDMap would break after remove_ids); a hashtable
@@ -206,10 +215,31 @@ class ItemIndex:
             raise ItemIndexError("item_ids: the empty string is reserved as the padding sentinel")
 
     def _rows_of(self, item_ids: Iterable[Any]) -> np.ndarray:
-        """Rows of the known, live ids among `item_ids` (unknown ids are ignored)."""
+        """Rows of the known, live ids among `item_ids` (unknown ids are ignored), in their order."""
+        if self._id_kind == "int":
+            try:
+                wanted = np.asarray(item_ids if isinstance(item_ids, (list, tuple, np.ndarray)) else list(item_ids), dtype=np.int64)
+            except (TypeError, ValueError, OverflowError):
+                wanted = None
+            if wanted is not None and wanted.ndim == 1:
+                # vectorised: a batch job looks up every user's history, one dict lookup per id was most of its time
+                ids, rows = self._sorted_live()
+                if ids.size == 0:
+                    return np.zeros(0, dtype=np.int64)
+                pos = np.minimum(np.searchsorted(ids, wanted), ids.size - 1)
+                return rows[pos[ids[pos] == wanted]]
         get = self._item_to_row.get
         rows = [get(self._key(i)) for i in item_ids]
         return np.asarray([r for r in rows if r is not None], dtype=np.int64)
+
+    def _sorted_live(self) -> tuple[np.ndarray, np.ndarray]:
+        """(live int ids sorted, their rows), rebuilt after a change (caller holds the lock)."""
+        if self._sorted is None:
+            rows = np.fromiter(self._item_to_row.values(), dtype=np.int64, count=len(self._item_to_row))
+            ids = self._row_items[rows]
+            order = np.argsort(ids, kind="stable")
+            self._sorted = (ids[order], rows[order])
+        return self._sorted
 
     def _coerce_new_ids(self, item_ids: Sequence[Any] | np.ndarray) -> np.ndarray:
         ids = np.asarray(item_ids)
@@ -240,6 +270,7 @@ class ItemIndex:
             self._live = np.concatenate([self._live, np.ones(ids.shape[0], dtype=bool)])
             for item, row in zip(ids.tolist(), rows.tolist()):
                 self._item_to_row[self._key(item)] = row
+            self._sorted = None
         log.debug("added %d items to %s index", ids.shape[0], self._kind)
 
     def remove(self, item_ids: Iterable[Any]) -> int:
@@ -256,6 +287,7 @@ class ItemIndex:
             self._live[rows] = False
             for row in rows.tolist():
                 del self._item_to_row[self._key(self._row_items[row])]
+            self._sorted = None
             return int(rows.size)
 
     def vector(self, item_id: Any) -> np.ndarray:
@@ -356,7 +388,12 @@ class ItemIndex:
     def _search_faiss(
         self, q: np.ndarray, k: int, excl_rows: list[np.ndarray] | None, cand_rows: np.ndarray | None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """faiss search, post-filtering excluded and masked (HNSW-removed) rows; widens until k."""
+        """faiss search, post-filtering excluded and masked (HNSW-removed) rows; widens until k.
+
+        Each query fetches k + its own exclusions (+ masked rows), rounded up to a power of two, and queries
+        are searched in groups of equal fetch: one user with a long history must not make faiss return
+        thousands of rows for every query of a batch (the batch job's chunks; docs/benchmarks.md figure 4).
+        The filtered top k is the same whatever the fetch, as long as k remain after filtering."""
         n_q = q.shape[0]
         rows_out = np.full((n_q, k), -1, dtype=np.int64)
         scores_out = np.full((n_q, k), -np.inf, dtype=np.float32)
@@ -365,10 +402,13 @@ class ItemIndex:
             return rows_out, scores_out
         params, _sel = self._search_params(cand_rows)  # _sel must outlive the searches below
         n_dead = int(ntotal - len(self._item_to_row)) if self._kind == "hnsw" else 0
-        max_excl = max((e.size for e in excl_rows), default=0) if excl_rows is not None else 0
-        fetch = min(ntotal, k + max_excl + n_dead)
-        pending = np.arange(n_q)
-        while pending.size:
+        n_excl = np.asarray([e.size for e in excl_rows], dtype=np.int64) if excl_rows is not None else np.zeros(n_q, np.int64)
+        need = k + n_excl + n_dead
+        fetches = np.minimum(ntotal, 2 ** np.ceil(np.log2(need)).astype(np.int64))
+        groups: dict[int, np.ndarray] = {int(f): np.flatnonzero(fetches == f) for f in np.unique(fetches)}
+        while groups:
+            fetch = min(groups)
+            pending = groups.pop(fetch)
             dist, labels = self._index.search(q[pending], fetch, params=params)
             short = []
             for j, i in enumerate(pending.tolist()):
@@ -383,10 +423,9 @@ class ItemIndex:
                 # fewer than k and faiss may have more to give: widen for this query
                 if got.size < k and fetch < ntotal and (lab >= 0).all():
                     short.append(i)
-            if not short:
-                break
-            pending = np.asarray(short)
-            fetch = min(ntotal, fetch * 2)
+            if short:
+                wider = min(ntotal, fetch * 2)
+                groups[wider] = np.union1d(groups.get(wider, np.zeros(0, np.int64)), short)
         return rows_out, scores_out
 
     # ------------------------------------------------------------------ persistence

@@ -75,6 +75,46 @@ def test_exclusion_removes_seen_and_still_returns_k(data, cfg) -> None:
     np.testing.assert_array_equal(got[1], top[1, :10])
 
 
+@pytest.mark.parametrize("cfg", [FLAT, IVF], ids=["flat", "ivf"])
+def test_exclusions_of_very_different_sizes_in_one_batch_are_exact(data, cfg) -> None:
+    """Each query fetches for its own exclusions (grouped by fetch size): a long history beside short
+    ones in one batch still gives every query the exact top k of what it may see."""
+    vectors, ids, queries = data
+    index = ItemIndex.build(vectors, ids, cfg)
+    order = np.argsort(-(queries[:4] @ vectors.T), axis=1, kind="stable")
+    seen = [ids[order[0, :300]].tolist(), [], ids[order[2, :3]].tolist(), np.asarray(ids[order[3, 1:40:2]])]
+    got, _ = index.search(queries[:4], 10, exclude=seen)
+    for row, excluded, ranked in zip(got.tolist(), seen, order):
+        blocked = set(np.asarray(excluded).tolist())
+        assert row == [i for i in ids[ranked].tolist() if i not in blocked][:10]
+
+
+def test_exclusion_ids_in_any_form_and_after_changes(data) -> None:
+    """Exclusions given as a list, a numpy array, a set or a generator, with unknown and repeated ids, hit
+    the same rows; after add/remove the lookup sees the new state."""
+    vectors, ids, queries = data
+    index = ItemIndex.build(vectors, ids, FLAT)
+    top = index.search(queries[:1], 3)[0][0].tolist()
+    forms = [top[:2] + [top[0], 77_777], np.asarray(top[:2]), set(top[:2]), (i for i in top[:2])]
+    for form in forms:
+        assert index.search(queries[:1], 1, exclude=[form])[0][0, 0] == top[2]
+    index.remove([top[2]])
+    assert index.search(queries[:1], 1, exclude=[top[:2]])[0][0, 0] not in top
+    index.add([top[2]], vectors[ids == top[2]])
+    assert index.search(queries[:1], 1, exclude=[top[:2]])[0][0, 0] == top[2]
+    assert index.search(queries[:1], 1, exclude=[[top[0], top[1], top[2]]])[0][0, 0] not in top
+
+
+def test_ivf_trains_on_a_capped_sample(data) -> None:
+    vectors, ids, queries = data
+    cfg = IndexConfig(kind="ivf", ivf_nlist=4, ivf_nprobe=4, ivf_train_per_list=40)
+    index = ItemIndex.build(vectors, ids, cfg)
+    assert index._index.cp.max_points_per_centroid == 40  # 160 of the 500 vectors train k-means
+    np.testing.assert_array_equal(index.search(queries, 10)[0], ids[_brute_force(vectors, queries, 10)])
+    with pytest.raises(ValueError):
+        IndexConfig(ivf_train_per_list=10)  # faiss needs >= 39 per list
+
+
 @pytest.mark.parametrize("cfg", [FLAT, HNSW, IVF], ids=["flat", "hnsw", "ivf"])
 @pytest.mark.parametrize("exact_max", [20_000, 0], ids=["numpy-subset", "faiss-selector"])
 def test_candidates_restrict_results(data, cfg, exact_max) -> None:
@@ -165,7 +205,7 @@ def test_auto_chooses_by_size(data) -> None:
     vectors, ids, _ = data
     cfg = IndexConfig(kind="auto", flat_max_items=100)
     assert ItemIndex.build(vectors[:100], ids[:100], cfg).kind == "flat"
-    assert ItemIndex.build(vectors[:101], ids[:101], cfg).kind == "hnsw"
+    assert ItemIndex.build(vectors[:101], ids[:101], cfg).kind == "ivf"
 
 
 def test_string_ids_and_padding(tmp_path) -> None:
