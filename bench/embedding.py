@@ -16,7 +16,7 @@ run (the machine is shared, so only the ratio is comparable across days). Target
 Each cold library run gets a fresh temporary cache folder. Bare and library runs are interleaved,
 `--repeats` times each, and the fastest of each is kept (least disturbed by other load).
 Writes bench/results/embedding.json and the `embedding` section of docs/benchmarks.md.
-Run: `make bench-embedding` (= `.venv/bin/python bench/embedding.py [--n-images 600 --repeats 2]`).
+Run: `make bench-embedding` (= `.venv/bin/python bench/embedding.py [--n-images 600 --repeats 3]`).
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ if str(ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 import torch  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from bench.report import machine, write_doc_section, write_result  # noqa: E402
 from recsys.config import EncodersConfig, load_config  # noqa: E402
@@ -253,6 +254,7 @@ def run(catalog: pl.DataFrame, cfg: EncodersConfig, n_images: int, repeats: int,
     # image: the first n_images items with a poster
     posters = catalog.filter(pl.col("image").is_not_null()).head(n_images)
     paths = posters["image"].to_list()
+    sizes = np.array([Image.open(p).size for p in paths])  # header only
     tensors, decode_s = timed(lambda: decode_all(image_enc, paths))
     log.info("image: %d posters decoded + preprocessed serially in %.2fs (%.1f/s)", len(paths), decode_s,
              len(paths) / decode_s)
@@ -275,6 +277,7 @@ def run(catalog: pl.DataFrame, cfg: EncodersConfig, n_images: int, repeats: int,
         "seconds_serial": round(decode_s, 3),
         "items_per_s_serial": round(len(paths) / decode_s, 1),
         "share_of_bare_forward": round(decode_s / min(image["bare_s"]), 3),
+        "median_poster_size": [int(v) for v in np.median(sizes, axis=0)],
     }
     # The other reference: decode + forward one after the other (what the library would cost with no overlap).
     image["ratio_vs_decode_plus_forward"] = round((decode_s + min(image["bare_s"])) / min(image["library_s"]), 3)
@@ -336,8 +339,44 @@ def doc_section(payload: dict) -> str:
         f"({'met' if t['warm']['forward_calls'] == 0 and i['warm']['forward_calls'] == 0 else 'NOT met'}): "
         "it hashes the inputs (sha256 of each text and of each poster's bytes) and reads the cache table.",
     ]
-    lines += payload.get("notes", [])
+    lines += explain(payload)
     return "\n".join(lines)
+
+
+def explain(payload: dict) -> list[str]:
+    """Why a ratio missed the target, from what this run measured (nothing when both met it)."""
+    t, i = payload["text"], payload["image"]
+    out = []
+    if i["ratio"] < TARGET:
+        dec = i["decode_preprocess"]
+        out += [
+            "",
+            f"**Image: why {i['ratio']:.2f}, not {TARGET}.** The bare reference is the forward alone on tensors decoded "
+            "beforehand; the library path must also decode and preprocess every poster (PIL JPEG decode, bicubic resize "
+            "of the shorter side to 256, center crop, normalise: "
+            f"{1000 / dec['items_per_s_serial']:.1f} ms per poster on one thread, {dec['share_of_bare_forward']:.0%} of "
+            "the forward's time). Its thread pool overlaps that with the forward, but the forward already uses every "
+            f"core ({payload['result_threads']['torch']} torch threads on {payload['machine']['cores']} cores), so "
+            "decoding takes CPU from it rather than idle time: the library path costs about decode + forward, and "
+            f"against that sum its ratio is {i['ratio_vs_decode_plus_forward']:.2f}"
+            + (" (the wrapping itself, hashing, cache table and atomic write, costs almost nothing)"
+               if i["ratio_vs_decode_plus_forward"] >= 0.95 else
+               " (the rest is the wrapping, hashing, cache table and atomic write, and threads contending)")
+            + ". What would close the gap to the bare forward: a core "
+            "the forward does not use (decoding is then free), or cheaper preprocessing (most of it is the bicubic "
+            f"resize of posters of median size {dec['median_poster_size'][0]}x{dec['median_poster_size'][1]} px; a SIMD "
+            "resize such as pillow-simd). Not fixed here: the outputs, "
+            "and with them every cached embedding, must stay as they are.",
+        ]
+    if t["ratio"] < TARGET:
+        out += [
+            "",
+            f"**Text: {t['ratio']:.2f}, below {TARGET}.** The library path took "
+            f"{min(t['library_s']) - min(t['bare_s']):.2f} s more than the bare `SentenceTransformer.encode` of the same "
+            "strings (it adds item-text building, a sha256 per text, the cache table and its write); seconds per "
+            f"repeat: bare {t['bare_s']}, library {t['library_s']}.",
+        ]
+    return out
 
 
 def build_payload(result: dict, data: str, repeats: int, seed: int, load_before: str) -> dict:
@@ -356,7 +395,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--config", default=str(ROOT / "pipelines/configs/ml100k.yaml"))
     parser.add_argument("--n-text", type=int, default=None, help="items for text (default: all)")
     parser.add_argument("--n-images", type=int, default=600, help="posters (the first items that have one)")
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0, help="which items the 1%%-changed re-run edits")
     parser.add_argument("--name", default="embedding", help="results/<name>.json and the doc section; "
                         "anything but 'embedding' leaves docs/benchmarks.md alone")

@@ -28,6 +28,8 @@ def test_embedding_counts_encoder_calls_and_reruns(text_encoder, image_encoder, 
     payload = embedding.build_payload(result, "tiny", 1, 0, "0.00 0.00 0.00")
     section = embedding.doc_section(payload)
     assert section.startswith("### 1. Embedding") and "target >= 0.9" in section
+    missed = {**payload, "text": {**payload["text"], "ratio": 0.5}, "image": {**payload["image"], "ratio": 0.5}}
+    assert "**Image: why 0.50" in embedding.doc_section(missed) and "**Text: 0.50" in embedding.doc_section(missed)
 
 
 def test_count_calls_restores_the_encoder(text_encoder):
