@@ -11,7 +11,8 @@ Each measurement runs in its own subprocess (`--worker limit|library`), so its p
 (`ru_maxrss`) is its own; the limit and library runs alternate, `--repeats` times each, and the fastest
 of each is kept. Timed: the limit from the loaded model and matrices (bundle loading is not part of it);
 the library from `Recommender.from_bundle` (bundle read, checks, user vectors) to the finished parquet.
-A run with `--exclude-seen` (a user's rated items never come back) is timed once beside it.
+A run with `--exclude-seen` (a user's rated items never come back) is timed once beside it, and one more
+library run under cProfile gives the breakdown of where its time goes.
 The bundle is bench/report.py's ml1m_bundle() (hand ml-1m model shape, 3 epochs; built once, shared).
 Writes bench/results/batch.json and the `batch` section of docs/benchmarks.md.
 Run: `make bench-batch` (= `.venv/bin/python bench/batch.py [--repeats 2 --k 100]`).
@@ -93,16 +94,50 @@ def worker_limit(bundle_dir: Path, k: int) -> dict:
     }
 
 
-def worker_library(bundle_dir: Path, k: int, exclude_seen: bool, chunk_size: int) -> dict:
-    """The library batch path, as `recsys recommend --k K` runs it: from_bundle + write_recommendations."""
+# Where the library path's time goes: (label, file suffix, function name) of the profile rows reported.
+PROFILE_ROWS = (
+    ("load_bundle (read, sha256 checks, model)", "recsys/bundle.py", "load_bundle"),
+    ("user histories to item rows (Python)", "recsys/recommender.py", "_known_histories"),
+    ("user vectors (encode_histories)", "recsys/model/two_tower.py", "encode_histories"),
+    ("text search rows", "recsys/recommender.py", "_load_text_search"),
+    ("job fingerprint (batch_job)", "recsys/recommender.py", "batch_job"),
+    ("faiss search + per-user filtering", "recsys/index/faiss_index.py", "_search_faiss"),
+    ("results to Python (Recommender._search)", "recsys/recommender.py", "_search"),
+    ("parquet parts (write)", "recsys/resume.py", "write"),
+    ("concatenate parts (finish)", "recsys/resume.py", "finish"),
+    ("write_recommendations in all", "recsys/recommender.py", "write_recommendations"),
+)
+
+
+def profile_rows(profile) -> dict:
+    """Cumulative seconds of the PROFILE_ROWS functions in a cProfile run."""
+    import pstats
+
+    stats = pstats.Stats(profile).stats  # {(file, line, name): (cc, nc, tottime, cumtime, callers)}
+    out = {}
+    for label, suffix, name in PROFILE_ROWS:
+        cum = [v[3] for (f, _, n), v in stats.items() if n == name and f.endswith(suffix)]
+        if cum:
+            out[label] = round(max(cum), 3)
+    return out
+
+
+def worker_library(bundle_dir: Path, k: int, exclude_seen: bool, chunk_size: int, profile: bool = False) -> dict:
+    """The library batch path, as `recsys recommend --k K` runs it: from_bundle + write_recommendations.
+    With `profile`, under cProfile (slower; only for the breakdown)."""
+    import cProfile
+
     import polars as pl
 
     from pipelines.recommend import run_recommend
     from recsys.recommender import Recommender
 
     after_imports = _rss_mb()
+    profiler = cProfile.Profile() if profile else None
     with tempfile.TemporaryDirectory(prefix="bench-batch-") as tmp:
         out = Path(tmp) / "recommendations.parquet"
+        if profiler is not None:
+            profiler.enable()
         start = time.perf_counter()
         recommender = Recommender.from_bundle(bundle_dir)
         load_s = time.perf_counter() - start
@@ -110,6 +145,8 @@ def worker_library(bundle_dir: Path, k: int, exclude_seen: bool, chunk_size: int
         run_recommend(bundle_dir, out, k=k, exclude_seen=exclude_seen, chunk_size=chunk_size,
                       recommender=recommender, show_progress=False)
         seconds = time.perf_counter() - start
+        if profiler is not None:
+            profiler.disable()
         frame = pl.read_parquet(out)
     users = recommender.bundle.users["user_id"].to_list()
     head = frame.filter(pl.col("user_id").is_in(users[:SAMPLE_USERS])).sort("user_id", "rank")
@@ -119,6 +156,7 @@ def worker_library(bundle_dir: Path, k: int, exclude_seen: bool, chunk_size: int
         "recommend_write_s": seconds - load_s, "exclude_seen": exclude_seen, "chunk_size": chunk_size,
         "memory": {"after_imports": after_imports, "after_load": after_load, "end": _rss_mb()},
         "sample": sample,
+        **({"profile_s": profile_rows(profiler)} if profiler is not None else {}),
     }
 
 
@@ -154,6 +192,8 @@ def run(bundle_dir: Path, k: int, repeats: int, chunk_size: int) -> dict:
                  lib["memory"]["end"]["peak_rss_mb"])
     excl = spawn(["--worker", "library", "--exclude-seen", "--chunk-size", str(chunk_size), *common])
     log.info("library --exclude-seen: %.3fs (recommend + write %.3fs)", excl["seconds"], excl["recommend_write_s"])
+    profiled = spawn(["--worker", "library", "--profile", "--chunk-size", str(chunk_size), *common])
+    log.info("library under cProfile: %.3fs; %s", profiled["seconds"], profiled["profile_s"])
     limit = min(limits, key=lambda x: x["seconds"])
     library = min(libraries, key=lambda x: x["seconds"])
     users = limit["users"]
@@ -166,11 +206,14 @@ def run(bundle_dir: Path, k: int, repeats: int, chunk_size: int) -> dict:
         "library": {**library, "users_per_s": round(users / library["seconds"], 1)},
         "library_exclude_seen": {**excl, "users_per_s": round(users / excl["seconds"], 1)},
         "ratio": round(limit["seconds"] / library["seconds"], 3),
-        "ratio_without_load": round(limit["seconds"] / library["recommend_write_s"], 3),
+        # the two halves: user vectors (library: with the bundle load) and search-to-parquet
+        "ratio_user_part": round(limit["user_tower_s"] / library["load_s"], 3),
+        "ratio_search_part": round(limit["search_s"] / library["recommend_write_s"], 3),
         "ratio_exclude_seen": round(limit["seconds"] / excl["seconds"], 3),
         "all_seconds": {"limit": [round(x["seconds"], 3) for x in limits],
                         "library": [round(x["seconds"], 3) for x in libraries]},
         "top_k_agreement_sample": same,
+        "profile": {"seconds_under_profiler": round(profiled["seconds"], 3), "cumulative_s": profiled["profile_s"]},
     }
 
 
@@ -202,11 +245,22 @@ def doc_section(payload: dict) -> str:
         f"| library, `--exclude-seen` (one run) | {ex['seconds']:.2f} | {ex['users_per_s']:,.0f} | "
         f"{ex['memory']['end']['peak_rss_mb']:,.0f} | {payload['ratio_exclude_seen']:.2f} |",
         "",
-        f"Without the bundle load the library's recommend-and-write alone runs at {payload['ratio_without_load']:.2f} of "
-        f"the limit. Peak RSS includes the imports ({lib['memory']['after_imports']['rss_mb']:,.0f} MiB for the "
+        f"By halves: the user vectors run at {payload['ratio_user_part']:.2f} of the limit's (the library's include "
+        f"reading and checking the bundle), the search-to-parquet part at {payload['ratio_search_part']:.2f} of the "
+        "limit's single search. Peak RSS includes the imports ({lib['memory']['after_imports']['rss_mb']:,.0f} MiB for the "
         f"library worker after importing, {lim['memory']['after_imports']['rss_mb']:,.0f} MiB for the limit's). "
         f"The library's top-{payload['k']} lists agree with the limit's on {payload['top_k_agreement_sample']:.1%} "
         f"of the items for the first {SAMPLE_USERS} users.",
+    ]
+    prof = payload["profile"]
+    lines += [
+        "",
+        f"Where the library's time goes (one more run under cProfile, {prof['seconds_under_profiler']:.2f} s with the "
+        "profiler's overhead; cumulative seconds, nested rows overlap):",
+        "",
+        "| part | seconds |",
+        "| --- | ---: |",
+        *[f"| {label} | {sec:.2f} |" for label, sec in prof["cumulative_s"].items()],
     ]
     lines += payload.get("notes", [])
     return "\n".join(lines)
@@ -222,6 +276,7 @@ def main(argv: list[str] | None = None) -> dict | None:
                         "anything but 'batch' leaves docs/benchmarks.md alone")
     parser.add_argument("--worker", choices=("limit", "library"), help=argparse.SUPPRESS)
     parser.add_argument("--exclude-seen", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--profile", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.worker:  # a measurement subprocess: one JSON line on stdout
@@ -229,7 +284,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         if args.worker == "limit":
             out = worker_limit(args.bundle, args.k)
         else:
-            out = worker_library(args.bundle, args.k, args.exclude_seen, args.chunk_size)
+            out = worker_library(args.bundle, args.k, args.exclude_seen, args.chunk_size, args.profile)
         print(json.dumps(out))
         return None
 
@@ -255,7 +310,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     if args.name == "batch":
         write_doc_section("batch", doc_section(payload))
         log.info("updated docs/benchmarks.md (batch)")
-    log.info("ratio %.3f (target %.1f); without load %.3f", payload["ratio"], TARGET, payload["ratio_without_load"])
+    log.info("ratio %.3f (target %.1f); user part %.3f, search part %.3f", payload["ratio"], TARGET,
+             payload["ratio_user_part"], payload["ratio_search_part"])
     return payload
 
 

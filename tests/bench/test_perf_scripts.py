@@ -53,5 +53,6 @@ def test_batch_workers_agree_and_report_memory(tiny_bundle):
     assert batch.agreement(limit["sample"], library["sample"]) > 0.9
     for worker in (limit, library):
         assert worker["memory"]["end"]["peak_rss_mb"] >= worker["memory"]["after_imports"]["rss_mb"] > 0
-    excluded = batch.worker_library(tiny_bundle, k=10, exclude_seen=True, chunk_size=64)
+    excluded = batch.worker_library(tiny_bundle, k=10, exclude_seen=True, chunk_size=64, profile=True)
     assert 0 < excluded["rows"] <= users * 10  # a user who saw all but a few items gets fewer
+    assert {"load_bundle (read, sha256 checks, model)", "write_recommendations in all"} <= set(excluded["profile_s"])
