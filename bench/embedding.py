@@ -340,7 +340,29 @@ def doc_section(payload: dict) -> str:
         "it hashes the inputs (sha256 of each text and of each poster's bytes) and reads the cache table.",
     ]
     lines += explain(payload)
+    lines += noise(payload)
     return "\n".join(lines)
+
+
+def spread(seconds: list[float]) -> str:
+    return f"{(max(seconds) - min(seconds)) / min(seconds):.0%}"
+
+
+def noise(payload: dict) -> list[str]:
+    """How far apart the repeats were, and a warning when the machine was busy when the run started."""
+    t, i = payload["text"], payload["image"]
+    load = float(payload["setup"]["load_before"].split()[0])
+    out = [
+        "",
+        f"Repeats differed by up to: text bare {spread(t['bare_s'])}, library {spread(t['library_s'])}; image bare "
+        f"{spread(i['bare_s'])}, library {spread(i['library_s'])} (seconds per repeat in bench/results/embedding.json).",
+    ]
+    if load > payload["machine"]["cores"]:
+        out[-1] += (
+            f" The machine was busy (load average {load:.1f} on {payload['machine']['cores']} cores from other jobs): "
+            "absolute items/s are far below a quiet machine's, and a ratio is only as precise as that spread."
+        )
+    return out
 
 
 def explain(payload: dict) -> list[str]:
