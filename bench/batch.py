@@ -15,7 +15,7 @@ A run with `--exclude-seen` (a user's rated items never come back) is timed once
 library run under cProfile gives the breakdown of where its time goes.
 The bundle is bench/report.py's ml1m_bundle() (hand ml-1m model shape, 3 epochs; built once, shared).
 Writes bench/results/batch.json and the `batch` section of docs/benchmarks.md.
-Run: `make bench-batch` (= `.venv/bin/python bench/batch.py [--repeats 2 --k 100]`).
+Run: `make bench-batch` (= `.venv/bin/python bench/batch.py [--repeats 3 --k 100]`).
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ PROFILE_ROWS = (
     ("text search rows", "recsys/recommender.py", "_load_text_search"),
     ("job fingerprint (batch_job)", "recsys/recommender.py", "batch_job"),
     ("faiss search + per-user filtering", "recsys/index/faiss_index.py", "_search_faiss"),
-    ("results to Python (Recommender._search)", "recsys/recommender.py", "_search"),
+    ("index search + results to Python (Recommender._search)", "recsys/recommender.py", "_search"),
     ("parquet parts (write)", "recsys/resume.py", "write"),
     ("concatenate parts (finish)", "recsys/resume.py", "finish"),
     ("write_recommendations in all", "recsys/recommender.py", "write_recommendations"),
@@ -247,7 +247,7 @@ def doc_section(payload: dict) -> str:
         "",
         f"By halves: the user vectors run at {payload['ratio_user_part']:.2f} of the limit's (the library's include "
         f"reading and checking the bundle), the search-to-parquet part at {payload['ratio_search_part']:.2f} of the "
-        "limit's single search. Peak RSS includes the imports ({lib['memory']['after_imports']['rss_mb']:,.0f} MiB for the "
+        f"limit's single search. Peak RSS includes the imports ({lib['memory']['after_imports']['rss_mb']:,.0f} MiB for the "
         f"library worker after importing, {lim['memory']['after_imports']['rss_mb']:,.0f} MiB for the limit's). "
         f"The library's top-{payload['k']} lists agree with the limit's on {payload['top_k_agreement_sample']:.1%} "
         f"of the items for the first {SAMPLE_USERS} users.",
@@ -262,6 +262,20 @@ def doc_section(payload: dict) -> str:
         "| --- | ---: |",
         *[f"| {label} | {sec:.2f} |" for label, sec in prof["cumulative_s"].items()],
     ]
+    spreads = {name: (max(v) - min(v)) / min(v) for name, v in payload["all_seconds"].items()}
+    lines += [
+        "",
+        f"Repeats differed by up to {spreads['limit']:.0%} (limit) and {spreads['library']:.0%} (library); seconds "
+        f"per repeat: limit {payload['all_seconds']['limit']}, library {payload['all_seconds']['library']}."
+        + (f" The machine was busy (load average {float(s['load_before'].split()[0]):.1f} on {m['cores']} cores from "
+           "other jobs), so a ratio is only as precise as that spread; both sides spend most of their time in the "
+           "same `encode_histories` call, so a ratio near or above 1 means the library adds little beyond it."
+           if float(s["load_before"].split()[0]) > m["cores"] else ""),
+        "",
+        f"`--exclude-seen` costs more ({ex['recommend_write_s']:.2f} s for recommend and write): the flat search "
+        "fetches k + the longest history per user and filters each row with `np.isin`; masking seen items inside "
+        "the search (a per-user selector, or scoring the catalog densely at this size) would cut that.",
+    ]
     lines += payload.get("notes", [])
     return "\n".join(lines)
 
@@ -270,7 +284,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bundle", type=Path, default=None, help="default: bench/report.py's ml1m_bundle()")
     parser.add_argument("--k", type=int, default=100)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--chunk-size", type=int, default=1024, help="users per chunk (the CLI's default)")
     parser.add_argument("--name", default="batch", help="results/<name>.json and the doc section; "
                         "anything but 'batch' leaves docs/benchmarks.md alone")
