@@ -31,13 +31,11 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+import bench.report  # noqa: E402,F401  (sets the benchmarks' environment, inherited by the worker processes)
 
 log = logging.getLogger("bench.batch")
 TARGET = 0.5

@@ -30,8 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import report  # noqa: E402  (bench/report.py)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench import report  # noqa: E402
 
 ROOT = report.ROOT
 TARGETS = {
@@ -56,8 +56,7 @@ def run_job(target: str, home: Path, epochs: int) -> tuple[float, int, Path]:
         args += ["--set", f"train.epochs={epochs}"]
     # Relative config paths (data/sample, artifacts/...) resolve under RECSYS_HOME: give it the repo's data.
     (home / "data").symlink_to(ROOT / "data")
-    env = {**os.environ, "RECSYS_HOME": str(home), "HF_HUB_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
-           "TOKENIZERS_PARALLELISM": "false"}
+    env = {**os.environ, "RECSYS_HOME": str(home)}  # bench.report set the benchmarks' environment
     command = [sys.executable, "-m", "recsys.cli", "run", *args, "-q"]
     log(f"running: {' '.join(command[2:])} (RECSYS_HOME={home})")
     started = time.perf_counter()

@@ -18,6 +18,11 @@ from pathlib import Path
 
 from recsys.encoders.store import atomic_write_bytes
 
+# What every benchmark runs under (the Makefile sets the same): no model download, no telemetry, quiet tokenizers.
+# Set on import, so a benchmark imports this module before recsys.
+for _name, _value in (("HF_HUB_OFFLINE", "1"), ("MLFLOW_DISABLE_TELEMETRY", "true"), ("TOKENIZERS_PARALLELISM", "false")):
+    os.environ.setdefault(_name, _value)
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -43,9 +48,9 @@ def write_result(name: str, payload: dict) -> Path:
     return path
 
 
-def write_doc_section(name: str, markdown: str, doc: Path = DOC) -> None:
+def write_doc_section(name: str, markdown: str, doc: Path = DOC, heading: str = PERFORMANCE_HEADING) -> None:
     """Replace the text between `<!-- name:begin -->` and `<!-- name:end -->` in docs/benchmarks.md;
-    append the pair under the performance heading the first time."""
+    append the pair under `heading` the first time."""
     begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
     text = doc.read_text() if doc.exists() else "# Benchmarks\n"
     block = f"{begin}\n{markdown.rstrip()}\n{end}"
@@ -53,8 +58,8 @@ def write_doc_section(name: str, markdown: str, doc: Path = DOC) -> None:
         head, rest = text.split(begin, 1)
         text = head + block + rest.split(end, 1)[1]
     else:
-        if PERFORMANCE_HEADING not in text:
-            text = text.rstrip() + f"\n\n{PERFORMANCE_HEADING}\n"
+        if heading not in text:
+            text = text.rstrip() + f"\n\n{heading}\n"
         text = text.rstrip() + "\n\n" + block + "\n"
     atomic_write_bytes(doc, text.encode())
 

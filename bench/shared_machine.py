@@ -42,12 +42,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench" / "serving"))
 
+from bench.report import write_doc_section  # noqa: E402
 from recsys.paths import shared_data_dir  # noqa: E402
 from recsys.runtime import plan_threads  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "shared_machine.json"
 DOC = ROOT / "docs" / "benchmarks.md"
-DOC_BEGIN, DOC_END = "<!-- shared_machine:begin -->", "<!-- shared_machine:end -->"
 BEFORE_DEFAULT = "9e645a5"  # the last commit before recsys.runtime and the training-step changes
 DEMO = Path("pipelines/configs/demo.yaml")  # relative: each code tree runs its own copy of the config
 ML100K = Path("pipelines/configs/ml100k.yaml")
@@ -328,17 +328,7 @@ def markdown(results: dict) -> str:
 
 
 def write_doc(text: str) -> None:
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    doc = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    block = f"{DOC_BEGIN}\n{text}{DOC_END}"
-    if DOC_BEGIN in doc:
-        head, rest = doc.split(DOC_BEGIN, 1)
-        doc = head + block + rest.split(DOC_END, 1)[1]
-    else:
-        doc = doc.rstrip() + "\n\n## Speed on a shared machine\n\n" + block + "\n"
-    tmp = DOC.with_suffix(".md.tmp")
-    tmp.write_text(doc)
-    tmp.replace(DOC)
+    write_doc_section("shared_machine", text, DOC, heading="## Speed on a shared machine")
 
 
 def main() -> None:

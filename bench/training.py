@@ -41,16 +41,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.report import RESULTS, machine, write_doc_section, write_result  # noqa: E402  (first: sets the environment)
 from bench.profile_epoch import EpochRun, Phases, recipe_base  # noqa: E402
-from bench.report import RESULTS, machine, write_doc_section, write_result  # noqa: E402
 
 log = logging.getLogger("bench.training")
 
