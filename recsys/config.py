@@ -204,9 +204,10 @@ class TrainConfig(_Section):
         "below 1 the latest items count most, for ordered logs).",
     )
     item_item_weights: list[float] = Field(
-        default_factory=lambda: [0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0],
+        default_factory=lambda: [0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 1000.0],
         description="model.item_item: block weights tried on validation, in units of the towers' score spread "
-        "over the block's (1 = equal spread).",
+        "over the block's (1 = equal spread; 1000 = the block ranks and the towers only order its near-ties, "
+        "for towers that add nothing to EASE but its tie-breaks).",
     )
     item_item_content_l2: list[float] = Field(
         default_factory=lambda: [1.0, 0.1, 10.0, 100.0],

@@ -36,6 +36,9 @@ from recsys.model.two_tower import TwoTowerEnsemble
 logger = logging.getLogger(__name__)
 
 ENSEMBLE_LIMIT = 3  # members the recipe may train; each must win its place on validation
+# Each validation fit may take at most this share of train.budget_minutes (train.max_minutes pins it), so
+# one slow fit cannot spend the budget alone: the first fit, one trial and two more members fit in it.
+FIT_SHARE = 1 / 4
 # Modalities the recipe tries without, in this order. Posters first: they are the modality most likely
 # to let the item tower memorise warm items instead of learning what transfers to new ones.
 DROP_ORDER = ("image", "text", "categories")
@@ -185,6 +188,8 @@ class RecipeFit:
         self.n_fits += 1
         lightning_logger = self.make_logger(label) if self.make_logger else None
         started = time.perf_counter()
+        if "train.max_minutes" not in self.pinned:  # the cap of a validation fit; the refit runs its picked epochs
+            cfg = with_values(cfg, {"train.max_minutes": budget.seconds * FIT_SHARE / 60})
         result = TowersFit(cfg, lightning_logger, self.show_progress).fit(features, data)
         budget.fits.append(time.perf_counter() - started)
         trial = validation_trial(result.model, features, data.valid, cfg.train.valid_metric)
@@ -226,6 +231,10 @@ class RecipeFit:
             result = compose(cfg, self.make_logger, self.show_progress).fit(features, data)
             return self._finish(result, cfg, data)
         budget = Budget(cfg.train.budget_minutes * 60)
+        if "train.max_minutes" not in self.pinned:
+            self.choices.append(Choice("recipe.fit_minutes", round(budget.seconds * FIT_SHARE / 60, 2),
+                                       f"each validation fit stops at {FIT_SHARE:.0%} of train.budget_minutes (keeping its best "
+                                       "epoch), so the first fit, one trial and two ensemble members fit in the budget"))
         result, trial = self._fit_towers(cfg, features, data, budget, "recipe-base")
         for name, values in self._stages(cfg, shape):
             if "_drop" in values:

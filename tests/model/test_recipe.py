@@ -249,3 +249,40 @@ def test_the_recipe_validates_on_the_users_its_shape_rules_ask_for(make_config, 
         update={"train": result.config.train.model_copy(update={"valid_max_users": expected})}))
     assert len(everyone.valid.queries) == (N_USERS if expected is None else 50)
     assert result.best_metric == pytest.approx(validation_score(result.model, features, everyone.valid, "ndcg@10"), abs=1e-6)
+
+
+def test_each_validation_fit_stops_at_its_share_of_the_budget(make_config, tmp_path, monkeypatch):
+    """One slow fit cannot spend the whole budget: each validation fit gets train.max_minutes = a share of
+    train.budget_minutes (a pinned train.max_minutes wins); the resolved config keeps no cap, so the refit
+    runs the epochs validation picked."""
+    import recsys.model.recipe as recipe_module
+
+    caps = []
+
+    class RecordingTowersFit(recipe_module.TowersFit):
+        def fit(self, features, data):
+            caps.append(self.cfg.train.max_minutes)
+            return super().fit(features, data)
+
+    monkeypatch.setattr(recipe_module, "TowersFit", RecordingTowersFit)
+    features, interactions = _synthetic(image_signal=False)
+    result = _recipe_fit(make_config, tmp_path, features, interactions, **{"model.modalities": ["text"], "train.budget_minutes": 8.0})
+    assert caps == [8.0 * recipe_module.FIT_SHARE]
+    assert _choice(result, "recipe.fit_minutes") == 8.0 * recipe_module.FIT_SHARE
+    assert result.config.train.max_minutes is None
+
+    caps.clear()
+    result = _recipe_fit(make_config, tmp_path, features, interactions,
+                         **{"model.modalities": ["text"], "train.budget_minutes": 8.0, "train.max_minutes": 0.5})
+    assert caps == [0.5] and _choice(result, "recipe.fit_minutes") is None
+    assert result.config.train.max_minutes == 0.5
+
+
+def test_the_block_weight_grid_reaches_the_floor_by_default():
+    """The default block weights end at the floor weight (the block ranks, the towers order its near-ties),
+    so weak towers never hold the blend below the block alone on validation."""
+    from recsys.config import TrainConfig
+    from recsys.model.grid import FLOOR_WEIGHT
+
+    weights = TrainConfig().item_item_weights
+    assert weights[-1] == FLOOR_WEIGHT and weights[:-1] == sorted(weights[:-1])
