@@ -29,22 +29,34 @@ def _check(ranked: np.ndarray, targets: Sequence[Iterable[int]], k: int) -> np.n
     return ranked[:, :k]
 
 
-def _hits(ranked: np.ndarray, targets: Sequence[Iterable[int]], k: int) -> tuple[np.ndarray, np.ndarray]:
+class TargetSets:
+    """Every user's target set, deduplicated once (sizes and the concatenated items), for a judge that
+    measures many rankings of the same queries (a validation search)."""
+
+    def __init__(self, targets: Sequence[Iterable[int]]):
+        sets = [np.unique(np.asarray(t if isinstance(t, np.ndarray) else list(t), dtype=np.int64)) for t in targets]
+        self.sizes = np.fromiter((s.size for s in sets), dtype=np.int64, count=len(sets))
+        self.flat = np.concatenate(sets) if sets else np.zeros(0, np.int64)
+
+    def __len__(self) -> int:
+        return len(self.sizes)
+
+
+def _hits(ranked: np.ndarray, targets: Sequence[Iterable[int]] | TargetSets, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Boolean hit matrix [n_users, k] and target-set sizes (duplicates in targets count once).
     One membership test over (user, item) keys for all users at once."""
     top = _check(ranked, targets, k)
-    sets = [np.unique(np.asarray(t if isinstance(t, np.ndarray) else list(t), dtype=np.int64)) for t in targets]
-    sizes = np.fromiter((s.size for s in sets), dtype=np.int64, count=len(sets))
+    table = targets if isinstance(targets, TargetSets) else TargetSets(targets)
+    sizes, flat = table.sizes, table.flat
     if not sizes.sum() or top.size == 0:
         return np.zeros(top.shape, dtype=bool), sizes
-    flat = np.concatenate(sets)
     width = int(max(flat.max(), top.max())) + 1
-    target_keys = np.repeat(np.arange(len(sets), dtype=np.int64), sizes) * width + flat
+    target_keys = np.repeat(np.arange(len(sizes), dtype=np.int64), sizes) * width + flat
     top_keys = np.arange(top.shape[0], dtype=np.int64)[:, None] * width + top
     return np.isin(top_keys, target_keys) & (top >= 0), sizes
 
 
-def per_user(kind: str, ranked: np.ndarray, targets: Sequence[Iterable[int]], k: int) -> np.ndarray:
+def per_user(kind: str, ranked: np.ndarray, targets: Sequence[Iterable[int]] | TargetSets, k: int) -> np.ndarray:
     """Each user's value of metric `kind` ("recall", "ndcg", "hr") at k; NaN for a user without
     targets. The means below average these; validation picks compare them on subsets of users."""
     hits, sizes = _hits(ranked, targets, k)

@@ -7,6 +7,7 @@ and one tie rule (a fixed random item permutation); validation ranks through the
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -17,7 +18,7 @@ import numpy as np
 import polars as pl
 
 from recsys.data.histories import Histories, histories_by_user
-from recsys.eval.metrics import catalog_coverage, hit_rate_at_k, mean_over_users, ndcg_at_k, per_user, recall_at_k
+from recsys.eval.metrics import TargetSets, catalog_coverage, hit_rate_at_k, mean_over_users, ndcg_at_k, per_user, recall_at_k
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +126,7 @@ class RankingJudge:
     def __init__(self, queries: EvalQueries, n_items: int, candidates: np.ndarray | None = None, seed: int = TIE_SEED):
         self.queries, self.n_items, self.candidates, self.seed = queries, n_items, candidates, seed
         self.order = tie_order(n_items, seed)
+        self._position = np.argsort(self.order)  # item -> its column in tie order
         self.allowed = None
         self.pool = n_items
         if candidates is not None:
@@ -140,6 +142,10 @@ class RankingJudge:
         self._offsets = np.concatenate([[0], np.cumsum(lengths)])
         self._excluded = np.concatenate([np.asarray(e, dtype=np.int64) for e in queries.exclude]) if len(queries) else np.zeros(0, np.int64)
 
+    @functools.cached_property
+    def _target_sets(self) -> TargetSets:
+        return TargetSets(self.queries.targets)
+
     def subset(self, n: int | None, seed: int = 0) -> "RankingJudge":
         """The same ranking over a fixed random subset of at most `n` queries (EvalQueries.subset)."""
         queries = self.queries.subset(n, seed)
@@ -148,15 +154,16 @@ class RankingJudge:
     def top_k(self, scores: np.ndarray, k: int, start: int = 0) -> np.ndarray:
         """[b, k] item indices, best first (-1 padded), of `scores` [b, n_items] for queries start..start+b."""
         stop = start + scores.shape[0]
-        scores = np.array(scores, dtype=np.float32, copy=True)  # never mutate the caller's array
-        scores[np.isnan(scores)] = -np.inf
+        # One copy, already in tie order (column j = item order[j]); the caller's array is never mutated.
+        permuted = np.asarray(scores, dtype=np.float32)[:, self.order]
+        permuted[np.isnan(permuted)] = -np.inf
         if self.allowed is not None:
-            scores[:, ~self.allowed] = -np.inf
+            permuted[:, ~self.allowed[self.order]] = -np.inf
         lo, hi = self._offsets[start], self._offsets[stop]
         if hi > lo:
             rows = np.repeat(np.arange(stop - start), np.diff(self._offsets[start : stop + 1]))
-            scores[rows, self._excluded[lo:hi]] = -np.inf
-        return top_k_with_ties(scores, k, self.order)
+            permuted[rows, self._position[self._excluded[lo:hi]]] = -np.inf
+        return top_k_of_permuted(permuted, k, self.order)
 
     def measure(self, ranked: np.ndarray, names: Sequence[str]) -> dict[str, float]:
         """The named metrics ("ndcg@10", "recall@20", "hr@10", "coverage@10") of `ranked` (every
@@ -168,7 +175,7 @@ class RankingJudge:
             if kind == "coverage":
                 out[name] = catalog_coverage(ranked[:, :k], self.pool)
             else:
-                out[name] = _METRICS[kind](ranked, self.queries.targets, k)
+                out[name] = _METRICS[kind](ranked, self._target_sets, k)
         return out
 
     def per_query(self, ranked: np.ndarray, metric: str) -> np.ndarray:
@@ -176,7 +183,7 @@ class RankingJudge:
         kind = metric.split("@")[0]
         if kind not in _METRICS:
             raise ValueError(f"per-query metric: expected one of {sorted(_METRICS)}@k, got {metric!r}")
-        return per_user(kind, ranked, self.queries.targets, metric_cutoff(metric))
+        return per_user(kind, ranked, self._target_sets, metric_cutoff(metric))
 
     def halves(self, values: np.ndarray) -> tuple[float, float]:
         """The mean of per-query `values` on each half of the queries (`self.half` False, True)."""
@@ -271,11 +278,35 @@ def tie_order(n_items: int, seed: int = TIE_SEED) -> np.ndarray:
 def top_k_with_ties(scores: np.ndarray, k: int, order: np.ndarray) -> np.ndarray:
     """Top-k item indices per row [b, k], best first; equal scores ordered by `order` (`tie_order`).
     -inf scores (excluded items) are never returned: those slots are -1."""
-    b, n = scores.shape
+    return top_k_of_permuted(np.asarray(scores)[:, order], k, order)
+
+
+def top_k_of_permuted(s: np.ndarray, k: int, order: np.ndarray) -> np.ndarray:
+    """`top_k_with_ties` of scores already permuted to tie order (column j = item order[j]; earlier
+    columns win ties). Every validation pick ranks through this, so it avoids whole-matrix passes
+    where it can: rows whose k-th value is not tied take the k largest directly."""
+    b, n = s.shape
     k_eff = min(k, n)
     out = np.full((b, k), -1, dtype=np.int64)
     if b == 0 or k_eff == 0:
         return out
+    kth = np.partition(s, n - k_eff, axis=1)[:, n - k_eff]  # k-th largest value per row
+    chosen = s >= kth[:, None]
+    n_chosen = chosen.sum(axis=1)
+    tied = np.flatnonzero(n_chosen > k_eff)  # rows where the k-th value is shared beyond the k slots
+    if tied.size:
+        rows = s[tied]
+        greater, equal = rows > kth[tied, None], rows == kth[tied, None]
+        need = k_eff - greater.sum(axis=1)
+        chosen[tied] = greater | (equal & (np.cumsum(equal, axis=1) <= need[:, None]))  # the earliest ties
+    cols = np.nonzero(chosen)[1].reshape(b, k_eff)  # ascending column = tie order
+    chosen_scores = np.take_along_axis(s, cols, axis=1)
+    best_first = np.argsort(-chosen_scores, axis=1, kind="stable")
+    cols = np.take_along_axis(cols, best_first, axis=1)
+    items = order[cols]
+    items[np.isneginf(np.take_along_axis(chosen_scores, best_first, axis=1))] = -1
+    out[:, :k_eff] = items
+    return out
     s = scores[:, order]  # column j = item order[j]; earlier columns win ties
     kth = np.partition(s, n - k_eff, axis=1)[:, n - k_eff]  # k-th largest value per row
     greater = s > kth[:, None]

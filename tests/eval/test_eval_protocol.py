@@ -161,6 +161,31 @@ def test_ties_broken_by_fixed_permutation_not_index() -> None:
     assert top[0] == 7 and top[1:] == [i for i in order.tolist() if i != 7][:3]
 
 
+def test_the_judge_ranks_as_a_plain_sort_does() -> None:
+    """The judge's fast top-k (one permuted copy, a tie pass only for rows whose k-th value is shared) equals
+    the definition: allowed, non-excluded items sorted by score, equal scores in tie order, NaN and -inf never
+    ranked, short lists padded with -1. Scores with many ties, NaNs and -inf; candidates on and off."""
+    from recsys.eval.protocol import RankingJudge
+
+    rng = np.random.default_rng(7)
+    for trial in range(60):
+        b, n, k = int(rng.integers(1, 20)), int(rng.integers(1, 40)), int(rng.integers(1, 12))
+        scores = rng.integers(0, 4, size=(b, n)).astype(np.float32) if trial % 2 else rng.standard_normal((b, n)).astype(np.float32)
+        scores[rng.random((b, n)) < 0.1] = np.nan
+        scores[rng.random((b, n)) < 0.1] = -np.inf
+        histories = [rng.choice(n, size=int(rng.integers(0, n)), replace=False) for _ in range(b)]
+        candidates = rng.choice(n, size=max(1, n // 2), replace=False) if trial % 3 == 0 else None
+        queries = EvalQueries(np.arange(b), histories, [np.array([0])] * b, [np.unique(h) for h in histories])
+        judge = RankingJudge(queries, n, candidates)
+        position = {item: j for j, item in enumerate(judge.order.tolist())}
+        for row in range(b):
+            banned = set(histories[row].tolist()) | (set() if candidates is None else set(range(n)) - set(candidates.tolist()))
+            ranked = sorted((i for i in range(n) if i not in banned and np.isfinite(scores[row, i]) or
+                             (i not in banned and scores[row, i] == np.inf)), key=lambda i: (-scores[row, i], position[i]))
+            expected = (ranked + [-1] * k)[:k]
+            assert judge.top_k(scores[row : row + 1], k, start=row)[0].tolist() == expected, (trial, row)
+
+
 def test_chunking_does_not_change_results(split) -> None:
     q = build_queries(split, ITEM_INDEX, "test")
     emb = np.random.default_rng(0).standard_normal((len(ITEMS), 4)).astype(np.float32)
