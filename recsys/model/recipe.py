@@ -37,8 +37,9 @@ logger = logging.getLogger(__name__)
 
 ENSEMBLE_LIMIT = 3  # members the recipe may train; each must win its place on validation
 # Each validation fit may take at most this share of train.budget_minutes (train.max_minutes pins it), so
-# one slow fit cannot spend the budget alone: the first fit, one trial and two more members fit in it.
-FIT_SHARE = 1 / 4
+# one slow fit cannot spend the budget alone: the first fit, one trial and two more members fit in it
+# (a quarter each, less a tenth for what a fit spends outside its capped epochs: setup, the last validation).
+FIT_SHARE = 0.9 / 4
 # Modalities the recipe tries without, in this order. Posters first: they are the modality most likely
 # to let the item tower memorise warm items instead of learning what transfers to new ones.
 DROP_ORDER = ("image", "text", "categories")
@@ -233,7 +234,7 @@ class RecipeFit:
         budget = Budget(cfg.train.budget_minutes * 60)
         if "train.max_minutes" not in self.pinned:
             self.choices.append(Choice("recipe.fit_minutes", round(budget.seconds * FIT_SHARE / 60, 2),
-                                       f"each validation fit stops at {FIT_SHARE:.0%} of train.budget_minutes (keeping its best "
+                                       f"each validation fit stops at {FIT_SHARE:.1%} of train.budget_minutes (keeping its best "
                                        "epoch), so the first fit, one trial and two ensemble members fit in the budget"))
         result, trial = self._fit_towers(cfg, features, data, budget, "recipe-base")
         for name, values in self._stages(cfg, shape):
