@@ -307,18 +307,3 @@ def top_k_of_permuted(s: np.ndarray, k: int, order: np.ndarray) -> np.ndarray:
     items[np.isneginf(np.take_along_axis(chosen_scores, best_first, axis=1))] = -1
     out[:, :k_eff] = items
     return out
-    s = scores[:, order]  # column j = item order[j]; earlier columns win ties
-    kth = np.partition(s, n - k_eff, axis=1)[:, n - k_eff]  # k-th largest value per row
-    greater = s > kth[:, None]
-    equal = s == kth[:, None]
-    need = k_eff - greater.sum(axis=1)
-    take_equal = equal & (np.cumsum(equal, axis=1) <= need[:, None])
-    chosen = greater | take_equal  # exactly k_eff per row
-    cols = np.nonzero(chosen)[1].reshape(b, k_eff)  # ascending column = tie order
-    chosen_scores = np.take_along_axis(s, cols, axis=1)
-    best_first = np.argsort(-chosen_scores, axis=1, kind="stable")
-    cols = np.take_along_axis(cols, best_first, axis=1)
-    items = order[cols]
-    items[np.isneginf(np.take_along_axis(chosen_scores, best_first, axis=1))] = -1
-    out[:, :k_eff] = items
-    return out
