@@ -104,20 +104,16 @@ class ItemItemFit:
             "content_l2": tuple(train.item_item_content_l2) if predicts_new_items else (None,),
             "weight": tuple(train.item_item_weights),
         })
-        if predicts_new_items and data.valid is not None and not self._validation_has_new_items(data):
-            # Nothing in validation can tell content maps apart: each range's first value stands for them all.
+        if predicts_new_items and data.valid is not None and not (data.popularity == 0).any():
+            # Every catalog item has a block row: the map scores none of them, so nothing in validation can tell
+            # maps apart and each range's first value stands for them all. (With unseen items it is searched even
+            # when no validation target is new: the map decides how far unseen items reach into warm users' lists.)
             grid = grid.pin(content_norm=grid.ranges["content_norm"][0], content_l2=grid.ranges["content_l2"][0])
         if times_of(histories) is not None and time_ordered_share(histories) == 0.0:
             # No history has two timestamps (ml-1m logs none): every item is age 0 and every decay the same.
             logger.info("item-item block: no validation history has a time order; decay %g stands for them all", grid.ranges["decay"][0])
             grid = grid.pin(decay=grid.ranges["decay"][0])
         return grid
-
-    @staticmethod
-    def _validation_has_new_items(data: TrainingData) -> bool:
-        """Some validation target is an item without training interactions (it can rank only through the map)."""
-        targets = np.concatenate([np.asarray(t, dtype=np.int64) for t in data.valid.queries.targets] or [np.zeros(0, np.int64)])
-        return bool((data.popularity[targets] == 0).any()) if targets.size else False
 
     def fit(self, features: ItemFeatures, data: TrainingData) -> TrainResult:
         towers = self.towers.fit(features, data)

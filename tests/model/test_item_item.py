@@ -3,6 +3,8 @@ training picks it on validation only where it helps."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -18,6 +20,7 @@ from recsys.model.item_item import (
 from recsys.data.histories import Histories
 from recsys.model.teacher import ease_weights
 from recsys.model.train import fit_two_tower, prepare_training_data, validation_score
+from recsys.model.item_item_fit import ItemItemFit
 from recsys.model.two_tower import ItemItemBlend
 
 
@@ -224,14 +227,22 @@ def test_a_block_saved_before_the_popularity_prior_loads_without_one(tiny_data, 
     assert float(fresh.block_popularity.abs().sum()) == 0.0
 
 
-def test_validation_without_new_items_keeps_the_first_content_map_setting(tiny_data, tiny_features, tmp_path, make_config):
-    """loo validation has no new items, so nothing can tell content maps apart: the first norm and ridge
-    stand for them all (and are what the deployed model's new items get)."""
+def test_content_maps_are_searched_wherever_the_catalog_has_unseen_items(tiny_data, tiny_features, tmp_path, make_config):
+    """loo validation has no new-item targets, but the map still decides how far unseen items reach into warm
+    users' lists, so its settings are searched while the catalog has unseen items; where every item has a
+    block row the map scores nothing, and the first norm and ridge stand for them all."""
     _, interactions = tiny_data
     cfg = make_config(tmp_path, **{"model.item_item": "ease", "model.item_item_rank": 8, "train.epochs": 1,
                                    "model.item_item_new_items": "content", "train.item_item_content_l2": [10.0, 1.0],
                                    "train.item_item_content_norms": ["raw", "unit"]})
     split = loo_split(interactions, seed=0)
-    result = fit_two_tower(tiny_features, split.train, split.valid, cfg, show_progress=False)
-    assert result.item_item["content_l2"] == 10.0 and result.item_item["content_unit"] is False
-    assert float(result.model.block_content_unit) == 0.0
+    data = prepare_training_data(tiny_features, split.train, split.valid, cfg)
+    histories = data.valid.queries.histories
+    assert (data.popularity > 0).all()  # the tiny log touches every item: the map scores none
+    pinned = ItemItemFit(None, cfg).grid(histories, True, data)
+    targets = np.concatenate([np.asarray(t) for t in data.valid.queries.targets])
+    popularity = data.popularity.copy()
+    popularity[np.setdiff1d(np.arange(len(popularity)), targets)[0]] = 0  # one unseen item, still no new target
+    searched = ItemItemFit(None, cfg).grid(histories, True, dataclasses.replace(data, popularity=popularity))
+    assert searched.ranges["content_l2"] == (10.0, 1.0) and searched.ranges["content_norm"] == ("raw", "unit")
+    assert pinned.ranges["content_l2"] == (10.0,) and pinned.ranges["content_norm"] == ("raw",)
