@@ -20,6 +20,7 @@ from recsys.model.item_item import (
 from recsys.data.histories import Histories
 from recsys.model.teacher import ease_weights
 from recsys.model.train import fit_two_tower, prepare_training_data, validation_score
+from recsys.model.grid import FLOOR_WEIGHT
 from recsys.model.item_item_fit import ItemItemFit
 from recsys.model.two_tower import ItemItemBlend
 
@@ -246,3 +247,22 @@ def test_content_maps_are_searched_wherever_the_catalog_has_unseen_items(tiny_da
     searched = ItemItemFit(None, cfg).grid(histories, True, dataclasses.replace(data, popularity=popularity))
     assert searched.ranges["content_l2"] == (10.0, 1.0) and searched.ranges["content_norm"] == ("raw", "unit")
     assert pinned.ranges["content_l2"] == (10.0,) and pinned.ranges["content_norm"] == ("raw",)
+
+
+def test_towers_that_learned_nothing_leave_the_ranking_to_the_block(tiny_data, tiny_features, tmp_path, make_config):
+    """Untrained towers (learning rate ~0) mixed in at any finite weight only blur the block; the weight grid ends
+    at the floor weight, where the block ranks and the towers order its near-ties, and validation picks it: the
+    blend then validates as the block alone does."""
+    _, interactions = tiny_data
+    cfg = make_config(tmp_path, **{"model.item_item": "ease", "model.item_item_rank": 16, "train.item_item_l2": [10.0],
+                                   "train.item_item_decays": [1.0], "train.epochs": 1, "train.lr": 1e-9,
+                                   "train.item_item_weights": [0.5, 2.0, FLOOR_WEIGHT], "train.item_item_popularity_weights": [0.0]})
+    split = loo_split(interactions, seed=0)
+    result = fit_two_tower(tiny_features, split.train, split.valid, cfg, show_progress=False)
+    picked = result.item_item
+    assert picked["kept"] and picked["weight_relative"] == FLOOR_WEIGHT, picked
+    data = prepare_training_data(tiny_features, split.train, split.valid, cfg)
+    q, s = GramSpectrum.of_sequences(data.sequences, len(data.index), 10_000).factors(10.0, 16)
+    block_alone = data.valid.value(block_user_vectors(data.valid.queries.histories, q * s[:, None], 1.0) @ q.T, "ndcg@10")
+    assert result.best_metric > picked["towers_valid"] + 0.02
+    assert result.best_metric == pytest.approx(block_alone, abs=0.01)
