@@ -155,6 +155,11 @@ class Budget:
     def left(self) -> float:
         return self.seconds - (time.perf_counter() - self.started)
 
+    @property
+    def fit_minutes(self) -> float:
+        """The cap of one validation fit (FIT_SHARE of the budget)."""
+        return self.seconds * FIT_SHARE / 60
+
     def allows_a_fit(self, reserved: int = 0) -> bool:
         """A typical fit still fits, with `reserved` more kept for later stages."""
         return not self.fits or self.left() >= max(self.fits) * (1 + reserved)
@@ -190,7 +195,7 @@ class RecipeFit:
         lightning_logger = self.make_logger(label) if self.make_logger else None
         started = time.perf_counter()
         if "train.max_minutes" not in self.pinned:  # the cap of a validation fit; the refit runs its picked epochs
-            cfg = with_values(cfg, {"train.max_minutes": budget.seconds * FIT_SHARE / 60})
+            cfg = with_values(cfg, {"train.max_minutes": budget.fit_minutes})
         result = TowersFit(cfg, lightning_logger, self.show_progress).fit(features, data)
         budget.fits.append(time.perf_counter() - started)
         trial = validation_trial(result.model, features, data.valid, cfg.train.valid_metric)
@@ -233,7 +238,7 @@ class RecipeFit:
             return self._finish(result, cfg, data)
         budget = Budget(cfg.train.budget_minutes * 60)
         if "train.max_minutes" not in self.pinned:
-            self.choices.append(Choice("recipe.fit_minutes", round(budget.seconds * FIT_SHARE / 60, 2),
+            self.choices.append(Choice("recipe.fit_minutes", round(budget.fit_minutes, 2),
                                        f"each validation fit stops at {FIT_SHARE:.1%} of train.budget_minutes (keeping its best "
                                        "epoch), so the first fit, one trial and two ensemble members fit in the budget"))
         result, trial = self._fit_towers(cfg, features, data, budget, "recipe-base")
