@@ -117,6 +117,9 @@ def run_train(
             result = refit_on_everything(features, order_interactions(interactions, cfg.train.seed), result,
                                          make_logger=tracker.lightning_logger, show_progress=show_progress)
             tracker.log_metrics({"refit_seconds": result.refit["seconds"]})
+            held = next((c["value"] for c in result.choices if c["key"] == "recipe.refit_minutes"), None)
+            logger.info("refit on every interaction in %.1f min%s", result.refit["seconds"] / 60,
+                        "" if held is None else f" (the recipe's budget held {held:.1f} min for it)")
         # Curves, baselines and segments of the model chosen on validation, on the queries it was judged on.
         plots.log_validation_plots(tracker, features, train, valid, validated)
         tracker.log_metrics(

@@ -189,7 +189,7 @@ class TrainConfig(_Section):
         default=0.02, gt=0.0, description="EASE scores are divided by this before the teacher's softmax."
     )
     item_item_l2: list[float] = Field(
-        default_factory=lambda: [300.0, 1000.0],
+        default_factory=lambda: [300.0, 500.0, 1000.0],
         description="model.item_item: EASE ridge values tried on validation.",
     )
     item_item_pair_windows: list[float] = Field(
@@ -252,8 +252,9 @@ class TrainConfig(_Section):
     )
     budget_minutes: float = Field(
         default=30.0, gt=0,
-        description="train.tune: wall time the validation trials may take (each is one fit; the model they choose, "
-        "and its refit on all interactions by `recsys train`, come on top).",
+        description="train.tune: wall time of the model's training: the validation trials (each one fit, capped at "
+        "a seventh of this less a tenth) and the refit on all interactions `recsys train` runs after them, held in "
+        "reserve while the trials run. The embedding step comes before it.",
     )
     seed: int = 42
     valid_metric: str = "ndcg@10"

@@ -36,10 +36,11 @@ from recsys.model.two_tower import TwoTowerEnsemble
 logger = logging.getLogger(__name__)
 
 ENSEMBLE_LIMIT = 3  # members the recipe may train; each must win its place on validation
-# Each validation fit may take at most this share of train.budget_minutes (train.max_minutes pins it), so
-# one slow fit cannot spend the budget alone: the first fit, one trial and two more members fit in it
-# (a quarter each, less a tenth for what a fit spends outside its capped epochs: setup, the last validation).
-FIT_SHARE = 0.9 / 4
+# Each validation fit may take at most this share of train.budget_minutes (train.max_minutes pins it). The
+# budget covers the whole training `recsys train` runs: the first fit, one trial and two more members, then the
+# refit on every interaction of the (up to) three members kept: seven fits, less a tenth for what runs outside
+# the capped epochs (setup, the item-item block's search, the last validation).
+FIT_SHARE = 0.9 / 7
 # Modalities the recipe tries without, in this order. Posters first: they are the modality most likely
 # to let the item tower memorise warm items instead of learning what transfers to new ones.
 DROP_ORDER = ("image", "text", "categories")
@@ -144,29 +145,45 @@ def shape_rules(shape: DataShape, cfg: PipelineConfig) -> list[tuple[dict[str, A
     return rules
 
 
+def clock() -> float:
+    """The clock the budget reads (a test replaces it)."""
+    return time.perf_counter()
+
+
 @dataclass
 class Budget:
-    """Wall time the validation stages may use; a stage runs only if a typical fit still fits."""
+    """Wall time of the whole training: the validation stages and, held in reserve, the refit on every
+    interaction of each member they keep (`recsys train` runs it after the choices; estimated as the
+    member's validation fit up to its best epoch, the epochs the refit runs). A stage runs only if its fits,
+    and the refits it could add, still fit beside the reserve."""
 
     seconds: float
-    started: float = field(default_factory=time.perf_counter)
-    fits: list[float] = field(default_factory=list)
+    started: float = field(default_factory=lambda: clock())
+    fits: list[float] = field(default_factory=list)  # seconds of each validation fit so far
+    refits: list[float] = field(default_factory=list)  # the reserve: one estimate per kept member
 
     def left(self) -> float:
-        return self.seconds - (time.perf_counter() - self.started)
+        """Seconds left for validation stages: the budget less what was spent and the refits reserved."""
+        return self.seconds - (clock() - self.started) - sum(self.refits)
 
     @property
     def fit_minutes(self) -> float:
         """The cap of one validation fit (FIT_SHARE of the budget)."""
         return self.seconds * FIT_SHARE / 60
 
-    def allows_a_fit(self, reserved: int = 0) -> bool:
-        """A typical fit still fits, with `reserved` more kept for later stages."""
-        return not self.fits or self.left() >= max(self.fits) * (1 + reserved)
+    @staticmethod
+    def refit_seconds(fit_seconds: float, result: TrainResult) -> float:
+        """A kept member's refit: its validation fit's time per epoch, for the epochs up to its best."""
+        return fit_seconds * (result.best_epoch + 1) / max(result.epochs_run, result.best_epoch + 1, 1)
 
-    def why_not(self, reserved: int = 0) -> str:
-        kept = f", {reserved} more kept for the ensemble" if reserved else ""
-        return f"budget: {max(self.left(), 0) / 60:.1f} of {self.seconds / 60:.0f} minutes left, a fit takes {max(self.fits) / 60:.1f}{kept}"
+    def allows(self, fits: int = 1, refits: int = 0) -> bool:
+        """`fits` typical fits still fit, and `refits` more refits if what they fit is kept."""
+        return not self.fits or self.left() >= max(self.fits) * (fits + refits)
+
+    def why_not(self, fits: int = 1, refits: int = 0) -> str:
+        reserve = f", {sum(self.refits) / 60:.1f} held for the refit" if self.refits else ""
+        need = f"; {fits} fit(s) and {refits} refit(s) of {max(self.fits) / 60:.1f} each" if self.fits else ""
+        return f"budget: {max(self.left(), 0) / 60:.1f} of {self.seconds / 60:.0f} minutes left{reserve}{need}"
 
 
 class RecipeFit:
@@ -193,11 +210,11 @@ class RecipeFit:
     def _fit_towers(self, cfg: PipelineConfig, features: ItemFeatures, data: TrainingData, budget: Budget, label: str) -> tuple[TrainResult, Trial]:
         self.n_fits += 1
         lightning_logger = self.make_logger(label) if self.make_logger else None
-        started = time.perf_counter()
+        started = clock()
         if "train.max_minutes" not in self.pinned:  # the cap of a validation fit; the refit runs its picked epochs
             cfg = with_values(cfg, {"train.max_minutes": budget.fit_minutes})
         result = TowersFit(cfg, lightning_logger, self.show_progress).fit(features, data)
-        budget.fits.append(time.perf_counter() - started)
+        budget.fits.append(clock() - started)
         trial = validation_trial(result.model, features, data.valid, cfg.train.valid_metric)
         logger.info("recipe: %s: valid %s=%.4f (halves %.4f / %.4f) in %.0fs", label, cfg.train.valid_metric, trial.value,
                     *trial.halves, budget.fits[-1])
@@ -240,18 +257,20 @@ class RecipeFit:
         if "train.max_minutes" not in self.pinned:
             self.choices.append(Choice("recipe.fit_minutes", round(budget.fit_minutes, 2),
                                        f"each validation fit stops at {FIT_SHARE:.1%} of train.budget_minutes (keeping its best "
-                                       "epoch), so the first fit, one trial and two ensemble members fit in the budget"))
+                                       "epoch), so the first fit, one trial, two ensemble members and the refit of three "
+                                       "members on every interaction fit in the budget"))
         result, trial = self._fit_towers(cfg, features, data, budget, "recipe-base")
+        budget.refits.append(Budget.refit_seconds(budget.fits[-1], result))
         for name, values in self._stages(cfg, shape):
             if "_drop" in values:
                 current = list(cfg.model.modalities)
                 if values["_drop"] not in current or len(current) < 2:
                     continue
                 values = {"model.modalities": [m for m in current if m != values["_drop"]]}
-            # The ensemble's members usually add more than a further trial: their fits are kept in reserve.
+            # The ensemble's members usually add more than a further trial: their fits and refits are kept in reserve.
             reserved = 0 if "model.ensemble_size" in self.pinned else ENSEMBLE_LIMIT - 1
-            if not budget.allows_a_fit(reserved):
-                self.choices.append(Choice(f"recipe.{name}", None, f"not tried: {budget.why_not(reserved)}"))
+            if not budget.allows(fits=1 + reserved, refits=reserved):
+                self.choices.append(Choice(f"recipe.{name}", None, f"not tried: {budget.why_not(1 + reserved, reserved)}"))
                 continue
             candidate_cfg = with_values(cfg, values)
             candidate, candidate_trial = self._fit_towers(candidate_cfg, features, data, budget, f"recipe-{name.replace(' ', '-')}")
@@ -260,9 +279,13 @@ class RecipeFit:
             if verdict.kept:
                 cfg = self.decide(cfg, values, f"{name}: {verdict.reason(cfg.train.valid_metric)}")
                 result, trial = candidate, candidate_trial
+                budget.refits[0] = Budget.refit_seconds(budget.fits[-1], candidate)
             else:
                 self.choices.append(Choice(f"recipe.{name}", False, verdict.reason(cfg.train.valid_metric)))
         result, cfg = self._ensemble(cfg, features, data, budget, result, trial)
+        self.choices.append(Choice("recipe.refit_minutes", round(sum(budget.refits) / 60, 2),
+                                   "held in the budget for the refit on every interaction that `recsys train` runs: "
+                                   "each kept member's validation fit up to its best epoch"))
         if cfg.model.item_item == "ease":
             from recsys.model.item_item_fit import ItemItemFit
 
@@ -302,8 +325,8 @@ class RecipeFit:
         target = cfg.model.ensemble_size if pinned else ENSEMBLE_LIMIT
         members, trial = [first], first_trial
         while len(members) < target:
-            if not pinned and not budget.allows_a_fit():
-                self.choices.append(Choice("recipe.ensemble_member", len(members) + 1, f"not tried: {budget.why_not()}"))
+            if not pinned and not budget.allows(fits=1, refits=1):
+                self.choices.append(Choice("recipe.ensemble_member", len(members) + 1, f"not tried: {budget.why_not(1, 1)}"))
                 break
             member_cfg = with_values(cfg, {"train.seed": cfg.train.seed + len(members)})
             member, _ = self._fit_towers(member_cfg, features, data, budget, f"member{len(members) + 1}")
@@ -316,6 +339,7 @@ class RecipeFit:
                 self.choices.append(Choice("recipe.ensemble_member", len(members) + 1, verdict.reason(cfg.train.valid_metric)))
                 break
             members.append(member)
+            budget.refits.append(Budget.refit_seconds(budget.fits[-1], member))
             trial = ensemble_trial
         if not pinned:
             cfg = self.decide(cfg, {"model.ensemble_size": len(members)},

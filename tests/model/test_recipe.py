@@ -268,7 +268,7 @@ def test_each_validation_fit_stops_at_its_share_of_the_budget(make_config, tmp_p
     features, interactions = _synthetic(image_signal=False)
     result = _recipe_fit(make_config, tmp_path, features, interactions, **{"model.modalities": ["text"], "train.budget_minutes": 8.0})
     assert caps == [8.0 * recipe_module.FIT_SHARE]
-    assert _choice(result, "recipe.fit_minutes") == 8.0 * recipe_module.FIT_SHARE
+    assert _choice(result, "recipe.fit_minutes") == pytest.approx(8.0 * recipe_module.FIT_SHARE, abs=0.01)
     assert result.config.train.max_minutes is None
 
     caps.clear()
@@ -276,6 +276,50 @@ def test_each_validation_fit_stops_at_its_share_of_the_budget(make_config, tmp_p
                          **{"model.modalities": ["text"], "train.budget_minutes": 8.0, "train.max_minutes": 0.5})
     assert caps == [0.5] and _choice(result, "recipe.fit_minutes") is None
     assert result.config.train.max_minutes == 0.5
+
+
+def test_the_budget_holds_the_refit_of_each_kept_member(make_config, tmp_path, monkeypatch):
+    """train.budget_minutes covers the whole training: a stage runs only if its fits, and the refits on
+    every interaction of what it could keep, still fit beside the refits already held for the kept members.
+    Each fit here takes 60 s of a fake clock; in a 5-minute budget the first fit holds 60 s for its refit,
+    so no trial (its fit and two members' fits and refits: 300 s) fits in the 180 s left, one member (120 s)
+    does, and nothing more after it. Without the reserve a trial would run."""
+    import dataclasses
+
+    import recsys.model.recipe as recipe_module
+
+    now = [0.0]
+    monkeypatch.setattr(recipe_module, "clock", lambda: now[0])
+
+    class SixtySecondFit(recipe_module.TowersFit):
+        def fit(self, features, data):
+            result = super().fit(features, data)
+            now[0] += 60.0
+            return dataclasses.replace(result, best_epoch=result.epochs_run - 1)  # the refit runs every epoch
+
+    monkeypatch.setattr(recipe_module, "TowersFit", SixtySecondFit)
+    features, interactions = _synthetic(image_signal=False)
+    pins = {key: value for key, value in PIN_ALL_BUT_MODALITIES.items() if key != "model.ensemble_size"}
+    cfg = make_config(tmp_path, **{"train.tune": True, "encoders.image.enabled": True, **pins, "train.budget_minutes": 5.0})
+    split = loo_split(interactions, seed=0)
+    result = fit_two_tower(features, split.train, split.valid, cfg, show_progress=False)
+
+    assert result.recipe_fits == 2, result.choices
+    skipped = [c for c in result.choices if c["key"] == "recipe.without image"]
+    assert skipped and skipped[0]["value"] is None and "held for the refit" in skipped[0]["reason"]
+    held = _choice(result, "recipe.refit_minutes") * 60
+    assert held == 60.0 * result.config.model.ensemble_size
+    assert now[0] + held <= 5.0 * 60  # the fits spent and the refits held stay within the budget
+
+
+def test_a_refit_is_estimated_by_the_epochs_it_runs():
+    """A member's refit runs its best epoch's count: its fit's time per epoch times those epochs."""
+    from recsys.model.recipe import Budget
+
+    class Fit:
+        best_epoch, epochs_run = 4, 10
+
+    assert Budget.refit_seconds(100.0, Fit()) == 50.0
 
 
 def test_the_block_weight_grid_reaches_the_floor_by_default():
