@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -230,11 +231,15 @@ def train(
     tracker = Tracker(cfg.tracking)
     tracker.preflight()  # an unusable store is reported now, not after the training
     features = run_embed(cfg, catalog_df, tracker, show_progress=not quiet)
+    started = time.perf_counter()
     bundle, result, registration = run_train(
         cfg, catalog_df, interactions_df, features, tracker, out, register=register, show_progress=not quiet
     )
+    minutes = (time.perf_counter() - started) / 60
+    budget = f" of the {cfg.train.budget_minutes:g}-minute budget (train.budget_minutes)" if cfg.train.tune else ""
     baselines = "".join(f", {name} {value:.4f}" for name, value in result.baselines.items())
-    typer.echo(f"bundle: {bundle}  ({result.valid_metric_name}={result.best_metric:.4f}{baselines}, {result.train_seconds:.0f}s)")
+    typer.echo(f"bundle: {bundle}  ({result.valid_metric_name}={result.best_metric:.4f}{baselines}; "
+               f"trained in {minutes:.1f} min{budget})")
     if result.losing_to():
         typer.secho(
             f"warning: the model does not beat {', '.join(result.losing_to())} on validation; it will not become champion",

@@ -169,6 +169,8 @@ def test_train_with_the_recipe_records_its_choices_and_refits_on_everything(file
     assert "time-ordered" in choices["model.user_pooling"]["reason"]
     assert choices["model.ensemble_size"]["value"] == bundle.config.model.ensemble_size
     assert all(c["reason"] for c in bundle.meta["recipe"]) and bundle.meta["recipe_fits"] >= 3
+    assert choices["recipe.refit_minutes"]["value"] > 0  # the budget held time for the refit below
+    assert "trained in" in result.output and "of the 5-minute budget" in result.output
     assert not bundle.config.train.tune
     interactions = pl.read_csv(files["interactions"])
     assert bundle.meta["refit"]["interactions"] == interactions.unique(["user_id", "item_id"]).height
