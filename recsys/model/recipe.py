@@ -176,6 +176,14 @@ class Budget:
         """A kept member's refit: its validation fit's time per epoch, for the epochs up to its best."""
         return fit_seconds * (result.best_epoch + 1) / max(result.epochs_run, result.best_epoch + 1, 1)
 
+    def hold_refit(self, result: TrainResult, replacing_first: bool = False) -> None:
+        """Hold the refit of the member the last fit made (in place of the first member's, when a trial replaced it)."""
+        seconds = self.refit_seconds(self.fits[-1], result)
+        if replacing_first:
+            self.refits[0] = seconds
+        else:
+            self.refits.append(seconds)
+
     def allows(self, fits: int = 1, refits: int = 0) -> bool:
         """`fits` typical fits still fit, and `refits` more refits if what they fit is kept."""
         return not self.fits or self.left() >= max(self.fits) * (fits + refits)
@@ -260,7 +268,7 @@ class RecipeFit:
                                        "epoch), so the first fit, one trial, two ensemble members and the refit of three "
                                        "members on every interaction fit in the budget"))
         result, trial = self._fit_towers(cfg, features, data, budget, "recipe-base")
-        budget.refits.append(Budget.refit_seconds(budget.fits[-1], result))
+        budget.hold_refit(result)
         for name, values in self._stages(cfg, shape):
             if "_drop" in values:
                 current = list(cfg.model.modalities)
@@ -279,7 +287,7 @@ class RecipeFit:
             if verdict.kept:
                 cfg = self.decide(cfg, values, f"{name}: {verdict.reason(cfg.train.valid_metric)}")
                 result, trial = candidate, candidate_trial
-                budget.refits[0] = Budget.refit_seconds(budget.fits[-1], candidate)
+                budget.hold_refit(candidate, replacing_first=True)
             else:
                 self.choices.append(Choice(f"recipe.{name}", False, verdict.reason(cfg.train.valid_metric)))
         result, cfg = self._ensemble(cfg, features, data, budget, result, trial)
@@ -339,7 +347,7 @@ class RecipeFit:
                 self.choices.append(Choice("recipe.ensemble_member", len(members) + 1, verdict.reason(cfg.train.valid_metric)))
                 break
             members.append(member)
-            budget.refits.append(Budget.refit_seconds(budget.fits[-1], member))
+            budget.hold_refit(member)
             trial = ensemble_trial
         if not pinned:
             cfg = self.decide(cfg, {"model.ensemble_size": len(members)},
