@@ -291,7 +291,8 @@ class RecipeFit:
             else:
                 self.choices.append(Choice(f"recipe.{name}", False, verdict.reason(cfg.train.valid_metric)))
         result, cfg = self._ensemble(cfg, features, data, budget, result, trial)
-        self.choices.append(Choice("recipe.refit_minutes", round(sum(budget.refits) / 60, 2),
+        # 4 decimals (6 ms): a tiny catalog's refit must not round to "nothing held".
+        self.choices.append(Choice("recipe.refit_minutes", round(sum(budget.refits) / 60, 4),
                                    "held in the budget for the refit on every interaction that `recsys train` runs: "
                                    "each kept member's validation fit up to its best epoch"))
         if cfg.model.item_item == "ease":
