@@ -126,9 +126,11 @@ class RankingJudge:
     def __init__(self, queries: EvalQueries, n_items: int, candidates: np.ndarray | None = None, seed: int = TIE_SEED):
         self.queries, self.n_items, self.candidates, self.seed = queries, n_items, candidates, seed
         self.order = tie_order(n_items, seed)
-        self._position = np.argsort(self.order)  # item -> its column in tie order
         self.allowed = None
         self.pool = n_items
+        # The columns ranked, in tie order: every item, or only the candidates (a cold ranking then sorts
+        # its few hundred items, not the catalog).
+        self._columns = self.order
         if candidates is not None:
             cand = np.asarray(candidates, dtype=np.int64)
             if cand.size and (cand.min() < 0 or cand.max() >= n_items):
@@ -136,7 +138,11 @@ class RankingJudge:
             self.allowed = np.zeros(n_items, dtype=bool)
             self.allowed[cand] = True
             self.pool = max(int(np.unique(cand).size), 1)
-        # A fixed random half of the queries: a choice picked on one half is confirmed on the other.
+            self._columns = self.order[self.allowed[self.order]]
+        self._position = np.full(n_items, -1, dtype=np.int64)  # item -> its column (-1: not ranked)
+        self._position[self._columns] = np.arange(self._columns.size)
+        # A fixed random half of the queries: a choice picked on one half is confirmed on the other (on a
+        # candidate set, halves of the items can be asked for instead: `item_halves`).
         self.half = np.random.default_rng(HALF_SEED).permutation(len(queries)) % 2 == 1
         lengths = np.fromiter((np.asarray(e).size for e in queries.exclude), dtype=np.int64, count=len(queries))
         self._offsets = np.concatenate([[0], np.cumsum(lengths)])
@@ -154,16 +160,17 @@ class RankingJudge:
     def top_k(self, scores: np.ndarray, k: int, start: int = 0) -> np.ndarray:
         """[b, k] item indices, best first (-1 padded), of `scores` [b, n_items] for queries start..start+b."""
         stop = start + scores.shape[0]
-        # One copy, already in tie order (column j = item order[j]); the caller's array is never mutated.
-        permuted = np.asarray(scores, dtype=np.float32)[:, self.order]
+        # One copy of the ranked columns, already in tie order (column j = item columns[j]); the caller's
+        # array is never mutated.
+        permuted = np.asarray(scores, dtype=np.float32)[:, self._columns]
         permuted[np.isnan(permuted)] = -np.inf
-        if self.allowed is not None:
-            permuted[:, ~self.allowed[self.order]] = -np.inf
         lo, hi = self._offsets[start], self._offsets[stop]
         if hi > lo:
             rows = np.repeat(np.arange(stop - start), np.diff(self._offsets[start : stop + 1]))
-            permuted[rows, self._position[self._excluded[lo:hi]]] = -np.inf
-        return top_k_of_permuted(permuted, k, self.order)
+            columns = self._position[self._excluded[lo:hi]]
+            ranked = columns >= 0  # excluded items that are not candidates are not ranked anyway
+            permuted[rows[ranked], columns[ranked]] = -np.inf
+        return top_k_of_permuted(permuted, k, self._columns)
 
     def measure(self, ranked: np.ndarray, names: Sequence[str]) -> dict[str, float]:
         """The named metrics ("ndcg@10", "recall@20", "hr@10", "coverage@10") of `ranked` (every
@@ -189,10 +196,46 @@ class RankingJudge:
         """The mean of per-query `values` on each half of the queries (`self.half` False, True)."""
         return mean_over_users(values[~self.half]), mean_over_users(values[self.half])
 
-    def value_halves(self, scores: np.ndarray, metric: str) -> tuple[float, float, float]:
-        """(all queries, first half, second half) values of `metric` for a full score matrix."""
+    @functools.cached_property
+    def item_halves(self) -> tuple[tuple[np.ndarray, "RankingJudge"], tuple[np.ndarray, "RankingJudge"]] | None:
+        """On a candidate set of at least two items (held-out cold items): a fixed random half of the
+        candidates each, as (rows of the queries with a target there, the judge ranking that half's
+        items with those targets only); None without candidates.
+
+        Why items: cold validation users share the few held-out items, so a pick that fits those items
+        (towers early-stopped on them, mixed into a model that was not) wins on both halves of the users
+        alike; judged on items that did not pick it, it cannot win that way. Two tower fits compared with
+        each other were both stopped on those items, so their choices keep the halves of the users,
+        which are less noisy on a few items."""
+        if self.candidates is None:
+            return None
+        items = np.unique(np.asarray(self.candidates, dtype=np.int64))
+        if items.size < 2:
+            return None
+        second = np.zeros(self.n_items, dtype=bool)
+        second[items[np.random.default_rng(HALF_SEED).permutation(items.size) % 2 == 1]] = True
+        out = []
+        for in_half in (~second & self.allowed, second):
+            rows, targets = [], []
+            for row, t in enumerate(self.queries.targets):
+                t = np.asarray(t, dtype=np.int64)
+                if (kept := t[in_half[t]]).size:
+                    rows.append(row)
+                    targets.append(kept)
+            rows = np.asarray(rows, dtype=np.int64)
+            queries = EvalQueries(self.queries.user_ids[rows], self.queries.histories.take(rows), targets,
+                                  [self.queries.exclude[r] for r in rows])
+            out.append((rows, RankingJudge(queries, self.n_items, np.flatnonzero(in_half), self.seed)))
+        return out[0], out[1]
+
+    def value_halves(self, scores: np.ndarray, metric: str, by: Literal["users", "items"] = "users") -> tuple[float, float, float]:
+        """(all queries, first half, second half) values of `metric` for a full score matrix; the halves
+        split the queries, or with `by="items"` on a candidate set its items (`item_halves`)."""
         values = self.per_query(self.top_k(scores, metric_cutoff(metric)), metric)
-        return (mean_over_users(values), *self.halves(values))
+        if by == "users" or self.item_halves is None:
+            return (mean_over_users(values), *self.halves(values))
+        (rows_a, judge_a), (rows_b, judge_b) = self.item_halves
+        return mean_over_users(values), judge_a.value(scores[rows_a], metric), judge_b.value(scores[rows_b], metric)
 
     def metrics(self, ranked: np.ndarray, ks: Sequence[int]) -> dict[str, float]:
         """Recall, NDCG, HR and coverage at each k of `ranked`."""

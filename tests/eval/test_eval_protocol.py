@@ -244,3 +244,53 @@ def test_report_contains_every_protocol_and_model(tmp_path) -> None:
     payload = json.loads(js.read_text())
     assert payload["results"] == results and payload["meta"]["seed"] == 42
     assert not [p for p in (tmp_path / "rep").iterdir() if p.name.startswith(".")]
+
+
+def test_cold_validation_halves_split_the_items_so_a_gain_on_one_item_is_not_confirmed() -> None:
+    """Cold validation users share the few held-out items. A scorer that lifts one item (as towers early-stopped
+    on that item would) wins on both halves of the users, but on halves of the items only where that item
+    is, so `crossfit` does not keep it; a gain on every item is kept. Without candidates there are no items
+    to split and the halves stay halves of the users."""
+    from recsys.eval.protocol import RankingJudge
+    from recsys.model.grid import Trial, crossfit
+
+    n_items, n_users = 30, 400
+    candidates = np.arange(10, 30)  # 20 held-out items; items 0-9 are the histories
+    rng = np.random.default_rng(3)
+    targets = [rng.choice(candidates, size=2, replace=False) for _ in range(n_users)]
+    queries = EvalQueries(np.arange(n_users), [np.array([u % 10]) for u in range(n_users)], targets,
+                          [np.array([u % 10]) for u in range(n_users)])
+    judge = RankingJudge(queries, n_items, candidates)
+    (rows_a, judge_a), (rows_b, judge_b) = judge.item_halves
+    items_a, items_b = set(np.flatnonzero(judge_a.allowed).tolist()), set(np.flatnonzero(judge_b.allowed).tolist())
+    assert items_a | items_b == set(candidates.tolist()) and not items_a & items_b and len(items_a) == 10
+    for rows, half, items in ((rows_a, judge_a, items_a), (rows_b, judge_b, items_b)):
+        assert [set(t.tolist()) for t in half.queries.targets] == [set(targets[r].tolist()) & items for r in rows]
+    assert len(set(rows_a.tolist()) | set(rows_b.tolist())) == n_users  # every user has a target in some half
+
+    base = rng.standard_normal((n_users, n_items)).astype(np.float32)
+    lucky_item = next(iter(items_a))
+    lucky = base.copy()
+    lucky[:, lucky_item] += 10.0  # ranked first for everyone: right for the users who hold it
+    everywhere = base.copy()
+    for u, t in enumerate(targets):
+        everywhere[u, t] += 10.0  # every target first: a real gain on every item
+
+    def trial(scores):
+        value, first, second = judge.value_halves(scores, "ndcg@10", by="items")
+        return Trial({}, value, (first, second))
+
+    def user_halves(scores):
+        value, first, second = judge.value_halves(scores, "ndcg@10")
+        values = judge.per_query(judge.top_k(scores, 10), "ndcg@10")
+        assert (first, second) == judge.halves(values)
+        return Trial({}, value, (first, second))
+
+    incumbent = trial(base)
+    assert trial(lucky).value > incumbent.value  # it does win on all validation
+    assert crossfit([user_halves(lucky)], user_halves(base)).kept  # and on both halves of the users
+    assert not crossfit([trial(lucky)], incumbent).kept  # not on the half of the items that did not pick it
+    assert crossfit([trial(everywhere)], incumbent).kept
+    warm = RankingJudge(queries, n_items)
+    assert warm.item_halves is None
+    assert warm.value_halves(base, "ndcg@10", by="items") == warm.value_halves(base, "ndcg@10")  # no items to split
