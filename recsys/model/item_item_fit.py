@@ -4,7 +4,10 @@ It fits the towers it wraps (one model or an ensemble), then searches the block'
 history decay, content-map ridge (model.item_item_new_items=content) and weight on the validation
 queries, as one flat loop over a `Grid`; the towers are not changed. The block is kept only if the
 search wins on validation users that did not pick its point (`crossfit`: on cold validation items it
-has no rows, so without a content map it never does).
+has no rows, so without a content map it never does), and the towers are mixed in at a finite weight only
+if that beats the block at the floor weight on each half of the validation users. On cold
+validation the halves split the held-out items instead of the users (RankingJudge.item_halves): the towers
+were early-stopped on those items, the block was not.
 Without validation each range's first value is used. The math is in recsys.model.item_item.
 """
 
@@ -22,7 +25,7 @@ from recsys.config import PipelineConfig
 from recsys.data.histories import time_ordered_share, times_of
 from recsys.encoders.features import ItemFeatures
 from recsys.model.fitting import Fit, TrainingData, TrainResult, validation_score
-from recsys.model.grid import FLOOR_WEIGHT, Grid, Trial, best, crossfit, search
+from recsys.model.grid import FLOOR_WEIGHT, Grid, Trial, best, crossfit, search, wins_on_both_halves
 from recsys.model.item_item import GramSpectrum, block_user_vectors, fit_content_map
 from recsys.model.two_tower import ItemItemBlend, ModelScorer
 
@@ -83,8 +86,9 @@ class BlockSearch:
         return self.tower_scores + point["weight"] * spread * block_scores
 
     def value(self, point: dict[str, Any]) -> tuple[float, tuple[float, float]]:
-        """The point's validation value, and its values on the two halves of the queries."""
-        value, first, second = self.data.valid.value_halves(self.scores(point), self.metric)
+        """The point's validation value, and its values on the two halves of the queries (on cold
+        validation, of the held-out items: RankingJudge.item_halves)."""
+        value, first, second = self.data.valid.value_halves(self.scores(point), self.metric, by="items")
         return value, (first, second)
 
 
@@ -131,14 +135,14 @@ class ItemItemFit:
         grid = self.grid(histories, model.predicts_new_items, data)
         if data.valid is not None:
             trials = search(grid, block.value)
-            towers_valid, *halves = data.valid.value_halves(tower_scores, self.cfg.train.valid_metric)
+            towers_valid, *halves = data.valid.value_halves(tower_scores, self.cfg.train.valid_metric, by="items")
             verdict = crossfit(trials, Trial({}, towers_valid, tuple(halves)))
-            chosen, keep, gain = best(trials), verdict.kept, verdict.gain
+            (chosen, weight_gain), keep, gain = self.weighed(trials), verdict.kept, verdict.gain
         else:
             keep = True if self.keep_block is None else self.keep_block
             trials, towers_valid, gain = [Trial(grid.first(), float("nan"))], float("nan"), float("nan")
-            chosen = trials[0]
-        picked = self._install(model, block, chosen, towers_valid, keep, gain)
+            chosen, weight_gain = trials[0], float("nan")
+        picked = {**self._install(model, block, chosen, towers_valid, keep, gain), "weight_gain": weight_gain}
         picked.update(self._popularity_prior(model, block, block.scores(chosen.point) if keep else tower_scores, data))
         blended = validation_score(model, features, data.valid, self.cfg.train.valid_metric) if data.valid is not None else towers.best_metric
         self._log(len(trials), time.perf_counter() - started, blended, picked)
@@ -146,6 +150,19 @@ class ItemItemFit:
             towers, model=model, best_metric=blended, item_item=picked,
             train_seconds=towers.train_seconds + (time.perf_counter() - started),
         )
+
+    @staticmethod
+    def weighed(trials: list[Trial]) -> tuple[Trial, float]:
+        """The block's point: the best point at the floor weight (the block ranks, the towers order its
+        near-ties) unless a finite weight (the towers mixed in) beats it on each half of the validation
+        users (on cold, items): the best weight on all validation favours towers that were early-stopped on
+        those same queries. Also the smaller half gain of the mix (0 when the floor stays)."""
+        floor = [t for t in trials if t.point["weight"] == FLOOR_WEIGHT]
+        mixed = [t for t in trials if t.point["weight"] != FLOOR_WEIGHT]
+        if not floor or not mixed:
+            return best(trials), float("nan")
+        verdict = wins_on_both_halves(mixed, best(floor))
+        return verdict.winner, verdict.gain
 
     def _install(self, model: ItemItemBlend, block: BlockSearch, chosen: Trial, towers_valid: float, keep: bool, gain: float) -> dict:
         """Set the chosen block in the model (weight 0 when it is not kept); the picks."""

@@ -29,7 +29,7 @@ from recsys.config import PipelineConfig
 from recsys.data.histories import time_ordered_share
 from recsys.encoders.features import ItemFeatures
 from recsys.model.fitting import TowersFit, TrainingData, TrainResult, compose, validation_trial
-from recsys.model.grid import Trial, crossfit
+from recsys.model.grid import FLOOR_WEIGHT, Trial, crossfit
 from recsys.model.modalities import MODALITIES, feature_widths
 from recsys.model.two_tower import TwoTowerEnsemble
 
@@ -301,6 +301,13 @@ class RecipeFit:
             result = ItemItemFit(Fitted(result), cfg).fit(features, data)
             self.choices.append(Choice("recipe.item_item_block", bool(result.item_item.get("kept")),
                                        f"kept only if its search wins on held-out validation users (out-of-sample gain {result.item_item.get('crossfit_gain', float('nan')):+.4f})"))
+            if result.item_item.get("kept"):
+                picked = result.item_item
+                mixed = picked["weight_relative"] != FLOOR_WEIGHT
+                self.choices.append(Choice("recipe.item_item_weight", picked["weight_relative"],
+                                           ("the towers mixed in at this weight x spread" if mixed else "the floor weight: the block ranks, the towers "
+                                            "order its near-ties") + f" (kept only if it beats the block alone on each half of validation; smaller half gain "
+                                           f"{picked['weight_gain']:+.4f})"))
         result, cfg = self._content_knn(cfg, features, data, result)
         return self._finish(result, cfg, data)
 

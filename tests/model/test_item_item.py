@@ -266,3 +266,21 @@ def test_towers_that_learned_nothing_leave_the_ranking_to_the_block(tiny_data, t
     block_alone = data.valid.value(block_user_vectors(data.valid.queries.histories, q * s[:, None], 1.0) @ q.T, "ndcg@10")
     assert result.best_metric > picked["towers_valid"] + 0.02
     assert result.best_metric == pytest.approx(block_alone, abs=0.01)
+
+
+def test_the_towers_join_the_block_only_if_that_wins_on_both_halves():
+    """The block's weight is a choice like the others: a finite weight (the towers mixed in) replaces the floor
+    weight (the block ranks) only if it beats the floor on each half of validation, not just on all of it."""
+    from recsys.model.grid import Trial
+
+    floor = Trial({"weight": FLOOR_WEIGHT, "l2": 500}, 0.440, (0.452, 0.428))
+    # the best on all validation, but only through one half: it loses on the other
+    overfit = [Trial({"weight": 8.0, "l2": 500}, 0.445, (0.470, 0.420)), Trial({"weight": 1.0, "l2": 500}, 0.41, (0.43, 0.39))]
+    chosen, gain = ItemItemFit.weighed([*overfit, floor])
+    assert chosen is floor and gain == 0.0
+    helps = [Trial({"weight": 4.0, "l2": 500}, 0.455, (0.472, 0.438)), *overfit]
+    chosen, gain = ItemItemFit.weighed([*helps, floor])
+    assert chosen.point["weight"] == 4.0 and gain == pytest.approx(0.010)  # the smaller of its half gains
+    # a grid without the floor weight (pinned by a user) keeps the best point
+    chosen, gain = ItemItemFit.weighed(overfit)
+    assert chosen is overfit[0] and np.isnan(gain)

@@ -16,7 +16,7 @@ import pytest
 
 from recsys.data.splits import loo_split, make_split, order_interactions
 from recsys.encoders.features import ItemFeatures
-from recsys.model.grid import Trial, crossfit
+from recsys.model.grid import Trial, crossfit, wins_on_both_halves
 from recsys.model.recipe import DataShape, RecipeFit, pinned_fields, rank_for, shape_rules
 from recsys.model.train import fit_two_tower, item_index_of, item_rows, prepare_training_data, refit_on_everything
 from recsys.eval.baselines import ContentKNNScorer, frozen_content_embeddings
@@ -130,6 +130,21 @@ def test_crossfit_keeps_only_what_wins_on_the_other_half():
     assert not crossfit(noise, incumbent).kept
     with pytest.raises(ValueError, match="halves"):
         crossfit([Trial({}, 0.5)], incumbent)
+
+
+def test_a_graded_choice_is_kept_only_where_it_holds_on_both_halves():
+    incumbent = Trial({}, 0.50, (0.50, 0.50))
+    # weights whose halves pull to opposite ends of the grid: crossfit's per-half picks lose on the other half,
+    # but a middle weight that beats the incumbent on both halves is kept
+    graded = [Trial({"w": 0.5}, 0.51, (0.56, 0.46)), Trial({"w": 2}, 0.515, (0.52, 0.51)), Trial({"w": 8}, 0.52, (0.47, 0.57))]
+    assert not crossfit(graded, incumbent).kept
+    verdict = wins_on_both_halves(graded, incumbent)
+    assert verdict.kept and verdict.winner.point == {"w": 2} and verdict.gain == pytest.approx(0.01)
+    # none holds on both halves: the incumbent stays, even though a candidate is best on all queries
+    verdict = wins_on_both_halves([graded[0], graded[2]], incumbent)
+    assert not verdict.kept and verdict.winner is incumbent and verdict.gain == 0.0
+    with pytest.raises(ValueError, match="halves"):
+        wins_on_both_halves([Trial({}, 0.5)], incumbent)
 
 
 @pytest.mark.parametrize("block", ["searched", "weak"])
