@@ -304,10 +304,15 @@ class RecipeFit:
             if result.item_item.get("kept"):
                 picked = result.item_item
                 mixed = picked["weight_relative"] != FLOOR_WEIGHT
-                self.choices.append(Choice("recipe.item_item_weight", picked["weight_relative"],
-                                           ("the towers mixed in at this weight x spread" if mixed else "the floor weight: the block ranks, the towers "
-                                            "order its near-ties") + f" (kept only if it beats the block alone on each half of validation; smaller half gain "
-                                           f"{picked['weight_gain']:+.4f})"))
+                if math.isnan(picked["weight_gain"]):  # a grid without the floor weight, or only it
+                    reason = "the best of train.item_item_weights on validation (no floor weight to compare it with)"
+                elif mixed:
+                    reason = ("the towers mixed in at this weight x spread: it beats the block alone on each half of validation "
+                              f"(by at least {picked['weight_gain']:+.4f})")
+                else:
+                    reason = ("the floor weight: the block ranks and the towers order its near-ties, since no finite weight beats "
+                              "the block alone on each half of validation")
+                self.choices.append(Choice("recipe.item_item_weight", picked["weight_relative"], reason))
         result, cfg = self._content_knn(cfg, features, data, result)
         return self._finish(result, cfg, data)
 

@@ -174,6 +174,10 @@ def test_a_catalog_where_popularity_is_the_signal_is_not_served_below_popularity
     assert result.best_metric >= result.baselines["popularity"], (result.best_metric, result.baselines, result.item_item)
     if block == "weak":
         assert result.item_item["popularity_weight_relative"] > 0, result.item_item
+    if block == "searched" or result.item_item["kept"]:  # the block's weight is recorded with its reason: mixed, the floor, or the only one
+        weight = [c for c in result.choices if c["key"] == "recipe.item_item_weight"]
+        assert len(weight) == 1 and weight[0]["value"] == result.item_item["weight_relative"]
+        assert ("no floor weight" in weight[0]["reason"]) == (block == "weak"), weight
 
 
 def test_a_modality_no_item_has_is_not_carried(make_config, tmp_path):
