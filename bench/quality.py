@@ -237,6 +237,7 @@ def render_section(dataset: str, protocol: str, block: dict, recsys_config: str 
                 per_seed = "; ".join(
                     (f"pair window {r.get('item_item_pair_window', 0):g}, l2 {r['item_item_l2']:g}, "
                      f"decay {r['item_item_decay']:g}, weight {r['item_item_weight_relative']:g}"
+                     + (f", content sharpness {r['item_item_content_sharpness']:g}" if "item_item_content_sharpness" in r else "")
                      + (f", content ridge {r['item_item_content_l2']:g}" if "item_item_content_l2" in r else "")
                      + (" (unit-scaled content)" if r.get("item_item_content_unit") else ""))
                     if r["item_item_kept"] else "not kept" for r in blocks

@@ -22,8 +22,9 @@ rewriting above still holds. All choices (pair window, ridge, decay, blend weigh
 validation split after the towers are trained (`recsys.model.train`).
 
 A new item has no row of G. With `model.item_item_new_items=content` its item side Q_i is predicted
-from its frozen content by a ridge map fit on the known items (`fit_content_map`): the block then
-scores it by how the user's history co-occurs with known items of similar content. Its s_i stays 0,
+from its frozen content by a kernel ridge map fit on the known items (`fit_kernel_content_map`: mostly the
+rows of the known items nearest in content; `fit_content_map`, linear in the content, with sharpness 0): the
+block then scores it by how the user's history co-occurs with known items of similar content. Its s_i stays 0,
 so it adds nothing to a history until the block is refit.
 """
 
@@ -106,6 +107,39 @@ class GramSpectrum:
         vectors = np.zeros((n, rank), dtype=np.float32)
         vectors[:, :keep] = basis / item_scale[:, None]
         return vectors, item_scale.astype(np.float32)
+
+
+def content_similarity_kernel(design: np.ndarray, anchors: np.ndarray, sharpness: float, n_parts: int) -> np.ndarray:
+    """exp(sharpness * (s - 1)) [len(design), len(anchors)], s the mean over the `n_parts` modalities of the
+    cosine between an item's and an anchor's part (the designs unit-scaled per modality, bias column last;
+    the anchors without it). 1 for identical content, falling with dissimilarity at the rate `sharpness`."""
+    similarity = np.asarray(design, dtype=np.float64)[:, :-1] @ np.asarray(anchors, dtype=np.float64).T / max(n_parts, 1)
+    return np.exp(float(sharpness) * (similarity - 1.0))
+
+
+def fit_kernel_content_map(design: np.ndarray, targets: np.ndarray, l2: list[float], sharpness: float, n_parts: int) -> list[np.ndarray]:
+    """Kernel ridge maps from content to `targets` (rows = known items), one per ridge value in `l2`: new
+    item rows are mean + k(x, anchors) A with (K + l2 I) A = targets - mean, K = `content_similarity_kernel`
+    among the known items (the anchors: `design` without its bias column). Each map is [n_known + 1, rank],
+    A stacked on the mean, so [k(x, anchors), 1] @ map predicts a row. Unlike a linear map of the content,
+    a new item's row is drawn mostly from the known items whose content is nearest (docs/results.md)."""
+    design = np.asarray(design, dtype=np.float64)
+    targets = np.asarray(targets, dtype=np.float64)
+    mean = targets.mean(axis=0, keepdims=True)
+    eigenvalues, eigenvectors = np.linalg.eigh(content_similarity_kernel(design, design[:, :-1], sharpness, n_parts))
+    projected = eigenvectors.T @ (targets - mean)
+    return [np.concatenate([eigenvectors @ (projected / (eigenvalues + value)[:, None]), mean]).astype(np.float32)
+            for value in l2]
+
+
+def predict_content_rows(design: np.ndarray, content_map: np.ndarray, anchors: np.ndarray | None, sharpness: float,
+                         n_parts: int) -> np.ndarray:
+    """The item side the content map predicts for the items of `design`: design @ map for a linear map
+    (no anchors), [kernel to the anchors, 1] @ map for a kernel map (`fit_kernel_content_map`)."""
+    if anchors is None or not len(anchors):
+        return np.asarray(design, dtype=np.float64) @ content_map
+    kernel = content_similarity_kernel(design, anchors, sharpness, n_parts)
+    return kernel @ content_map[:-1] + content_map[-1]
 
 
 def fit_content_map(design: np.ndarray, targets: np.ndarray, l2: float | list[float]) -> np.ndarray | list[np.ndarray]:

@@ -1,7 +1,7 @@
 """`ItemItemFit`: the towers wrapped with the closed-form item-item block, and the fit that owns both.
 
 It fits the towers it wraps (one model or an ensemble), then searches the block's pair window, ridge,
-history decay, content-map ridge (model.item_item_new_items=content) and weight on the validation
+history decay, content map (model.item_item_new_items=content: its scaling, sharpness and ridge) and weight on the validation
 queries, as one flat loop over a `Grid`; the towers are not changed. The block is kept only if the
 search wins on validation users that did not pick its point (`crossfit`: on cold validation items it
 has no rows, so without a content map it never does), and the towers are mixed in at a finite weight only
@@ -26,7 +26,7 @@ from recsys.data.histories import time_ordered_share, times_of
 from recsys.encoders.features import ItemFeatures
 from recsys.model.fitting import Fit, TrainingData, TrainResult, validation_score
 from recsys.model.grid import FLOOR_WEIGHT, Grid, Trial, best, crossfit, search, wins_on_both_halves
-from recsys.model.item_item import GramSpectrum, block_user_vectors, fit_content_map
+from recsys.model.item_item import GramSpectrum, block_user_vectors, fit_content_map, fit_kernel_content_map, predict_content_rows
 from recsys.model.two_tower import ItemItemBlend, ModelScorer
 
 logger = logging.getLogger(__name__)
@@ -37,9 +37,13 @@ class BlockSearch:
     (an eigen-decomposition per window, factors and content maps per ridge, user vectors per decay), so
     the flat loop costs what nested loops would."""
 
-    def __init__(self, data: TrainingData, designs: dict | None, histories: list, tower_scores: np.ndarray, cfg: PipelineConfig):
-        """`designs`: the content map's inputs per content norm ("unit", "raw"), None without a map."""
+    def __init__(self, data: TrainingData, designs: dict | None, histories: list, tower_scores: np.ndarray, cfg: PipelineConfig,
+                 content_parts: int = 1):
+        """`designs`: the content map's inputs per content norm ("unit", "raw"), None without a map;
+        `content_parts`: the modalities in them (the kernel map's similarity is their mean cosine)."""
         self.data, self.designs, self.histories, self.tower_scores = data, designs, histories, tower_scores
+        self.content_parts = content_parts
+        self.content_sharpness = tuple(cfg.train.item_item_content_sharpness) if designs is not None else (None,)
         self.rank, self.max_items = cfg.model.item_item_rank, cfg.train.ease_max_items
         self.metric = cfg.train.valid_metric
         self.unseen = data.popularity == 0
@@ -54,14 +58,21 @@ class BlockSearch:
         return GramSpectrum.of_sequences(self.data.sequences, len(self.data.index), self.max_items, window)
 
     def _factors(self, window: float, l2: float) -> tuple[np.ndarray, np.ndarray, dict]:
-        """(Q, s) of the known items (rows of unseen items zero) and, per (content norm, content ridge),
-        (map, the unseen items' Q rows)."""
+        """(Q, s) of the known items (rows of unseen items zero) and, per (content norm, sharpness, content
+        ridge), (map, the unseen items' Q rows)."""
         q, s = self.spectrum(window).factors(l2, self.rank)
         q[self.unseen], s[self.unseen] = 0.0, 0.0  # only items seen in training carry a block
-        maps: dict = {(None, None): (None, None)}
+        maps: dict = {(None, None, None): (None, None)}
         for norm, design in (self.designs or {}).items():
-            fitted = fit_content_map(design[self.seen_rows], q[self.seen_rows], list(self.content_l2s))
-            maps.update({(norm, l2_map): (m, design[self.unseen] @ m) for l2_map, m in zip(self.content_l2s, fitted)})
+            known, targets = design[self.seen_rows], q[self.seen_rows]
+            for sharpness in self.content_sharpness:
+                if sharpness == 0.0:
+                    fitted, anchors = fit_content_map(known, targets, list(self.content_l2s)), None
+                else:
+                    fitted = fit_kernel_content_map(known, targets, list(self.content_l2s), sharpness, self.content_parts)
+                    anchors = known[:, :-1]
+                maps.update({(norm, sharpness, l2_map): (m, predict_content_rows(design[self.unseen], m, anchors, sharpness, self.content_parts))
+                             for l2_map, m in zip(self.content_l2s, fitted)})
         return q, s, maps
 
     def _user_side(self, window: float, l2: float, decay: float) -> tuple[np.ndarray, np.ndarray, float]:
@@ -71,10 +82,11 @@ class BlockSearch:
         warm_scores = user_block @ q.T
         return user_block, warm_scores, float(self.tower_scores.std() / max(float(warm_scores.std()), 1e-12))
 
-    def _block_scores(self, window: float, l2: float, decay: float, content_norm: str | None, content_l2: float | None) -> tuple[np.ndarray, float]:
+    def _block_scores(self, window: float, l2: float, decay: float, content_norm: str | None, content_sharpness: float | None,
+                      content_l2: float | None) -> tuple[np.ndarray, float]:
         """(the block's scores of every item, new items through the content map; the spread ratio)."""
         user_block, block_scores, spread = self.user_side(window, l2, decay)
-        unseen_rows = self.factors(window, l2)[2][(content_norm, content_l2)][1]
+        unseen_rows = self.factors(window, l2)[2][(content_norm, content_sharpness, content_l2)][1]
         if unseen_rows is not None and len(unseen_rows):
             block_scores = block_scores.copy()
             block_scores[:, self.unseen] = user_block @ unseen_rows.T
@@ -82,7 +94,8 @@ class BlockSearch:
 
     def scores(self, point: dict[str, Any]) -> np.ndarray:
         """The blended scores of one grid point (the weight in units of the score spreads)."""
-        block_scores, spread = self.block_scores(point["pair_window"], point["l2"], point["decay"], point["content_norm"], point["content_l2"])
+        block_scores, spread = self.block_scores(point["pair_window"], point["l2"], point["decay"], point["content_norm"],
+                                                 point["content_sharpness"], point["content_l2"])
         return self.tower_scores + point["weight"] * spread * block_scores
 
     def value(self, point: dict[str, Any]) -> tuple[float, tuple[float, float]]:
@@ -105,6 +118,7 @@ class ItemItemFit:
             "pair_window": tuple(train.item_item_pair_windows), "l2": tuple(train.item_item_l2),
             "decay": tuple(train.item_item_decays),
             "content_norm": tuple(train.item_item_content_norms) if predicts_new_items else (None,),
+            "content_sharpness": tuple(train.item_item_content_sharpness) if predicts_new_items else (None,),
             "content_l2": tuple(train.item_item_content_l2) if predicts_new_items else (None,),
             "weight": tuple(train.item_item_weights),
         })
@@ -112,7 +126,8 @@ class ItemItemFit:
             # Every catalog item has a block row: the map scores none of them, so nothing in validation can tell
             # maps apart and each range's first value stands for them all. (With unseen items it is searched even
             # when no validation target is new: the map decides how far unseen items reach into warm users' lists.)
-            grid = grid.pin(content_norm=grid.ranges["content_norm"][0], content_l2=grid.ranges["content_l2"][0])
+            grid = grid.pin(content_norm=grid.ranges["content_norm"][0], content_sharpness=grid.ranges["content_sharpness"][0],
+                            content_l2=grid.ranges["content_l2"][0])
         if times_of(histories) is not None and time_ordered_share(histories) == 0.0:
             # No history has two timestamps (ml-1m logs none): every item is age 0 and every decay the same.
             logger.info("item-item block: no validation history has a time order; decay %g stands for them all", grid.ranges["decay"][0])
@@ -131,7 +146,7 @@ class ItemItemFit:
         if model.predicts_new_items:
             tensors = model.feature_tensors(features)
             designs = {norm: model.content_design(tensors, unit=norm == "unit").numpy() for norm in self.cfg.train.item_item_content_norms}
-        block = BlockSearch(data, designs, histories, tower_scores, self.cfg)
+        block = BlockSearch(data, designs, histories, tower_scores, self.cfg, model.content_parts)
         grid = self.grid(histories, model.predicts_new_items, data)
         if data.valid is not None:
             trials = search(grid, block.value)
@@ -171,14 +186,18 @@ class ItemItemFit:
         spread = block.user_side(point["pair_window"], point["l2"], point["decay"])[2]
         weight = point["weight"] * spread if keep else 0.0
         rows = block.seen_rows
-        model.set_block(q[rows], s[rows], weight, point["decay"], maps[(point["content_norm"], point["content_l2"])][0],
-                        content_unit=point["content_norm"] == "unit")
+        content_map = maps[(point["content_norm"], point["content_sharpness"], point["content_l2"])][0]
+        sharpness = point["content_sharpness"] or 0.0
+        anchors = block.designs[point["content_norm"]][rows][:, :-1] if sharpness else None
+        model.set_block(q[rows], s[rows], weight, point["decay"], content_map, content_unit=point["content_norm"] == "unit",
+                        content_sharpness=sharpness, content_anchors=anchors)
         picked = {"pair_window": point["pair_window"], "l2": point["l2"], "decay": point["decay"],
                   "weight_relative": point["weight"], "weight": weight, "kept": keep, "towers_valid": towers_valid,
                   "crossfit_gain": gain}
         if point["content_l2"] is None:
             return picked
-        return {**picked, "content_l2": point["content_l2"], "content_unit": point["content_norm"] == "unit"}
+        return {**picked, "content_l2": point["content_l2"], "content_unit": point["content_norm"] == "unit",
+                "content_sharpness": point["content_sharpness"]}
 
     def _popularity_prior(self, model: ItemItemBlend, block: BlockSearch, blended: np.ndarray, data: TrainingData) -> dict:
         """Search the popularity prior on top of the installed blend (`blended`: its scores of the validation
@@ -241,7 +260,8 @@ class ItemItemFit:
             "decay %g, weight %g x spread%s) vs %.4f for the towers alone%s",
             self.cfg.model.item_item_rank, n_tried, seconds, self.cfg.train.valid_metric, blended, picked["pair_window"],
             picked["l2"], picked["decay"], picked["weight_relative"],
-            f", new items from {'unit-scaled ' if picked.get('content_unit') else ''}content with ridge {picked['content_l2']:g}" if "content_l2" in picked else "",
+            f", new items from {'unit-scaled ' if picked.get('content_unit') else ''}content with sharpness {picked['content_sharpness']:g}, "
+            f"ridge {picked['content_l2']:g}" if "content_l2" in picked else "",
             picked["towers_valid"], "" if picked["kept"] else f": not kept (weight 0; out-of-sample gain {picked['crossfit_gain']:+.4f})",
         )
         logger.info("popularity prior: weight %g x spread, counts %s (out-of-sample gain %+.4f)", picked["popularity_weight_relative"],

@@ -145,7 +145,8 @@ def refit_on_everything(
             "train.item_item_decays": [block["decay"]], "train.item_item_weights": [block["weight_relative"]],
             "train.item_item_popularity_weights": [prior], "train.item_item_popularity_days": [block.get("popularity_days", 0.0)],
             **({"train.item_item_content_l2": [block["content_l2"]],
-                "train.item_item_content_norms": ["unit" if block.get("content_unit") else "raw"]} if "content_l2" in block else {}),
+                "train.item_item_content_norms": ["unit" if block.get("content_unit") else "raw"],
+                "train.item_item_content_sharpness": [block.get("content_sharpness", 0.0)]} if "content_l2" in block else {}),
         })
         result = ItemItemFit(Fitted(towers), pinned, keep_block=bool(block.get("kept"))).fit(features, data)
     elif cfg.model.item_item == "ease":  # neither the block nor the prior helped on validation: the towers alone

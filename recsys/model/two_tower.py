@@ -245,7 +245,9 @@ class ItemItemBlend(RetrievalModel):
     User vectors therefore still come from histories of item vectors alone (the index, bundles and the
     API are unchanged). An item without a block row (a new item) has s = 0, so it adds nothing to a
     history, and Q = 0 (scored by the towers exactly as without the block) or, with
-    `model.item_item_new_items=content`, Q predicted from its content ([text, categories, 1] @ map).
+    `model.item_item_new_items=content`, Q predicted from its content: [k(x, anchors), 1] @ map, with a
+    kernel k to the known items' content (the anchors; recsys.model.item_item.fit_kernel_content_map), or
+    [text, categories, 1] @ map for a linear map (sharpness 0; bundles saved before the kernel map).
     """
 
     def __init__(self, base: RetrievalModel, item_id_vocab: Sequence, rank: int):
@@ -275,13 +277,22 @@ class ItemItemBlend(RetrievalModel):
         if self.predicts_new_items:
             design_dim = sum(self.widths.get(name) or 0 for name in CONTENT_MAP_MODALITIES) + 1
             self.register_buffer("block_content_map", torch.zeros(design_dim, rank))
+            # A kernel map's sharpness and its anchors (the known items' content rows); none: a linear map.
+            self.register_buffer("block_content_sharpness", torch.zeros(()))
+            self.register_buffer("block_content_anchors", torch.zeros(0, design_dim - 1))
+
+    @property
+    def content_parts(self) -> int:
+        """The modalities the content map reads (its kernel's similarity is their mean cosine)."""
+        return sum(1 for name in CONTENT_MAP_MODALITIES if self.widths.get(name))
 
     def set_block(
         self, vectors: np.ndarray, scale: np.ndarray, weight: float, decay: float, content_map: np.ndarray | None = None,
-        content_unit: bool = False,
+        content_unit: bool = False, content_sharpness: float = 0.0, content_anchors: np.ndarray | None = None,
     ) -> None:
         """Install the block: `vectors` [len(vocab), rank] (Q) and `scale` [len(vocab)] (s), vocabulary order;
-        `content_map` [design dim, rank] (model.item_item_new_items=content) predicts Q for new items."""
+        `content_map` (model.item_item_new_items=content) predicts Q for new items: [design dim, rank] for a
+        linear map, [len(content_anchors) + 1, rank] for a kernel map of `content_sharpness` > 0."""
         n = len(self.item_id_vocab)
         if vectors.shape != (n, self.rank) or scale.shape != (n,):
             raise ValueError(f"block shapes {vectors.shape}, {scale.shape} != ({n}, {self.rank}), ({n},)")
@@ -293,9 +304,17 @@ class ItemItemBlend(RetrievalModel):
         self.block_decay.fill_(float(decay))
         self.block_content_unit.fill_(float(content_unit))
         if content_map is not None:
-            if tuple(content_map.shape) != tuple(self.block_content_map.shape):
-                raise ValueError(f"content map shape {content_map.shape} != {tuple(self.block_content_map.shape)}")
-            self.block_content_map.copy_(torch.as_tensor(content_map, dtype=torch.float32))
+            design_dim = self.block_content_anchors.shape[1] + 1
+            anchors = np.zeros((0, design_dim - 1)) if content_sharpness == 0.0 else np.asarray(content_anchors)
+            if content_sharpness > 0.0 and (content_anchors is None or anchors.ndim != 2 or anchors.shape[1] != design_dim - 1):
+                raise ValueError(f"a kernel content map needs anchors [n, {design_dim - 1}], got "
+                                 f"{None if content_anchors is None else anchors.shape}")
+            rows = design_dim if content_sharpness == 0.0 else len(anchors) + 1
+            if tuple(content_map.shape) != (rows, self.rank):
+                raise ValueError(f"content map shape {content_map.shape} != ({rows}, {self.rank})")
+            self.block_content_map = torch.as_tensor(content_map, dtype=torch.float32).clone()
+            self.block_content_anchors = torch.as_tensor(anchors, dtype=torch.float32).clone()
+            self.block_content_sharpness.fill_(float(content_sharpness))
 
     def set_popularity_prior(self, prior: np.ndarray) -> None:
         """`prior` [len(vocab)]: each known item's added bias (vocabulary order)."""
@@ -324,6 +343,19 @@ class ItemItemBlend(RetrievalModel):
         parts.append(torch.ones(features.n, 1, device=parts[0].device if parts else device))
         return torch.cat(parts, dim=1)
 
+    def content_rows(self, design: torch.Tensor, chunk_size: int = 4096) -> torch.Tensor:
+        """The block's item side the content map predicts for the rows of `design` (`content_design`); a
+        kernel map in chunks of rows, so a large new catalog never holds its whole kernel at once."""
+        if not len(self.block_content_anchors):
+            return design @ self.block_content_map
+        anchors, sharpness = self.block_content_anchors.to(design.dtype), float(self.block_content_sharpness)
+        coefficients, mean = self.block_content_map[:-1], self.block_content_map[-1]
+        out = []
+        for start in range(0, len(design), chunk_size):
+            similarity = design[start : start + chunk_size, :-1] @ anchors.T / max(self.content_parts, 1)
+            out.append(torch.exp(sharpness * (similarity - 1.0)) @ coefficients + mean)
+        return torch.cat(out) if out else design.new_zeros(0, self.rank)
+
     @property
     def dim(self) -> int:
         return self.base.dim + self.rank + 1
@@ -350,7 +382,7 @@ class ItemItemBlend(RetrievalModel):
         new = rows == 0
         if self.predicts_new_items and bool(new.any()):
             item_side = item_side.clone()
-            item_side[new] = self.content_design(features.rows(new)) @ self.block_content_map
+            item_side[new] = self.content_rows(self.content_design(features.rows(new)))
         block = torch.cat([item_side, self.block_scale[rows].unsqueeze(-1)], dim=-1)
         return torch.cat([vectors, block.to(vectors.dtype)], dim=-1), bias + self.block_popularity[rows].to(bias.dtype)
 
@@ -457,11 +489,18 @@ class ContentKNNBlend(RetrievalModel):
 
 
 def _bundles_before_the_prior(module, state_dict, prefix, *args) -> None:
-    """A bundle saved before the popularity prior and the content scaling existed loads with neither."""
+    """A bundle saved before the popularity prior, the content scaling and the kernel content map existed
+    loads with none of them (a linear map); a kernel map's buffers take the saved shapes."""
     if prefix + "block_scale" not in state_dict:
         return
     state_dict.setdefault(prefix + "block_popularity", torch.zeros_like(state_dict[prefix + "block_scale"]))
     state_dict.setdefault(prefix + "block_content_unit", torch.zeros(()))
+    if not getattr(module, "predicts_new_items", False) or prefix + "block_content_map" not in state_dict:
+        return
+    state_dict.setdefault(prefix + "block_content_sharpness", torch.zeros(()))
+    state_dict.setdefault(prefix + "block_content_anchors", torch.zeros(0, module.block_content_anchors.shape[1]))
+    module.block_content_map = torch.zeros_like(state_dict[prefix + "block_content_map"])
+    module.block_content_anchors = torch.zeros_like(state_dict[prefix + "block_content_anchors"])
 
 
 class _RowProduct:

@@ -12,7 +12,10 @@ from recsys.data.splits import cold_item_split, loo_split
 from recsys.model.item_item import (
     GramSpectrum,
     block_user_vectors,
+    content_similarity_kernel,
     fit_content_map,
+    fit_kernel_content_map,
+    predict_content_rows,
     history_ages,
     history_weights,
     windowed_gram,
@@ -169,6 +172,40 @@ def test_content_map_is_the_ridge_solution_for_every_ridge_value():
     np.testing.assert_allclose(fit_content_map(design, targets, 0.5), maps[0])
 
 
+def test_kernel_content_map_solves_kernel_ridge_and_draws_new_rows_from_the_nearest_known_items():
+    rng = np.random.default_rng(0)
+
+    def unit(x):
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    # Designs as the block builds them: two unit-scaled modalities and a bias column.
+    design = np.concatenate([unit(rng.normal(size=(40, 6))), unit(rng.normal(size=(40, 3))), np.ones((40, 1))], axis=1)
+    targets = rng.normal(size=(40, 4))
+    anchors = design[:, :-1]
+    kernel = content_similarity_kernel(design, anchors, 2.0, n_parts=2)
+    # Identical content scores 1; the mean cosine over the two modalities sets the rest.
+    np.testing.assert_allclose(np.diag(kernel), 1.0, atol=1e-12)
+    np.testing.assert_allclose(kernel[0, 1], np.exp(2.0 * ((design[0, :-1] @ design[1, :-1]) / 2 - 1)))
+    maps = fit_kernel_content_map(design, targets, [0.1, 10.0], sharpness=2.0, n_parts=2)
+    mean = targets.mean(0)
+    for l2, found in zip((0.1, 10.0), maps):
+        assert found.shape == (41, 4)
+        np.testing.assert_allclose(found[-1], mean, atol=1e-5)
+        # (K + l2 I) A = targets - mean: the kernel ridge normal equations.
+        np.testing.assert_allclose((kernel + l2 * np.eye(40)) @ found[:-1], targets - mean, atol=1e-4)
+        np.testing.assert_allclose(predict_content_rows(design, found, anchors, 2.0, 2), kernel @ found[:-1] + mean, atol=1e-4)
+    # More ridge: predictions pulled towards the mean row.
+    spread = [np.abs(predict_content_rows(design, m, anchors, 2.0, 2) - mean).mean() for m in maps]
+    assert spread[1] < spread[0]
+    # A sharp kernel draws a new item's row from the known item with the same content; a linear map of
+    # the content cannot (40 targets, 10 content dimensions).
+    sharp = fit_kernel_content_map(design, targets, [1e-3], sharpness=50.0, n_parts=2)[0]
+    copy = design[[3]]
+    np.testing.assert_allclose(predict_content_rows(copy, sharp, anchors, 50.0, 2)[0], targets[3], atol=0.05)
+    linear = fit_content_map(design, targets, 1e-3)
+    assert np.abs(predict_content_rows(copy, linear, None, 0.0, 2)[0] - targets[3]).max() > 0.1
+
+
 def test_a_content_map_lets_the_block_score_cold_validation_items(tiny_data, tiny_features, tmp_path, make_config):
     """model.item_item_new_items=content: on cold validation the held-out items get predicted block rows,
     so the block can raise validation there; the reported score is the served model's."""
@@ -180,8 +217,12 @@ def test_a_content_map_lets_the_block_score_cold_validation_items(tiny_data, tin
     valid_candidates = np.asarray([index[i] for i in cold.meta["valid_candidate_items"]])
     result = fit_two_tower(tiny_features, cold.train, cold.valid, cfg, show_progress=False, valid_candidates=valid_candidates)
     picked = result.item_item
-    assert picked["content_l2"] in (1.0, 10.0)
+    assert picked["content_l2"] in (1.0, 10.0) and picked["content_sharpness"] in cfg.train.item_item_content_sharpness
     assert result.model.block_content_map.abs().sum() > 0
+    # The default map is a kernel map: its anchors are the known items' content rows.
+    n_known = len(result.model.item_id_vocab)
+    assert float(result.model.block_content_sharpness) == picked["content_sharpness"] > 0
+    assert result.model.block_content_anchors.shape[0] == n_known == result.model.block_content_map.shape[0] - 1
     judge = prepare_training_data(tiny_features, cold.train, cold.valid, cfg, valid_candidates).valid
     score = validation_score(result.model, tiny_features, judge, "ndcg@10")
     assert score == pytest.approx(result.best_metric, abs=1e-6)
@@ -247,6 +288,9 @@ def test_content_maps_are_searched_wherever_the_catalog_has_unseen_items(tiny_da
     searched = ItemItemFit(None, cfg).grid(histories, True, dataclasses.replace(data, popularity=popularity))
     assert searched.ranges["content_l2"] == (10.0, 1.0) and searched.ranges["content_norm"] == ("raw", "unit")
     assert pinned.ranges["content_l2"] == (10.0,) and pinned.ranges["content_norm"] == ("raw",)
+    first_sharpness = cfg.train.item_item_content_sharpness[0]
+    assert searched.ranges["content_sharpness"] == tuple(cfg.train.item_item_content_sharpness)
+    assert pinned.ranges["content_sharpness"] == (first_sharpness,)
 
 
 def test_towers_that_learned_nothing_leave_the_ranking_to_the_block(tiny_data, tiny_features, tmp_path, make_config):

@@ -373,3 +373,44 @@ def test_encoder_layer_computes_what_torch_layer_computes(training):
     x = torch.randn(3, 5, 8)
     blocked = torch.triu(torch.ones(5, 5, dtype=torch.bool), diagonal=1).expand(6, 5, 5).clone()
     torch.testing.assert_close(ours(x, src_mask=blocked), reference(x, src_mask=blocked), rtol=1e-5, atol=1e-5)
+
+
+def test_a_kernel_content_map_predicts_new_rows_from_the_anchors_and_survives_a_reload():
+    """A kernel map (sharpness > 0) predicts a new item's block row as [k(x, anchors), 1] @ map, in chunks of rows;
+    its buffers take their saved shapes on load, and a state dict from before the kernel map loads as a linear map."""
+    from recsys.model.item_item import predict_content_rows
+    from recsys.model.two_tower import build_model
+
+    cfg = ModelConfig(dim=8, head_hidden=16, max_history=6, item_item="ease", item_item_rank=4, item_item_new_items="content")
+    vocab = ["a", "b", "c", "d"]
+    model = build_model(cfg, WIDTHS, item_id_vocab=vocab)
+    rng = np.random.default_rng(2)
+    q = rng.normal(size=(4, 4)).astype(np.float32)
+    s = rng.uniform(0.5, 1.0, size=4).astype(np.float32)
+    features = _features(6)
+    features.id_index = torch.tensor([1, 2, 3, 4, 0, 0])  # rows 4 and 5 are new items
+    design = model.content_design(features, unit=True).numpy()
+    assert model.content_parts == 2 and design.shape == (6, 16 + 3 + 1)
+    kernel_map = rng.normal(size=(4 + 1, 4)).astype(np.float32)
+    with pytest.raises(ValueError, match="needs anchors"):
+        model.set_block(q, s, 1.0, 1.0, content_map=kernel_map, content_unit=True, content_sharpness=2.0)
+    with pytest.raises(ValueError, match="content map shape"):
+        model.set_block(q, s, 1.0, 1.0, content_map=kernel_map[:3], content_unit=True, content_sharpness=2.0,
+                        content_anchors=design[:4, :-1])
+    model.set_block(q, s, 1.0, 1.0, content_map=kernel_map, content_unit=True, content_sharpness=2.0, content_anchors=design[:4, :-1])
+    expected = predict_content_rows(design[4:], kernel_map, design[:4, :-1], 2.0, 2)
+    vectors, _ = model.encode_items_with_bias(features)
+    np.testing.assert_allclose(vectors[:4, 8:12], q, atol=1e-6)
+    np.testing.assert_allclose(vectors[4:, 8:12], expected, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(model.content_rows(torch.as_tensor(design[4:]), chunk_size=1).numpy(), expected, rtol=1e-4, atol=1e-4)
+    # A fresh model (built with the empty linear-map buffers) loads the kernel map's saved shapes.
+    reloaded = build_model(cfg, WIDTHS, item_id_vocab=vocab)
+    reloaded.load_state_dict(model.state_dict())
+    np.testing.assert_allclose(reloaded.encode_items_with_bias(features)[0], vectors, atol=1e-6)
+    # A state dict saved before the kernel map (no sharpness, no anchors) is a linear map.
+    linear_map = rng.normal(size=(16 + 3 + 1, 4)).astype(np.float32)
+    old = {k: v for k, v in model.state_dict().items() if k not in ("block_content_sharpness", "block_content_anchors")}
+    old["block_content_map"] = torch.as_tensor(linear_map)
+    reloaded.load_state_dict(old)
+    assert float(reloaded.block_content_sharpness) == 0.0 and len(reloaded.block_content_anchors) == 0
+    np.testing.assert_allclose(reloaded.encode_items_with_bias(features)[0][4:, 8:12], design[4:] @ linear_map, rtol=1e-4, atol=1e-4)
