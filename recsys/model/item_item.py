@@ -117,19 +117,39 @@ def content_similarity_kernel(design: np.ndarray, anchors: np.ndarray, sharpness
     return np.exp(float(sharpness) * (similarity - 1.0))
 
 
+@dataclass
+class ContentKernel:
+    """The eigen-decomposition of the kernel among the known items' content (`content_similarity_kernel`),
+    computed once and reused for every target and ridge (the block's search maps new factors per ridge and
+    pair window)."""
+
+    eigenvalues: np.ndarray
+    eigenvectors: np.ndarray
+
+    @classmethod
+    def of(cls, design: np.ndarray, sharpness: float, n_parts: int) -> "ContentKernel":
+        """Eigenvectors kept in float32: a search holds one decomposition per sharpness (n x n each)."""
+        design = np.asarray(design, dtype=np.float64)
+        eigenvalues, eigenvectors = np.linalg.eigh(content_similarity_kernel(design, design[:, :-1], sharpness, n_parts))
+        return cls(eigenvalues, eigenvectors.astype(np.float32))
+
+    def maps(self, targets: np.ndarray, l2: list[float]) -> list[np.ndarray]:
+        """One map per ridge value: [n_known + 1, rank], A stacked on the mean, with (K + l2 I) A = targets - mean."""
+        targets = np.asarray(targets, dtype=np.float64)
+        mean = targets.mean(axis=0, keepdims=True)
+        vectors = self.eigenvectors.astype(np.float64)
+        projected = vectors.T @ (targets - mean)
+        return [np.concatenate([vectors @ (projected / (self.eigenvalues + value)[:, None]), mean]).astype(np.float32)
+                for value in l2]
+
+
 def fit_kernel_content_map(design: np.ndarray, targets: np.ndarray, l2: list[float], sharpness: float, n_parts: int) -> list[np.ndarray]:
     """Kernel ridge maps from content to `targets` (rows = known items), one per ridge value in `l2`: new
     item rows are mean + k(x, anchors) A with (K + l2 I) A = targets - mean, K = `content_similarity_kernel`
     among the known items (the anchors: `design` without its bias column). Each map is [n_known + 1, rank],
     A stacked on the mean, so [k(x, anchors), 1] @ map predicts a row. Unlike a linear map of the content,
     a new item's row is drawn mostly from the known items whose content is nearest (docs/results.md)."""
-    design = np.asarray(design, dtype=np.float64)
-    targets = np.asarray(targets, dtype=np.float64)
-    mean = targets.mean(axis=0, keepdims=True)
-    eigenvalues, eigenvectors = np.linalg.eigh(content_similarity_kernel(design, design[:, :-1], sharpness, n_parts))
-    projected = eigenvectors.T @ (targets - mean)
-    return [np.concatenate([eigenvectors @ (projected / (eigenvalues + value)[:, None]), mean]).astype(np.float32)
-            for value in l2]
+    return ContentKernel.of(design, sharpness, n_parts).maps(targets, l2)
 
 
 def predict_content_rows(design: np.ndarray, content_map: np.ndarray, anchors: np.ndarray | None, sharpness: float,

@@ -26,7 +26,7 @@ from recsys.data.histories import time_ordered_share, times_of
 from recsys.encoders.features import ItemFeatures
 from recsys.model.fitting import Fit, TrainingData, TrainResult, validation_score
 from recsys.model.grid import FLOOR_WEIGHT, Grid, Trial, best, crossfit, search, wins_on_both_halves
-from recsys.model.item_item import GramSpectrum, block_user_vectors, fit_content_map, fit_kernel_content_map, predict_content_rows
+from recsys.model.item_item import ContentKernel, GramSpectrum, block_user_vectors, fit_content_map, predict_content_rows
 from recsys.model.two_tower import ItemItemBlend, ModelScorer
 
 logger = logging.getLogger(__name__)
@@ -53,6 +53,11 @@ class BlockSearch:
         self.factors = functools.lru_cache(maxsize=1)(self._factors)
         self.user_side = functools.lru_cache(maxsize=1)(self._user_side)
         self.block_scores = functools.lru_cache(maxsize=1)(self._block_scores)
+        self.content_kernel = functools.lru_cache(maxsize=None)(self._content_kernel)
+
+    def _content_kernel(self, norm: str, sharpness: float) -> ContentKernel:
+        """The known items' content kernel, once per (content norm, sharpness) for the whole search."""
+        return ContentKernel.of(self.designs[norm][self.seen_rows], sharpness, self.content_parts)
 
     def _spectrum(self, window: float) -> GramSpectrum:
         return GramSpectrum.of_sequences(self.data.sequences, len(self.data.index), self.max_items, window)
@@ -69,7 +74,7 @@ class BlockSearch:
                 if sharpness == 0.0:
                     fitted, anchors = fit_content_map(known, targets, list(self.content_l2s)), None
                 else:
-                    fitted = fit_kernel_content_map(known, targets, list(self.content_l2s), sharpness, self.content_parts)
+                    fitted = self.content_kernel(norm, sharpness).maps(targets, list(self.content_l2s))
                     anchors = known[:, :-1]
                 maps.update({(norm, sharpness, l2_map): (m, predict_content_rows(design[self.unseen], m, anchors, sharpness, self.content_parts))
                              for l2_map, m in zip(self.content_l2s, fitted)})
