@@ -139,8 +139,8 @@ class ModelConfig(_Section):
         default=False,
         description="Add content-kNN's scores (cosine between an item's frozen text + image embeddings and the mean "
         "of the user's history's) to the model's, with a weight picked on validation (train.content_knn_weights), "
-        "served as extra vector dimensions. The recipe turns it on only where it wins on held-out validation users "
-        "or the model is below content-kNN itself (then content-kNN ranks: a small catalog is never served worse "
+        "served as extra vector dimensions. The recipe turns it on only where a weight beats the model alone on each half of "
+        "validation (of the held-out items, on cold) or the model is below content-kNN itself (then content-kNN ranks: a small catalog is never served worse "
         "than its frozen embeddings).",
     )
 

@@ -2,8 +2,10 @@
 that decides whether that is worth serving.
 
 The weight (train.content_knn_weights, in units of the model's score spread over content-kNN's) is
-searched on the validation queries and kept only if it wins on validation users that did not pick it
-(`crossfit`). The floor: a model below content-kNN itself on validation is not shipped; content-kNN
+searched on the validation queries and kept only if it beats the model alone on each half of validation
+(`wins_on_both_halves`; on cold validation the halves split the held-out items, RankingJudge.item_halves:
+the model's settings were picked on those same items, so halves of the users, who share them, would both
+favour whatever fits them). The floor: a model below content-kNN itself on validation is not shipped; content-kNN
 ranks and the model only breaks its near-ties (weight `FLOOR_WEIGHT`). Where neither holds the fit
 returns the model unwrapped, so catalogs the towers serve well keep their narrower vectors.
 """
@@ -19,7 +21,7 @@ from recsys.config import PipelineConfig
 from recsys.encoders.features import ItemFeatures
 from recsys.eval.baselines import ContentKNNScorer, frozen_content_embeddings
 from recsys.model.fitting import Fit, TrainingData, TrainResult, validation_score
-from recsys.model.grid import FLOOR_WEIGHT, Grid, Trial, crossfit, search
+from recsys.model.grid import FLOOR_WEIGHT, Grid, Trial, search, wins_on_both_halves
 from recsys.model.two_tower import ContentKNNBlend, ModelScorer
 
 logger = logging.getLogger(__name__)
@@ -52,21 +54,23 @@ class ContentKNNFit:
             metric = self.cfg.train.valid_metric
 
             def value(point):
-                total, first, second = data.valid.value_halves(base_scores + point["weight"] * spread * content_scores, metric)
+                total, first, second = data.valid.value_halves(base_scores + point["weight"] * spread * content_scores, metric,
+                                                               by="items")
                 return total, (first, second)
 
             trials = search(grid, value)
             incumbent = Trial({"weight": 0.0}, *value({"weight": 0.0}))
-            verdict = crossfit(trials, incumbent)
+            verdict = wins_on_both_halves(trials, incumbent)
             alone = data.valid.value(content_scores, metric)
             relative, kept = verdict.winner.point["weight"], verdict.kept
-            picked.update(model_valid=incumbent.value, content_knn_valid=alone, crossfit_gain=verdict.gain)
+            picked.update(model_valid=incumbent.value, content_knn_valid=alone, half_gain=verdict.gain)
             if verdict.winner.value < alone:
                 relative, kept = FLOOR_WEIGHT, True
                 picked["floor"] = True
             logger.info("content-kNN: model %s=%.4f, content-kNN alone %.4f; %s", metric, incumbent.value, alone,
                         "below content-kNN: content-kNN ranks, the model orders its near-ties" if picked.get("floor")
-                        else f"weight {relative:g} x spread {verdict.reason(metric)}")
+                        else f"weight {relative:g} x spread: {'kept, it beats' if verdict.kept else 'not kept, no weight beats'} "
+                             f"the model alone on each half of validation (by at least {verdict.gain:+.4f})")
         if not kept and self.decide:
             return dataclasses.replace(result, content_knn={**picked, "kept": False, "weight_relative": 0.0})
         model.set_weight(relative * spread)

@@ -329,13 +329,13 @@ class RecipeFit:
         if not picked.get("kept"):
             if picked:
                 self.choices.append(Choice("model.content_knn", False, f"the model ({picked['model_valid']:.4f}) is not below "
-                                           f"content-kNN ({picked['content_knn_valid']:.4f}) and adding it does not win on "
-                                           f"held-out validation users (out-of-sample gain {picked['crossfit_gain']:+.4f})"))
+                                           f"content-kNN ({picked['content_knn_valid']:.4f}) and no weight of it beats the model "
+                                           "alone on each half of validation"))
             return result, cfg
         reason = (f"the model ({picked['model_valid']:.4f}) is below content-kNN ({picked['content_knn_valid']:.4f}) on "
                   "validation: content-kNN ranks and the model orders its near-ties" if picked.get("floor") else
-                  f"weight {picked['weight_relative']:g} x spread wins on held-out validation users (out-of-sample gain "
-                  f"{picked['crossfit_gain']:+.4f})")
+                  f"weight {picked['weight_relative']:g} x spread beats the model alone on each half of validation (by at "
+                  f"least {picked['half_gain']:+.4f})")
         return result, self.decide(cfg, {"model.content_knn": True, "train.content_knn_weights": [picked["weight_relative"]]}, reason)
 
     def _ensemble(self, cfg: PipelineConfig, features: ItemFeatures, data: TrainingData, budget: Budget,

@@ -349,3 +349,36 @@ def test_the_block_weight_grid_reaches_the_floor_by_default():
 
     weights = TrainConfig().item_item_weights
     assert weights[-1] == FLOOR_WEIGHT and weights[:-1] == sorted(weights[:-1])
+
+
+def test_content_knn_is_judged_on_halves_of_the_held_out_items_on_cold(tiny_data, tiny_features, make_config, tmp_path, monkeypatch):
+    """On cold validation the model's settings were picked on the few held-out items every user shares, so
+    halves of the users both favour whatever fits those items: adding content-kNN is judged on halves of the
+    items instead (RankingJudge.item_halves), and kept only if a weight beats the model alone on each."""
+    from recsys.data.splits import cold_item_split
+    from recsys.eval.protocol import RankingJudge
+    from recsys.model.content_knn_fit import ContentKNNFit
+    from recsys.model.recipe import Fitted
+
+    _, interactions = tiny_data
+    cfg = make_config(tmp_path, **{"train.epochs": 1})
+    cold = cold_item_split(interactions, tiny_features.item_ids, fraction=0.2, seed=0, valid_fraction=0.2)
+    index = item_index_of(np.asarray(tiny_features.item_ids))
+    candidates = item_rows(cold.meta["valid_candidate_items"], index)
+    towers = fit_two_tower(tiny_features, cold.train, cold.valid, cfg, show_progress=False, valid_candidates=candidates)
+    data = prepare_training_data(tiny_features, cold.train, cold.valid, cfg, candidates)
+    assert data.valid.item_halves is not None
+    asked, value_halves = [], RankingJudge.value_halves
+
+    def spy(self, scores, metric, by="users"):
+        asked.append(by)
+        return value_halves(self, scores, metric, by)
+
+    monkeypatch.setattr(RankingJudge, "value_halves", spy)
+    result = ContentKNNFit(Fitted(towers), cfg).fit(tiny_features, data)
+    assert asked and set(asked) == {"items"}
+    picked = result.content_knn
+    grid_points = len(cfg.train.content_knn_weights) + 1  # each weight and the model alone
+    assert len(asked) == grid_points and "half_gain" in picked
+    # Kept only with a positive gain on the closer half; otherwise the model ships unwrapped.
+    assert picked["kept"] == (picked["half_gain"] > 0 or bool(picked.get("floor"))), picked
