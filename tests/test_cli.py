@@ -175,6 +175,14 @@ def test_train_with_the_recipe_records_its_choices_and_refits_on_everything(file
     interactions = pl.read_csv(files["interactions"])
     assert bundle.meta["refit"]["interactions"] == interactions.unique(["user_id", "item_id"]).height
     assert len(bundle.meta["refit"]["epochs"]) == bundle.config.model.ensemble_size
+    # The refit rebuilt the item-item block at the settings validation picked, its content map included.
+    assert bundle.config.model.item_item == "ease" and bundle.config.model.item_item_new_items == "content"
+    block = bundle.model
+    while not hasattr(block, "block_content_sharpness"):
+        block = block.base
+    assert float(block.block_content_sharpness) in bundle.config.train.item_item_content_sharpness
+    assert float(block.block_content_sharpness) > 0  # a kernel map: the default grid has no linear one
+    assert len(block.block_content_anchors) == len(block.item_id_vocab) == block.block_content_map.shape[0] - 1
     client = MlflowClient(f"sqlite:///{db}")
     runs = client.search_runs([client.get_experiment_by_name("recsys").experiment_id])
     train_run = next(r for r in runs if r.data.tags.get("step") == "train")
