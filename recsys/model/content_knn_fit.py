@@ -69,8 +69,8 @@ class ContentKNNFit:
                 picked["floor"] = True
             logger.info("content-kNN: model %s=%.4f, content-kNN alone %.4f; %s", metric, incumbent.value, alone,
                         "below content-kNN: content-kNN ranks, the model orders its near-ties" if picked.get("floor")
-                        else f"weight {relative:g} x spread: {'kept, it beats' if verdict.kept else 'not kept, no weight beats'} "
-                             f"the model alone on each half of validation (by at least {verdict.gain:+.4f})")
+                        else f"weight {relative:g} x spread kept: it beats the model alone on each half of validation (by at least "
+                             f"{verdict.gain:+.4f})" if verdict.kept else "not added: no weight beats the model alone on each half of validation")
         if not kept and self.decide:
             return dataclasses.replace(result, content_knn={**picked, "kept": False, "weight_relative": 0.0})
         model.set_weight(relative * spread)
