@@ -243,7 +243,7 @@ def render_section(dataset: str, protocol: str, block: dict, recsys_config: str 
                     if r["item_item_kept"] else "not kept" for r in blocks
                 )
                 picked += f"; item-item block per seed: {per_seed} (towers alone: valid {towers:.4f})"
-                grid += ("; the block's pair window, ridge, decay, weight (and the new items' content-map ridge) on "
+                grid += ("; the block's pair window, ridge, decay, weight (and the new items' content map: sharpness, ridge) on "
                          "validation, after the towers are trained")
             lines.append(f"| {name} | {picked} | {valid} | {grid} |")
             continue
