@@ -26,7 +26,7 @@ from recsys.data.histories import time_ordered_share, times_of
 from recsys.encoders.features import ItemFeatures
 from recsys.model.fitting import Fit, TrainingData, TrainResult, validation_score
 from recsys.model.grid import FLOOR_WEIGHT, Grid, Trial, best, crossfit, search, wins_on_both_halves
-from recsys.model.item_item import ContentKernel, GramSpectrum, block_user_vectors, fit_content_map, predict_content_rows
+from recsys.model.item_item import ContentKernel, GramSpectrum, block_user_vectors, content_similarity_kernel, fit_content_map
 from recsys.model.two_tower import ItemItemBlend, ModelScorer
 
 logger = logging.getLogger(__name__)
@@ -55,9 +55,12 @@ class BlockSearch:
         self.block_scores = functools.lru_cache(maxsize=1)(self._block_scores)
         self.content_kernel = functools.lru_cache(maxsize=None)(self._content_kernel)
 
-    def _content_kernel(self, norm: str, sharpness: float) -> ContentKernel:
-        """The known items' content kernel, once per (content norm, sharpness) for the whole search."""
-        return ContentKernel.of(self.designs[norm][self.seen_rows], sharpness, self.content_parts)
+    def _content_kernel(self, norm: str, sharpness: float) -> tuple[ContentKernel, np.ndarray]:
+        """The known items' content kernel and the unseen items' kernel to them, once per (content norm,
+        sharpness) for the whole search."""
+        known = self.designs[norm][self.seen_rows]
+        unseen = content_similarity_kernel(self.designs[norm][self.unseen], known[:, :-1], sharpness, self.content_parts)
+        return ContentKernel.of(known, sharpness, self.content_parts), unseen
 
     def _spectrum(self, window: float) -> GramSpectrum:
         return GramSpectrum.of_sequences(self.data.sequences, len(self.data.index), self.max_items, window)
@@ -72,12 +75,13 @@ class BlockSearch:
             known, targets = design[self.seen_rows], q[self.seen_rows]
             for sharpness in self.content_sharpness:
                 if sharpness == 0.0:
-                    fitted, anchors = fit_content_map(known, targets, list(self.content_l2s)), None
-                else:
-                    fitted = self.content_kernel(norm, sharpness).maps(targets, list(self.content_l2s))
-                    anchors = known[:, :-1]
-                maps.update({(norm, sharpness, l2_map): (m, predict_content_rows(design[self.unseen], m, anchors, sharpness, self.content_parts))
-                             for l2_map, m in zip(self.content_l2s, fitted)})
+                    fitted = fit_content_map(known, targets, list(self.content_l2s))
+                    maps.update({(norm, 0.0, l2_map): (m, design[self.unseen] @ m) for l2_map, m in zip(self.content_l2s, fitted)})
+                    continue
+                kernel, unseen_kernel = self.content_kernel(norm, sharpness)
+                # The rows predict_content_rows gives, from the unseen items' kernel computed once.
+                maps.update({(norm, sharpness, l2_map): (m, unseen_kernel @ m[:-1] + m[-1])
+                             for l2_map, m in zip(self.content_l2s, kernel.maps(targets, list(self.content_l2s)))})
         return q, s, maps
 
     def _user_side(self, window: float, l2: float, decay: float) -> tuple[np.ndarray, np.ndarray, float]:
