@@ -153,13 +153,16 @@ def fit_kernel_content_map(design: np.ndarray, targets: np.ndarray, l2: list[flo
 
 
 def predict_content_rows(design: np.ndarray, content_map: np.ndarray, anchors: np.ndarray | None, sharpness: float,
-                         n_parts: int) -> np.ndarray:
+                         n_parts: int, chunk_size: int = 4096) -> np.ndarray:
     """The item side the content map predicts for the items of `design`: design @ map for a linear map
     (no anchors), [kernel to the anchors, 1] @ map for a kernel map (`fit_kernel_content_map`)."""
     if anchors is None or not len(anchors):
         return np.asarray(design, dtype=np.float64) @ content_map
-    kernel = content_similarity_kernel(design, anchors, sharpness, n_parts)
-    return kernel @ content_map[:-1] + content_map[-1]
+    rows = np.empty((len(design), content_map.shape[1]), dtype=np.float64)
+    for start in range(0, len(design), chunk_size):  # a large new catalog never holds its whole kernel at once
+        kernel = content_similarity_kernel(design[start : start + chunk_size], anchors, sharpness, n_parts)
+        rows[start : start + chunk_size] = kernel @ content_map[:-1] + content_map[-1]
+    return rows
 
 
 def fit_content_map(design: np.ndarray, targets: np.ndarray, l2: float | list[float]) -> np.ndarray | list[np.ndarray]:

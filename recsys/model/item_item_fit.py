@@ -26,10 +26,21 @@ from recsys.data.histories import time_ordered_share, times_of
 from recsys.encoders.features import ItemFeatures
 from recsys.model.fitting import Fit, TrainingData, TrainResult, validation_score
 from recsys.model.grid import FLOOR_WEIGHT, Grid, Trial, best, crossfit, search, wins_on_both_halves
-from recsys.model.item_item import ContentKernel, GramSpectrum, block_user_vectors, content_similarity_kernel, fit_content_map
+from recsys.model.item_item import (
+    ContentKernel,
+    GramSpectrum,
+    block_user_vectors,
+    content_similarity_kernel,
+    fit_content_map,
+    predict_content_rows,
+)
 from recsys.model.two_tower import ItemItemBlend, ModelScorer
 
 logger = logging.getLogger(__name__)
+
+# The unseen items' content kernel to the known items is kept for the whole block search up to this many entries
+# (200 MB in float32); above it each content map computes its rows in chunks.
+UNSEEN_KERNEL_LIMIT = 50_000_000
 
 
 class BlockSearch:
@@ -55,12 +66,22 @@ class BlockSearch:
         self.block_scores = functools.lru_cache(maxsize=1)(self._block_scores)
         self.content_kernel = functools.lru_cache(maxsize=None)(self._content_kernel)
 
-    def _content_kernel(self, norm: str, sharpness: float) -> tuple[ContentKernel, np.ndarray]:
-        """The known items' content kernel and the unseen items' kernel to them, once per (content norm,
-        sharpness) for the whole search."""
-        known = self.designs[norm][self.seen_rows]
-        unseen = content_similarity_kernel(self.designs[norm][self.unseen], known[:, :-1], sharpness, self.content_parts)
-        return ContentKernel.of(known, sharpness, self.content_parts), unseen
+    def _content_kernel(self, norm: str, sharpness: float) -> tuple[ContentKernel, np.ndarray | None]:
+        """The known items' content kernel and, where it is small enough to keep (UNSEEN_KERNEL_LIMIT entries), the
+        unseen items' kernel to them, once per (content norm, sharpness) for the whole search."""
+        known, unseen = self.designs[norm][self.seen_rows], self.designs[norm][self.unseen]
+        cross = None
+        if len(unseen) * len(known) <= UNSEEN_KERNEL_LIMIT:
+            cross = content_similarity_kernel(unseen, known[:, :-1], sharpness, self.content_parts).astype(np.float32)
+        return ContentKernel.of(known, sharpness, self.content_parts), cross
+
+    def _kernel_rows(self, norm: str, sharpness: float, content_map: np.ndarray) -> np.ndarray:
+        """The unseen items' rows a kernel map predicts (`predict_content_rows`, from the kept kernel when there is one)."""
+        _, cross = self.content_kernel(norm, sharpness)
+        if cross is None:
+            known = self.designs[norm][self.seen_rows]
+            return predict_content_rows(self.designs[norm][self.unseen], content_map, known[:, :-1], sharpness, self.content_parts)
+        return cross @ content_map[:-1] + content_map[-1]
 
     def _spectrum(self, window: float) -> GramSpectrum:
         return GramSpectrum.of_sequences(self.data.sequences, len(self.data.index), self.max_items, window)
@@ -78,9 +99,8 @@ class BlockSearch:
                     fitted = fit_content_map(known, targets, list(self.content_l2s))
                     maps.update({(norm, 0.0, l2_map): (m, design[self.unseen] @ m) for l2_map, m in zip(self.content_l2s, fitted)})
                     continue
-                kernel, unseen_kernel = self.content_kernel(norm, sharpness)
-                # The rows predict_content_rows gives, from the unseen items' kernel computed once.
-                maps.update({(norm, sharpness, l2_map): (m, unseen_kernel @ m[:-1] + m[-1])
+                kernel = self.content_kernel(norm, sharpness)[0]
+                maps.update({(norm, sharpness, l2_map): (m, self._kernel_rows(norm, sharpness, m))
                              for l2_map, m in zip(self.content_l2s, kernel.maps(targets, list(self.content_l2s)))})
         return q, s, maps
 

@@ -197,6 +197,9 @@ def test_kernel_content_map_solves_kernel_ridge_and_draws_new_rows_from_the_near
     # More ridge: predictions pulled towards the mean row.
     spread = [np.abs(predict_content_rows(design, m, anchors, 2.0, 2) - mean).mean() for m in maps]
     assert spread[1] < spread[0]
+    # Rows in chunks are the rows at once.
+    np.testing.assert_allclose(predict_content_rows(design, maps[0], anchors, 2.0, 2, chunk_size=7),
+                               predict_content_rows(design, maps[0], anchors, 2.0, 2), atol=1e-10)
     # A sharp kernel draws a new item's row from the known item with the same content; a linear map of
     # the content cannot (40 targets, 10 content dimensions).
     sharp = fit_kernel_content_map(design, targets, [1e-3], sharpness=50.0, n_parts=2)[0]
@@ -206,9 +209,16 @@ def test_kernel_content_map_solves_kernel_ridge_and_draws_new_rows_from_the_near
     assert np.abs(predict_content_rows(copy, linear, None, 0.0, 2)[0] - targets[3]).max() > 0.1
 
 
-def test_a_content_map_lets_the_block_score_cold_validation_items(tiny_data, tiny_features, tmp_path, make_config):
+@pytest.mark.parametrize("keep_unseen_kernel", [True, False], ids=["unseen-kernel-kept", "unseen-rows-in-chunks"])
+def test_a_content_map_lets_the_block_score_cold_validation_items(tiny_data, tiny_features, tmp_path, make_config, monkeypatch,
+                                                                 keep_unseen_kernel):
     """model.item_item_new_items=content: on cold validation the held-out items get predicted block rows,
-    so the block can raise validation there; the reported score is the served model's."""
+    so the block can raise validation there; the reported score is the served model's (whether the search kept
+    the unseen items' kernel or, for a large catalog, computed their rows in chunks)."""
+    import recsys.model.item_item_fit as item_item_fit
+
+    if not keep_unseen_kernel:
+        monkeypatch.setattr(item_item_fit, "UNSEEN_KERNEL_LIMIT", 0)
     _, interactions = tiny_data
     cfg = make_config(tmp_path, **{"model.item_item": "ease", "model.item_item_rank": 16, "model.item_item_new_items": "content",
                                    "train.item_item_l2": [10.0], "train.item_item_content_l2": [1.0, 10.0]})
