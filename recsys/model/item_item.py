@@ -22,7 +22,7 @@ rewriting above still holds. All choices (pair window, ridge, decay, blend weigh
 validation split after the towers are trained (`recsys.model.train`).
 
 A new item has no row of G. With `model.item_item_new_items=content` its item side Q_i is predicted
-from its frozen content by a kernel ridge map fit on the known items (`fit_kernel_content_map`: mostly the
+from its frozen content by a kernel ridge map fit on the known items (`ContentKernel`: mostly the
 rows of the known items nearest in content; `fit_content_map`, linear in the content, with sharpness 0): the
 block then scores it by how the user's history co-occurs with known items of similar content. Its s_i stays 0,
 so it adds nothing to a history until the block is refit.
@@ -119,9 +119,11 @@ def content_similarity_kernel(design: np.ndarray, anchors: np.ndarray, sharpness
 
 @dataclass
 class ContentKernel:
-    """The eigen-decomposition of the kernel among the known items' content (`content_similarity_kernel`),
-    computed once and reused for every target and ridge (the block's search maps new factors per ridge and
-    pair window)."""
+    """Kernel ridge maps from content to targets (rows = known items): new item rows are mean + k(x, anchors) A
+    with (K + l2 I) A = targets - mean, K = `content_similarity_kernel` among the known items (the anchors: their
+    design without its bias column). Unlike a linear map of the content, a new item's row is drawn mostly from the
+    known items whose content is nearest (docs/results.md). The eigen-decomposition of K is computed once and
+    reused for every target and ridge (the block's search maps new factors per ridge and pair window)."""
 
     eigenvalues: np.ndarray
     eigenvectors: np.ndarray
@@ -134,7 +136,8 @@ class ContentKernel:
         return cls(eigenvalues, eigenvectors.astype(np.float32))
 
     def maps(self, targets: np.ndarray, l2: list[float]) -> list[np.ndarray]:
-        """One map per ridge value: [n_known + 1, rank], A stacked on the mean, with (K + l2 I) A = targets - mean."""
+        """One map per ridge value: [n_known + 1, rank], A stacked on the mean, so [k(x, anchors), 1] @ map
+        predicts a row (`predict_content_rows`)."""
         targets = np.asarray(targets, dtype=np.float64)
         mean = targets.mean(axis=0, keepdims=True)
         vectors = self.eigenvectors.astype(np.float64)
@@ -143,19 +146,10 @@ class ContentKernel:
                 for value in l2]
 
 
-def fit_kernel_content_map(design: np.ndarray, targets: np.ndarray, l2: list[float], sharpness: float, n_parts: int) -> list[np.ndarray]:
-    """Kernel ridge maps from content to `targets` (rows = known items), one per ridge value in `l2`: new
-    item rows are mean + k(x, anchors) A with (K + l2 I) A = targets - mean, K = `content_similarity_kernel`
-    among the known items (the anchors: `design` without its bias column). Each map is [n_known + 1, rank],
-    A stacked on the mean, so [k(x, anchors), 1] @ map predicts a row. Unlike a linear map of the content,
-    a new item's row is drawn mostly from the known items whose content is nearest (docs/results.md)."""
-    return ContentKernel.of(design, sharpness, n_parts).maps(targets, l2)
-
-
 def predict_content_rows(design: np.ndarray, content_map: np.ndarray, anchors: np.ndarray | None, sharpness: float,
                          n_parts: int, chunk_size: int = 4096) -> np.ndarray:
     """The item side the content map predicts for the items of `design`: design @ map for a linear map
-    (no anchors), [kernel to the anchors, 1] @ map for a kernel map (`fit_kernel_content_map`)."""
+    (no anchors), [kernel to the anchors, 1] @ map for a kernel map (`ContentKernel.maps`)."""
     if anchors is None or not len(anchors):
         return np.asarray(design, dtype=np.float64) @ content_map
     rows = np.empty((len(design), content_map.shape[1]), dtype=np.float64)

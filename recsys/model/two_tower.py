@@ -17,7 +17,7 @@ from torch import nn
 
 from recsys.config import ModelConfig
 from recsys.encoders.features import ItemFeatures
-from recsys.model.item_item import block_user_vectors
+from recsys.model.item_item import block_user_vectors, predict_content_rows
 from recsys.model.modalities import MODALITIES, used_modalities
 from recsys.model.towers import ItemTower, UserTower
 
@@ -246,7 +246,7 @@ class ItemItemBlend(RetrievalModel):
     API are unchanged). An item without a block row (a new item) has s = 0, so it adds nothing to a
     history, and Q = 0 (scored by the towers exactly as without the block) or, with
     `model.item_item_new_items=content`, Q predicted from its content: [k(x, anchors), 1] @ map, with a
-    kernel k to the known items' content (the anchors; recsys.model.item_item.fit_kernel_content_map), or
+    kernel k to the known items' content (the anchors; recsys.model.item_item.ContentKernel), or
     [text, categories, 1] @ map for a linear map (sharpness 0; bundles saved before the kernel map).
     """
 
@@ -343,18 +343,13 @@ class ItemItemBlend(RetrievalModel):
         parts.append(torch.ones(features.n, 1, device=parts[0].device if parts else device))
         return torch.cat(parts, dim=1)
 
-    def content_rows(self, design: torch.Tensor, chunk_size: int = 4096) -> torch.Tensor:
-        """The block's item side the content map predicts for the rows of `design` (`content_design`); a
-        kernel map in chunks of rows, so a large new catalog never holds its whole kernel at once."""
-        if not len(self.block_content_anchors):
-            return design @ self.block_content_map
-        anchors, sharpness = self.block_content_anchors.to(design.dtype), float(self.block_content_sharpness)
-        coefficients, mean = self.block_content_map[:-1], self.block_content_map[-1]
-        out = []
-        for start in range(0, len(design), chunk_size):
-            similarity = design[start : start + chunk_size, :-1] @ anchors.T / max(self.content_parts, 1)
-            out.append(torch.exp(sharpness * (similarity - 1.0)) @ coefficients + mean)
-        return torch.cat(out) if out else design.new_zeros(0, self.rank)
+    def content_rows(self, design: torch.Tensor) -> torch.Tensor:
+        """The block's item side the content map predicts for the rows of `design` (`content_design`):
+        recsys.model.item_item.predict_content_rows, the function the block search scored it with."""
+        anchors = self.block_content_anchors.numpy() if len(self.block_content_anchors) else None
+        rows = predict_content_rows(design.detach().cpu().numpy(), self.block_content_map.numpy(), anchors,
+                                    float(self.block_content_sharpness), self.content_parts)
+        return torch.as_tensor(rows, dtype=design.dtype, device=design.device)
 
     @property
     def dim(self) -> int:

@@ -10,11 +10,11 @@ import pytest
 
 from recsys.data.splits import cold_item_split, loo_split
 from recsys.model.item_item import (
+    ContentKernel,
     GramSpectrum,
     block_user_vectors,
     content_similarity_kernel,
     fit_content_map,
-    fit_kernel_content_map,
     predict_content_rows,
     history_ages,
     history_weights,
@@ -186,7 +186,7 @@ def test_kernel_content_map_solves_kernel_ridge_and_draws_new_rows_from_the_near
     # Identical content scores 1; the mean cosine over the two modalities sets the rest.
     np.testing.assert_allclose(np.diag(kernel), 1.0, atol=1e-12)
     np.testing.assert_allclose(kernel[0, 1], np.exp(2.0 * ((design[0, :-1] @ design[1, :-1]) / 2 - 1)))
-    maps = fit_kernel_content_map(design, targets, [0.1, 10.0], sharpness=2.0, n_parts=2)
+    maps = ContentKernel.of(design, 2.0, n_parts=2).maps(targets, [0.1, 10.0])
     mean = targets.mean(0)
     for l2, found in zip((0.1, 10.0), maps):
         assert found.shape == (41, 4)
@@ -202,7 +202,7 @@ def test_kernel_content_map_solves_kernel_ridge_and_draws_new_rows_from_the_near
                                predict_content_rows(design, maps[0], anchors, 2.0, 2), atol=1e-10)
     # A sharp kernel draws a new item's row from the known item with the same content; a linear map of
     # the content cannot (40 targets, 10 content dimensions).
-    sharp = fit_kernel_content_map(design, targets, [1e-3], sharpness=50.0, n_parts=2)[0]
+    sharp = ContentKernel.of(design, 50.0, n_parts=2).maps(targets, [1e-3])[0]
     copy = design[[3]]
     np.testing.assert_allclose(predict_content_rows(copy, sharp, anchors, 50.0, 2)[0], targets[3], atol=0.05)
     linear = fit_content_map(design, targets, 1e-3)

@@ -402,7 +402,7 @@ def test_a_kernel_content_map_predicts_new_rows_from_the_anchors_and_survives_a_
     vectors, _ = model.encode_items_with_bias(features)
     np.testing.assert_allclose(vectors[:4, 8:12], q, atol=1e-6)
     np.testing.assert_allclose(vectors[4:, 8:12], expected, rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(model.content_rows(torch.as_tensor(design[4:]), chunk_size=1).numpy(), expected, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(model.content_rows(torch.as_tensor(design[4:])).numpy(), expected, rtol=1e-4, atol=1e-4)
     # A fresh model (built with the empty linear-map buffers) loads the kernel map's saved shapes.
     reloaded = build_model(cfg, WIDTHS, item_id_vocab=vocab)
     reloaded.load_state_dict(model.state_dict())
