@@ -303,7 +303,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--protocols", default="loo,cold")
     p.add_argument("--seeds", type=int, default=3, help="model seeds for recsys and stochastic peers")
     p.add_argument("--peers", default=",".join(PEERS), help=f"comma list of {sorted(PEERS)}")
-    p.add_argument("--skip-recsys", action="store_true")
+    p.add_argument("--skip-recsys", action="store_true", help="no default recipe (peers, or --hand-config alone)")
     p.add_argument("--recsys-config", type=Path, default=None, help="default: the dataset's data-only config (the recipe chooses)")
     p.add_argument("--hand-config", action="store_true",
                    help="also score the hand-written config the recipe replaced (bench/configs/hand_*.yaml) as recsys_hand")
@@ -398,10 +398,10 @@ def main(argv: list[str] | None = None) -> dict:
                 with tracker.step(f"{protocol}/recsys"):
                     models["recsys"] = run_recsys(cfg, split, features, seeds, tracker, args.quick,
                                                   config_name=_relative(config_path))
-                if hand_cfg is not None:
-                    with tracker.step(f"{protocol}/recsys_hand"):
-                        models["recsys_hand"] = run_recsys(hand_cfg, split, features, seeds, tracker, args.quick, "recsys_hand",
-                                                           _relative(HAND_CONFIGS[args.dataset]))
+            if hand_cfg is not None:  # --skip-recsys --hand-config: the hand config alone
+                with tracker.step(f"{protocol}/recsys_hand"):
+                    models["recsys_hand"] = run_recsys(hand_cfg, split, features, seeds, tracker, args.quick, "recsys_hand",
+                                                       _relative(HAND_CONFIGS[args.dataset]))
             results["protocols"][protocol] = {
                 "split": ", ".join(f"{k}={v}" for k, v in {**split.sizes(), **{k: v for k, v in split.meta.items() if np.isscalar(v)}}.items()),
                 "order": order_note,
