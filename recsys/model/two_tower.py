@@ -346,8 +346,8 @@ class ItemItemBlend(RetrievalModel):
     def content_rows(self, design: torch.Tensor) -> torch.Tensor:
         """The block's item side the content map predicts for the rows of `design` (`content_design`):
         recsys.model.item_item.predict_content_rows, the function the block search scored it with."""
-        anchors = self.block_content_anchors.numpy() if len(self.block_content_anchors) else None
-        rows = predict_content_rows(design.detach().cpu().numpy(), self.block_content_map.numpy(), anchors,
+        anchors = self.block_content_anchors.cpu().numpy() if len(self.block_content_anchors) else None
+        rows = predict_content_rows(design.detach().cpu().numpy(), self.block_content_map.cpu().numpy(), anchors,
                                     float(self.block_content_sharpness), self.content_parts)
         return torch.as_tensor(rows, dtype=design.dtype, device=design.device)
 
