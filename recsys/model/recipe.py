@@ -155,12 +155,15 @@ class Budget:
     """Wall time of the whole training: the validation stages and, held in reserve, the refit on every
     interaction of each member they keep (`recsys train` runs it after the choices; estimated as the
     member's validation fit up to its best epoch, the epochs the refit runs). A stage runs only if its fits,
-    and the refits it could add, still fit beside the reserve."""
+    and the refits it could add, still fit beside the reserve. A fit still to come is estimated by the fits of
+    the kept config (`kept_fits`): the next trial and members start from it, and a trial that made fits faster
+    (dropping the posters) makes the ones after it faster too; before anything is kept, the slowest fit so far."""
 
     seconds: float
     started: float = field(default_factory=lambda: clock())
     fits: list[float] = field(default_factory=list)  # seconds of each validation fit so far
     refits: list[float] = field(default_factory=list)  # the reserve: one estimate per kept member
+    kept_fits: list[float] = field(default_factory=list)  # seconds of the validation fits of the kept config
 
     def left(self) -> float:
         """Seconds left for validation stages: the budget less what was spent and the refits reserved."""
@@ -181,16 +184,23 @@ class Budget:
         seconds = self.refit_seconds(self.fits[-1], result)
         if replacing_first:
             self.refits[0] = seconds
+            self.kept_fits = [self.fits[-1]]  # a trial won: the config changed, and with it what a fit costs
         else:
             self.refits.append(seconds)
+            self.kept_fits.append(self.fits[-1])
+
+    def per_fit(self) -> float:
+        """Seconds a fit still to come is expected to take: the slowest fit of the kept config (the slowest
+        fit so far before one is kept). A refit runs at most as many epochs, so it is estimated the same."""
+        return max(self.kept_fits or self.fits)
 
     def allows(self, fits: int = 1, refits: int = 0) -> bool:
-        """`fits` typical fits still fit, and `refits` more refits if what they fit is kept."""
-        return not self.fits or self.left() >= max(self.fits) * (fits + refits)
+        """`fits` fits still fit, and `refits` more refits if what they fit is kept."""
+        return not self.fits or self.left() >= self.per_fit() * (fits + refits)
 
     def why_not(self, fits: int = 1, refits: int = 0) -> str:
         reserve = f", {sum(self.refits) / 60:.1f} held for the refit" if self.refits else ""
-        need = f"; {fits} fit(s) and {refits} refit(s) of {max(self.fits) / 60:.1f} each" if self.fits else ""
+        need = f"; {fits} fit(s) and {refits} refit(s) of {self.per_fit() / 60:.1f} each" if self.fits else ""
         return f"budget: {max(self.left(), 0) / 60:.1f} of {self.seconds / 60:.0f} minutes left{reserve}{need}"
 
 

@@ -331,6 +331,41 @@ def test_the_budget_holds_the_refit_of_each_kept_member(make_config, tmp_path, m
     assert now[0] + held <= 5.0 * 60  # the fits spent and the refits held stay within the budget
 
 
+def test_fits_to_come_are_estimated_by_the_kept_configs_fits(monkeypatch):
+    """A trial that made fits faster (dropping the posters) lets later stages use the time it freed: what is
+    still to come is estimated by the kept config's fits, not the slowest fit so far (the first fit, with
+    posters, stopped at its cap). A slower trial that lost does not raise the estimate."""
+    import recsys.model.recipe as recipe_module
+    from recsys.model.recipe import Budget
+
+    now = [0.0]
+    monkeypatch.setattr(recipe_module, "clock", lambda: now[0])
+
+    class Fit:  # the refit runs every epoch: it costs what the fit did
+        best_epoch, epochs_run = 9, 10
+
+    budget = Budget(900.0)
+    assert budget.allows(fits=3, refits=2)  # nothing measured yet
+    now[0] += 240.0
+    budget.fits.append(240.0)  # the first fit, with posters
+    budget.hold_refit(Fit())
+    assert budget.per_fit() == 240.0 and not budget.allows(fits=3, refits=2)  # 5 x 240 s > 420 s left
+    now[0] += 60.0
+    budget.fits.append(60.0)  # the trial without posters, kept
+    budget.hold_refit(Fit(), replacing_first=True)
+    assert budget.refits == [60.0] and budget.per_fit() == 60.0
+    assert budget.left() == 900.0 - 300.0 - 60.0
+    assert budget.allows(fits=3, refits=2)  # 5 x 60 s fit in the 540 s left; at the first fit's 240 s they would not
+    now[0] += 200.0
+    budget.fits.append(200.0)  # a slower trial (wider towers) that lost: the kept config is unchanged
+    assert budget.per_fit() == 60.0
+    assert "of 1.0 each" in budget.why_not(fits=5, refits=2)
+    now[0] += 90.0
+    budget.fits.append(90.0)  # an ensemble member of the kept config, kept: its fits set the estimate too
+    budget.hold_refit(Fit())
+    assert budget.per_fit() == 90.0 and budget.refits == [60.0, 90.0]
+
+
 def test_a_refit_is_estimated_by_the_epochs_it_runs():
     """A member's refit runs its best epoch's count: its fit's time per epoch times those epochs."""
     from recsys.model.recipe import Budget
