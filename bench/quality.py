@@ -17,7 +17,9 @@ the recsys config), and every model is scored on it with the library's `evaluate
   and recsys alike, learns train + valid again with its picked settings before the test.
 
 Stochastic peers (als, bpr, lightfm_*) are refit with the chosen hyper-parameters for every seed too;
-deterministic ones (popularity, knn_*) run once. Multi-seed rows are mean ± standard error.
+deterministic ones (popularity, knn_*) run once. Multi-seed rows are mean ± standard error. Under each
+table, recsys is paired with every model of the same run on the same test users (`paired_difference`):
+the NDCG@10 difference with a 95% bootstrap interval over the users, the noise that "within noise" means.
 
 Writes bench/results/quality_<dataset>.json (protocols from earlier runs that were not re-run are
 kept) and regenerates this dataset's sections of docs/results.md; everything is one MLflow parent run
@@ -59,7 +61,7 @@ from recsys.data.readers import load_dataset  # noqa: E402
 from recsys.data.splits import make_split  # noqa: E402
 from recsys.encoders.features import build_item_features  # noqa: E402
 from recsys.encoders.store import FeatureStore, atomic_write_bytes  # noqa: E402
-from recsys.eval.protocol import build_queries, evaluate  # noqa: E402
+from recsys.eval.protocol import RankingJudge, build_queries, evaluate  # noqa: E402
 from recsys.model.train import item_index_of, item_rows, repeat_seeds  # noqa: E402
 from recsys.paths import shared_data_dir  # noqa: E402
 from recsys.tracking import Tracker  # noqa: E402
@@ -76,6 +78,7 @@ RESULTS_DIR = ROOT / "bench" / "results"
 DOC = ROOT / "docs" / "results.md"
 COLUMNS = ("recall@10", "ndcg@10", "recall@20", "ndcg@20")
 SELECT_BY = "ndcg@10"
+PAIRED_RESAMPLES = 2000
 
 
 # --------------------------------------------------------------------------- statistics
@@ -89,6 +92,40 @@ def mean_se(values: list[float]) -> tuple[float, float | None]:
     if arr.size == 1:
         return float(arr[0]), None
     return float(arr.mean()), float(arr.std(ddof=1) / math.sqrt(arr.size))
+
+
+def paired_difference(ours: np.ndarray, theirs: np.ndarray, resamples: int = PAIRED_RESAMPLES, seed: int = 0) -> dict[str, float]:
+    """Mean of `ours - theirs` (per-query values on the same test queries, NaN = a query without a target)
+    and its 95% percentile bootstrap interval, resampling the queries (users). Pairing removes what the
+    users share (a hard user is hard for both), so a gap far smaller than either model's spread still shows.
+    On cold, users share the few held-out items, which stay fixed: the interval is the noise of the users
+    given those items; another split's items move the gap more."""
+    ours, theirs = np.asarray(ours, dtype=np.float64), np.asarray(theirs, dtype=np.float64)
+    if ours.shape != theirs.shape:
+        raise ValueError(f"paired_difference: the two models were scored on different queries ({ours.shape} vs {theirs.shape})")
+    diff = (ours - theirs)[~(np.isnan(ours) | np.isnan(theirs))]
+    if diff.size == 0:
+        return {"diff": float("nan"), "lo": float("nan"), "hi": float("nan"), "n_users": 0}
+    rng = np.random.default_rng(seed)
+    means = np.empty(resamples)
+    for start in range(0, resamples, 100):  # 100 resamples at a time: 6,040 users x 2,000 would be 97 MB of indices
+        stop = min(start + 100, resamples)
+        means[start:stop] = diff[rng.integers(0, diff.size, size=(stop - start, diff.size))].mean(axis=1)
+    lo, hi = np.quantile(means, [0.025, 0.975])
+    return {"diff": float(diff.mean()), "lo": float(lo), "hi": float(hi), "n_users": int(diff.size)}
+
+
+def paired_with_peers(per_query: dict[str, np.ndarray]) -> dict[str, dict[str, dict[str, float]]]:
+    """For each recsys row (recsys, recsys_hand) of this run: `paired_difference` against every other model."""
+    ours = [name for name in per_query if name.startswith("recsys")]
+    return {name: {other: paired_difference(per_query[name], values) for other, values in per_query.items() if other != name}
+            for name in ours}
+
+
+def judge_test(judge: RankingJudge, scorer, ks) -> tuple[dict[str, float], np.ndarray]:
+    """What `evaluate` returns for `scorer` on the judge's queries, and each query's NDCG@10 (for the pairing)."""
+    ranked = judge.rank(scorer, max(ks))
+    return {**judge.metrics(ranked, ks), "n_users": len(judge.queries)}, judge.per_query(ranked, SELECT_BY)
 
 
 def summarise(runs: list[dict[str, float]]) -> dict[str, Any]:
@@ -108,10 +145,11 @@ def summarise(runs: list[dict[str, float]]) -> dict[str, Any]:
 
 def tune_and_test(
     spec, data: PeerData, valid_q, test_q, n_items: int, candidates, seeds: list[int], quick: bool, ks, tracker: Tracker,
-    valid_candidates=None, test_data: PeerData | None = None,
+    valid_candidates=None, test_data: PeerData | None = None, per_query: dict[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Pick hyper-parameters on valid by NDCG@10, then test with one fit per seed: on `data` (train
-    only), or on `test_data` when the split refits (train + valid).
+    only), or on `test_data` when the split refits (train + valid). `per_query` receives each test query's
+    NDCG@10 (the mean over seeds) under the peer's name.
 
     Validation ranks exactly what recsys' early stopping ranks: the whole catalog on loo, the held-out
     validation items among themselves on cold (`valid_candidates`)."""
@@ -129,13 +167,18 @@ def tune_and_test(
         log.info("  %s valid %s=%.4f %s", spec.name, SELECT_BY, valid[SELECT_BY], params)
     params = best["params"]
     key = json.dumps(params, sort_keys=True)
-    runs = []
+    runs, values = [], []
+    judge = RankingJudge(test_q, n_items, candidates)
     for seed in seeds if spec.stochastic else seeds[:1]:
         scorer, seconds = timed_fit(spec, test_data, params, seed) if test_data is not None else (
             fits.get((key, seed)) or timed_fit(spec, data, params, seed))
-        metrics = evaluate(scorer, test_q, n_items, ks=ks, candidates=candidates)
+        metrics, ndcg = judge_test(judge, scorer, ks)
+        log.info("evaluated %s on %d users: %s", spec.name, len(test_q), {k: round(v, 4) for k, v in metrics.items()})
         metrics["train_seconds"] = seconds
         runs.append(metrics)
+        values.append(ndcg)
+    if per_query is not None:
+        per_query[spec.name] = np.mean(values, axis=0)
     tracker.log_params({f"hp.{k}": v for k, v in params.items()} | {"model": spec.name})
     for i, (p, r) in enumerate(zip(grid, tuning)):
         tracker.log_metrics({f"tune.{i}.valid.ndcg_at_10": r["valid"][SELECT_BY]})
@@ -152,23 +195,29 @@ def tune_and_test(
 
 
 def run_recsys(cfg: PipelineConfig, split, features, seeds: list[int], tracker: Tracker, quick: bool,
-               name: str = "recsys", config_name: str = "see recsys_config") -> dict[str, Any]:
+               name: str = "recsys", config_name: str = "see recsys_config",
+               per_query: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
     """recsys via the pipeline's own evaluate_split, once per model seed (the split is fixed). The
-    config keeps its record of which fields it sets, so the recipe (train.tune) chooses the rest."""
+    config keeps its record of which fields it sets, so the recipe (train.tune) chooses the rest.
+    `per_query` receives each test query's NDCG@10 (the mean over seeds) under `name`."""
     from pipelines.evaluate import evaluate_split
     from recsys.model.recipe import with_values
 
-    runs = []
+    runs, per_seed = [], []
     for seed in seeds:
         values = {"train.seed": seed, **({"train.epochs": 2, "train.budget_minutes": 1.0} if quick else {})}
         cfg_s = with_values(cfg, values).model_copy(update={"eval": cfg.eval.model_copy(update={"baselines": []})})
         with tracker.step(f"{split.protocol}/{name}/seed{seed}"):
             tracker.log_params({"train.seed": seed, "model": name})
             started = time.perf_counter()
-            metrics = evaluate_split(cfg_s, split, features, tracker, show_progress=False)["recsys"]
+            seed_values: dict[str, np.ndarray] = {}
+            metrics = evaluate_split(cfg_s, split, features, tracker, show_progress=False, per_query=seed_values)["recsys"]
             metrics.setdefault("train_seconds", time.perf_counter() - started)
         log.info("  %s seed %d: %s", name, seed, {k: round(metrics[k], 4) for k in COLUMNS})
         runs.append(metrics)
+        per_seed.append(seed_values["recsys"])
+    if per_query is not None:
+        per_query[name] = np.mean(per_seed, axis=0)
     summary = summarise(runs)
     tracker.log_metrics({k.replace("@", "_at_"): v for k, v in summary.items()})
     return {
@@ -214,6 +263,14 @@ def render_section(dataset: str, protocol: str, block: dict, recsys_config: str 
         cells.append(_cell(row, "train_seconds", 1))
         cells.append(str(row.get("n_seeds", 1)))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    for name, against in block.get("paired", {}).items():
+        if against:
+            n_users = max(p["n_users"] for p in against.values())
+            lines += ["", f"{name} paired with each model of this run on the same {n_users} test users: NDCG@10 difference "
+                      f"({name} minus the model) and its 95% interval over {PAIRED_RESAMPLES} bootstrap resamples of the users"
+                      + (" (the held-out items fixed)" if block.get("candidates", "").endswith("cold items") else "") + ": "
+                      + "; ".join(f"{other} {p['diff']:+.4f} [{p['lo']:+.4f}, {p['hi']:+.4f}]" for other, p in against.items())
+                      + "."]
     lines += ["", "Hyper-parameters picked on validation (NDCG@10, history = train, target = valid item; on cold the held-out "
               "validation items are ranked among themselves, as for recsys' early stopping):", ""]
     lines += ["| model | picked | valid NDCG@10 | grid |", "|---|---|---:|---|"]
@@ -387,21 +444,22 @@ def main(argv: list[str] | None = None) -> dict:
             data = PeerData(split.train, item_index, catalog=catalog, features=features)
             test_data = PeerData(split.before_test(), item_index, catalog=catalog, features=features) if split.refits else None
             models: dict[str, Any] = {}
+            per_query: dict[str, np.ndarray] = {}  # each model's NDCG@10 per test query, for the pairing
             log.info("%s: split %s, %d valid / %d test users", protocol, split.sizes(), len(valid_q), len(test_q))
             for name in peers:
                 with tracker.step(f"{protocol}/{name}"):
                     models[name] = tune_and_test(PEERS[name], data, valid_q, test_q, n_items, candidates,
                                                  seeds, args.quick, ks, tracker, valid_candidates=valid_candidates,
-                                                 test_data=test_data)
+                                                 test_data=test_data, per_query=per_query)
                 log.info("%s %s test: %s", protocol, name, {k: round(models[name][k], 4) for k in COLUMNS})
             if not args.skip_recsys:
                 with tracker.step(f"{protocol}/recsys"):
                     models["recsys"] = run_recsys(cfg, split, features, seeds, tracker, args.quick,
-                                                  config_name=_relative(config_path))
+                                                  config_name=_relative(config_path), per_query=per_query)
             if hand_cfg is not None:  # --skip-recsys --hand-config: the hand config alone
                 with tracker.step(f"{protocol}/recsys_hand"):
                     models["recsys_hand"] = run_recsys(hand_cfg, split, features, seeds, tracker, args.quick, "recsys_hand",
-                                                       _relative(HAND_CONFIGS[args.dataset]))
+                                                       _relative(HAND_CONFIGS[args.dataset]), per_query=per_query)
             results["protocols"][protocol] = {
                 "split": ", ".join(f"{k}={v}" for k, v in {**split.sizes(), **{k: v for k, v in split.meta.items() if np.isscalar(v)}}.items()),
                 "order": order_note,
@@ -414,6 +472,7 @@ def main(argv: list[str] | None = None) -> dict:
                 "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                 "machine": f"{platform.machine()}, {os.cpu_count()} CPU, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}",
                 "models": models,
+                "paired": paired_with_peers(per_query),
             }
         # Re-read just before writing, so protocols run by a concurrent invocation (e.g. loo and cold
         # in two processes) are kept; only the protocols run here are replaced, and on the very same

@@ -28,8 +28,12 @@ logger = logging.getLogger(__name__)
 
 
 def evaluate_split(
-    cfg: PipelineConfig, split: Split, features: ItemFeatures, tracker: Tracker, *, show_progress: bool = True
+    cfg: PipelineConfig, split: Split, features: ItemFeatures, tracker: Tracker, *, show_progress: bool = True,
+    per_query: dict[str, np.ndarray] | None = None,
 ) -> dict[str, dict[str, float]]:
+    """Train on the split (the recipe, or the config as written), then score its test queries with the model and the
+    configured baselines. `per_query`, when given, receives each scorer's NDCG@10 per test query (for paired
+    comparisons, bench/quality.py)."""
     item_index = item_index_of(np.asarray(features.item_ids))
     n_items = len(item_index)
     candidates = item_rows(split.candidate_items, item_index)
@@ -61,6 +65,8 @@ def evaluate_split(
         started = time.perf_counter()
         ranked[scorer.name] = judge.rank(scorer, max(ks))
         metrics[scorer.name] = {**judge.metrics(ranked[scorer.name], ks), "n_users": len(queries)}
+        if per_query is not None:
+            per_query[scorer.name] = judge.per_query(ranked[scorer.name], "ndcg@10")
         logger.info("evaluated %s on %d users in %.1fs: %s", scorer.name, len(queries), time.perf_counter() - started,
                     {key: round(v, 4) for key, v in metrics[scorer.name].items()})
         tracker.log_metrics({f"{scorer.name}.{k.replace('@', '_at_')}": v for k, v in metrics[scorer.name].items()})
