@@ -198,6 +198,18 @@ class TrainConfig(_Section):
         "history k positions apart count exp(-k / window) in the Gram matrix (0 = every pair counts 1, the "
         "history as a set; use 0 for logs without a meaningful order).",
     )
+    item_item_user_powers: list[float] = Field(
+        default_factory=lambda: [0.0, 0.25],
+        description="model.item_item: each user's pairs count (distinct items)^-g in the Gram matrix, g tried on "
+        "validation with `item_item_popularity_ridges` (0 = every user alike). Kept only if it wins on validation "
+        "users that did not pick it.",
+    )
+    item_item_popularity_ridges: list[float] = Field(
+        default_factory=lambda: [0.0, 0.5],
+        description="model.item_item: item i's EASE ridge is l2 * (1 + a * count_i / mean count), a tried on validation "
+        "with `item_item_user_powers` (0 = one ridge for every item). Kept only if it wins on validation users that "
+        "did not pick it.",
+    )
     item_item_decays: list[float] = Field(
         default_factory=lambda: [1.0, 0.9, 0.8, 0.7],
         description="model.item_item: history weights decay^age tried on validation (1 = the history as a set; "
@@ -368,6 +380,8 @@ class PipelineConfig(_Section):
             ("train.item_item_l2", t.item_item_l2, lambda v: v > 0, "> 0"),
             ("train.item_item_pair_windows", t.item_item_pair_windows, lambda v: v >= 0, ">= 0"),
             ("train.item_item_decays", t.item_item_decays, lambda v: 0 < v <= 1, "in (0, 1]"),
+            ("train.item_item_user_powers", t.item_item_user_powers, lambda v: v >= 0, ">= 0"),
+            ("train.item_item_popularity_ridges", t.item_item_popularity_ridges, lambda v: v >= 0, ">= 0"),
             ("train.item_item_weights", t.item_item_weights, lambda v: v > 0, "> 0"),
             ("train.item_item_content_l2", t.item_item_content_l2, lambda v: v > 0, "> 0"),
             ("train.item_item_content_sharpness", t.item_item_content_sharpness, lambda v: v >= 0, ">= 0"),

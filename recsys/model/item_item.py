@@ -37,46 +37,85 @@ import numpy as np
 from recsys.data.histories import times_of
 
 
-def interaction_gram(sequences: list[np.ndarray], n_items: int, users_per_chunk: int = 4096) -> np.ndarray:
-    """X^T X (float64 [n_items, n_items]) of the binary user x item matrix, built a chunk of users at a
-    time so the dense user rows never exceed `users_per_chunk` x n_items."""
+def interaction_gram(sequences: list[np.ndarray], n_items: int, users_per_chunk: int = 4096,
+                     user_weights: np.ndarray | None = None) -> np.ndarray:
+    """X^T W X (float64 [n_items, n_items]) of the binary user x item matrix X (W: `user_weights` on the
+    diagonal, 1 without), built a chunk of users at a time so the dense user rows never exceed
+    `users_per_chunk` x n_items."""
     gram = np.zeros((n_items, n_items), dtype=np.float64)
     for start in range(0, len(sequences), users_per_chunk):
         chunk = sequences[start : start + users_per_chunk]
         rows = np.zeros((len(chunk), n_items), dtype=np.float32)
         for r, items in enumerate(chunk):
             rows[r, np.asarray(items, dtype=np.int64)] = 1.0  # repeats of an item count once
-        gram += rows.T.astype(np.float64) @ rows
+        weighted = rows if user_weights is None else rows * np.asarray(user_weights[start : start + len(chunk)], np.float32)[:, None]
+        gram += rows.T.astype(np.float64) @ weighted
     return gram
+
+
+def history_length_weights(sequences: list[np.ndarray], power: float) -> np.ndarray | None:
+    """Each user's weight in the Gram matrix, (distinct items)^-power, scaled so the Gram matrix keeps its
+    trace (the ridge values keep their meaning); None for power 0. A long history then counts less per
+    pair: its many items co-occur by its owner's breadth, not by their similarity."""
+    if power == 0.0:
+        return None
+    lengths = np.array([np.unique(np.asarray(s, dtype=np.int64)).size for s in sequences], dtype=np.float64)
+    weights = np.maximum(lengths, 1.0) ** -power
+    return weights * lengths.sum() / max(float((weights * lengths).sum()), 1e-12)
 
 
 @dataclass
 class GramSpectrum:
-    """Eigen-decomposition of the training Gram matrix, shared by every ridge value tried."""
+    """Eigen-decomposition of the training Gram matrix, shared by every ridge value tried.
+
+    With a ridge shaped by popularity (`ridge_shape` D: item i's ridge is l2 * D_i) the spectrum is that of
+    D^-1/2 G D^-1/2, since G + l2 D = D^1/2 (D^-1/2 G D^-1/2 + l2 I) D^1/2: still one decomposition for every l2."""
 
     eigenvalues: np.ndarray  # [n], ascending, clipped at 0
     eigenvectors: np.ndarray  # [n, n], columns
+    ridge_shape: np.ndarray | None = None  # [n] D, each item's share of the ridge; None: 1 for every item
 
     @classmethod
     def of_sequences(
-        cls, sequences: list[np.ndarray], n_items: int, max_items: int, pair_window: float = 0.0
+        cls, sequences: list[np.ndarray], n_items: int, max_items: int, pair_window: float = 0.0,
+        user_power: float = 0.0, popularity_ridge: float = 0.0,
     ) -> "GramSpectrum":
         """The spectrum of the Gram matrix of these training sequences (item indices, oldest first):
-        X^T X, or `windowed_gram` with `pair_window` > 0. It needs an n x n eigen-decomposition, so
+        X^T X, or `windowed_gram` with `pair_window` > 0; users weighted by `history_length_weights(user_power)`;
+        the ridge shaped by `popularity_ridge` (`of_gram`). It needs an n x n eigen-decomposition, so
         catalogs above `max_items` are refused rather than left to run for hours."""
         if n_items > max_items:
             raise ValueError(
                 f"EASE (model.item_item=ease, train.teacher=ease) needs an {n_items} x {n_items} eigen-decomposition, "
                 f"above train.ease_max_items={max_items}; raise the limit, or turn both off"
             )
-        gram = windowed_gram(sequences, n_items, pair_window) if pair_window > 0 else interaction_gram(sequences, n_items)
-        return cls.of_gram(gram)
+        weights = history_length_weights(sequences, user_power)
+        gram = (windowed_gram(sequences, n_items, pair_window, weights) if pair_window > 0
+                else interaction_gram(sequences, n_items, user_weights=weights))
+        return cls.of_gram(gram, popularity_ridge)
 
     @classmethod
-    def of_gram(cls, gram: np.ndarray) -> "GramSpectrum":
-        """The spectrum of a Gram matrix X^T X given as such (float64 [n, n])."""
-        values, vectors = np.linalg.eigh(np.asarray(gram, dtype=np.float64))
-        return cls(np.clip(values, 0.0, None), vectors)
+    def of_gram(cls, gram: np.ndarray, popularity_ridge: float = 0.0) -> "GramSpectrum":
+        """The spectrum of a Gram matrix X^T X given as such (float64 [n, n]). `popularity_ridge` a > 0
+        shapes the ridge as l2 * (1 + a * count_i / mean count), count_i = G_ii (EDLAE-style, Steck 2020): a
+        popular item's column is held back more, so it stops predicting itself through its many
+        co-occurrences."""
+        gram = np.asarray(gram, dtype=np.float64)
+        if popularity_ridge < 0:
+            raise ValueError(f"train.item_item_popularity_ridges: values must be >= 0, got {popularity_ridge}")
+        shape = None
+        if popularity_ridge > 0:
+            counts = np.diag(gram).copy()
+            seen = counts > 0
+            shape = 1.0 + popularity_ridge * counts / (counts[seen].mean() if seen.any() else 1.0)
+            root = np.sqrt(shape)
+            gram = gram / root[:, None] / root[None, :]
+        values, vectors = np.linalg.eigh(gram)
+        return cls(np.clip(values, 0.0, None), vectors, shape)
+
+    def _unshape(self) -> np.ndarray:
+        """D^-1/2 per item (1 without a shaped ridge)."""
+        return np.ones(self.eigenvalues.shape[0]) if self.ridge_shape is None else 1.0 / np.sqrt(self.ridge_shape)
 
     def _check_ridge(self, l2: float) -> None:
         if l2 <= 0:
@@ -86,7 +125,8 @@ class GramSpectrum:
         """The full EASE solution B ([n, n] of `dtype`, zero diagonal): a user with item set H scores item j
         as sum_{i in H} B[i, j]. B = I - P / diag(P) column-wise, P = (G + l2 I)^-1 from the spectrum."""
         self._check_ridge(l2)
-        precision = (self.eigenvectors / (self.eigenvalues + l2)) @ self.eigenvectors.T
+        unshape = self._unshape()
+        precision = (self.eigenvectors / (self.eigenvalues + l2)) @ self.eigenvectors.T * unshape[:, None] * unshape[None, :]
         weights = precision / -np.diag(precision)  # column j divided by -P[j, j]
         weights[np.diag_indices_from(weights)] = 0.0
         return weights.astype(dtype)
@@ -100,10 +140,11 @@ class GramSpectrum:
         keep = min(rank, n)
         top = np.argsort(-self.eigenvalues, kind="stable")[:keep]
         shrink = self.eigenvalues[top] / (self.eigenvalues[top] + l2)  # eigenvalues of M = G (G + l2 I)^-1
-        basis = self.eigenvectors[:, top] * np.sqrt(shrink)  # M ~ basis basis^T
-        # d = diag((G + l2 I)^-1) from the full spectrum (exact, not truncated).
-        diag_inverse = (self.eigenvectors**2) @ (1.0 / (self.eigenvalues + l2))
-        item_scale = l2 * diag_inverse  # s_i = l2 d_i, in (0, 1]
+        unshape = self._unshape()
+        basis = self.eigenvectors[:, top] * np.sqrt(shrink) * unshape[:, None]  # M ~ basis basis^T
+        # d = diag((G + l2 D)^-1) from the full spectrum (exact, not truncated).
+        diag_inverse = (self.eigenvectors**2) @ (1.0 / (self.eigenvalues + l2)) * unshape**2
+        item_scale = l2 * diag_inverse  # s_i = l2 d_i, in (0, 1] (in (0, 1 / D_i] with a shaped ridge)
         vectors = np.zeros((n, rank), dtype=np.float32)
         vectors[:, :keep] = basis / item_scale[:, None]
         return vectors, item_scale.astype(np.float32)
@@ -169,16 +210,17 @@ def fit_content_map(design: np.ndarray, targets: np.ndarray, l2: float | list[fl
     return maps if isinstance(l2, list) else maps[0]
 
 
-def windowed_gram(sequences: list[np.ndarray], n_items: int, window: float) -> np.ndarray:
-    """sum_u X_u^T K_u X_u (float64 [n_items, n_items]), K_ab = exp(-|a - b| / window) over the positions
-    of a user's items: items consumed close together count more. An item repeated in a history counts
-    once, at its first position (as in `interaction_gram`)."""
+def windowed_gram(sequences: list[np.ndarray], n_items: int, window: float, user_weights: np.ndarray | None = None) -> np.ndarray:
+    """sum_u w_u X_u^T K_u X_u (float64 [n_items, n_items]), K_ab = exp(-|a - b| / window) over the positions
+    of a user's items: items consumed close together count more (w_u: `user_weights`, 1 without). An item
+    repeated in a history counts once, at its first position (as in `interaction_gram`)."""
     if window <= 0:
         raise ValueError(f"train.item_item_pair_windows: a window must be > 0 (0 = no window), got {window}")
     gram = np.zeros((n_items, n_items), dtype=np.float64)
-    for sequence in sequences:
+    for u, sequence in enumerate(sequences):
         items, first = np.unique(np.asarray(sequence, dtype=np.int64), return_index=True)
-        gram[np.ix_(items, items)] += np.exp(-np.abs(first[:, None] - first[None, :]) / window)
+        weight = 1.0 if user_weights is None else float(user_weights[u])
+        gram[np.ix_(items, items)] += weight * np.exp(-np.abs(first[:, None] - first[None, :]) / window)
     return gram
 
 

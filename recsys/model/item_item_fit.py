@@ -1,6 +1,7 @@
 """`ItemItemFit`: the towers wrapped with the closed-form item-item block, and the fit that owns both.
 
-It fits the towers it wraps (one model or an ensemble), then searches the block's pair window, ridge,
+It fits the towers it wraps (one model or an ensemble), then searches the block's Gram shape (user weighting
+and a popularity-shaped ridge, kept only if they win on held-out validation users), pair window, ridge,
 history decay, content map (model.item_item_new_items=content: its scaling, sharpness and ridge) and weight on the validation
 queries, as one flat loop over a `Grid`; the towers are not changed. The block is kept only if the
 search wins on validation users that did not pick its point (`crossfit`: on cold validation items it
@@ -43,6 +44,11 @@ logger = logging.getLogger(__name__)
 UNSEEN_KERNEL_LIMIT = 50_000_000
 
 
+def gram_of(point: dict[str, Any]) -> tuple[float, float, float]:
+    """What a point's Gram spectrum depends on: (pair window, user power, popularity ridge)."""
+    return point["pair_window"], point["user_power"], point["popularity_ridge"]
+
+
 class BlockSearch:
     """Scores every grid point on the validation queries. Each level of the grid keeps its last result
     (an eigen-decomposition per window, factors and content maps per ridge, user vectors per decay), so
@@ -83,13 +89,15 @@ class BlockSearch:
             return predict_content_rows(self.designs[norm][self.unseen], content_map, known[:, :-1], sharpness, self.content_parts)
         return cross @ content_map[:-1] + content_map[-1]
 
-    def _spectrum(self, window: float) -> GramSpectrum:
-        return GramSpectrum.of_sequences(self.data.sequences, len(self.data.index), self.max_items, window)
+    def _spectrum(self, gram: tuple[float, float, float]) -> GramSpectrum:
+        """`gram`: (pair window, user power, popularity ridge), the point's `gram_of`."""
+        window, user_power, popularity_ridge = gram
+        return GramSpectrum.of_sequences(self.data.sequences, len(self.data.index), self.max_items, window, user_power, popularity_ridge)
 
-    def _factors(self, window: float, l2: float) -> tuple[np.ndarray, np.ndarray, dict]:
+    def _factors(self, gram: tuple[float, float, float], l2: float) -> tuple[np.ndarray, np.ndarray, dict]:
         """(Q, s) of the known items (rows of unseen items zero) and, per (content norm, sharpness, content
         ridge), (map, the unseen items' Q rows)."""
-        q, s = self.spectrum(window).factors(l2, self.rank)
+        q, s = self.spectrum(gram).factors(l2, self.rank)
         q[self.unseen], s[self.unseen] = 0.0, 0.0  # only items seen in training carry a block
         maps: dict = {(None, None, None): (None, None)}
         for norm, design in (self.designs or {}).items():
@@ -104,18 +112,18 @@ class BlockSearch:
                              for l2_map, m in zip(self.content_l2s, kernel.maps(targets, list(self.content_l2s)))})
         return q, s, maps
 
-    def _user_side(self, window: float, l2: float, decay: float) -> tuple[np.ndarray, np.ndarray, float]:
+    def _user_side(self, gram: tuple[float, float, float], l2: float, decay: float) -> tuple[np.ndarray, np.ndarray, float]:
         """(block user vectors, the known items' block scores, tower spread / block spread)."""
-        q, s, _ = self.factors(window, l2)
+        q, s, _ = self.factors(gram, l2)
         user_block = block_user_vectors(self.histories, q * s[:, None], decay)
         warm_scores = user_block @ q.T
         return user_block, warm_scores, float(self.tower_scores.std() / max(float(warm_scores.std()), 1e-12))
 
-    def _block_scores(self, window: float, l2: float, decay: float, content_norm: str | None, content_sharpness: float | None,
-                      content_l2: float | None) -> tuple[np.ndarray, float]:
+    def _block_scores(self, gram: tuple[float, float, float], l2: float, decay: float, content_norm: str | None,
+                      content_sharpness: float | None, content_l2: float | None) -> tuple[np.ndarray, float]:
         """(the block's scores of every item, new items through the content map; the spread ratio)."""
-        user_block, block_scores, spread = self.user_side(window, l2, decay)
-        unseen_rows = self.factors(window, l2)[2][(content_norm, content_sharpness, content_l2)][1]
+        user_block, block_scores, spread = self.user_side(gram, l2, decay)
+        unseen_rows = self.factors(gram, l2)[2][(content_norm, content_sharpness, content_l2)][1]
         if unseen_rows is not None and len(unseen_rows):
             block_scores = block_scores.copy()
             block_scores[:, self.unseen] = user_block @ unseen_rows.T
@@ -123,7 +131,7 @@ class BlockSearch:
 
     def scores(self, point: dict[str, Any]) -> np.ndarray:
         """The blended scores of one grid point (the weight in units of the score spreads)."""
-        block_scores, spread = self.block_scores(point["pair_window"], point["l2"], point["decay"], point["content_norm"],
+        block_scores, spread = self.block_scores(gram_of(point), point["l2"], point["decay"], point["content_norm"],
                                                  point["content_sharpness"], point["content_l2"])
         return self.tower_scores + point["weight"] * spread * block_scores
 
@@ -144,7 +152,8 @@ class ItemItemFit:
     def grid(self, histories: list, predicts_new_items: bool, data: TrainingData) -> Grid:
         train = self.cfg.train
         grid = Grid({
-            "pair_window": tuple(train.item_item_pair_windows), "l2": tuple(train.item_item_l2),
+            "pair_window": tuple(train.item_item_pair_windows), "user_power": tuple(train.item_item_user_powers),
+            "popularity_ridge": tuple(train.item_item_popularity_ridges), "l2": tuple(train.item_item_l2),
             "decay": tuple(train.item_item_decays),
             "content_norm": tuple(train.item_item_content_norms) if predicts_new_items else (None,),
             "content_sharpness": tuple(train.item_item_content_sharpness) if predicts_new_items else (None,),
@@ -177,7 +186,9 @@ class ItemItemFit:
             designs = {norm: model.content_design(tensors, unit=norm == "unit").numpy() for norm in self.cfg.train.item_item_content_norms}
         block = BlockSearch(data, designs, histories, tower_scores, self.cfg, model.content_parts)
         grid = self.grid(histories, model.predicts_new_items, data)
+        gram_choice: dict = {}
         if data.valid is not None:
+            grid, gram_choice = self.shaped_gram(grid, block)
             trials = search(grid, block.value)
             towers_valid, *halves = data.valid.value_halves(tower_scores, self.cfg.train.valid_metric, by="items")
             verdict = crossfit(trials, Trial({}, towers_valid, tuple(halves)))
@@ -186,7 +197,7 @@ class ItemItemFit:
             keep = True if self.keep_block is None else self.keep_block
             trials, towers_valid, gain = [Trial(grid.first(), float("nan"))], float("nan"), float("nan")
             chosen, weight_gain = trials[0], float("nan")
-        picked = {**self._install(model, block, chosen, towers_valid, keep, gain), "weight_gain": weight_gain}
+        picked = {**self._install(model, block, chosen, towers_valid, keep, gain), "weight_gain": weight_gain, **gram_choice}
         picked.update(self._popularity_prior(model, block, block.scores(chosen.point) if keep else tower_scores, data))
         blended = validation_score(model, features, data.valid, self.cfg.train.valid_metric) if data.valid is not None else towers.best_metric
         self._log(len(trials), time.perf_counter() - started, blended, picked)
@@ -194,6 +205,31 @@ class ItemItemFit:
             towers, model=model, best_metric=blended, item_item=picked,
             train_seconds=towers.train_seconds + (time.perf_counter() - started),
         )
+
+    @staticmethod
+    def shaped_gram(grid: Grid, block: BlockSearch) -> tuple[Grid, dict]:
+        """Pick the Gram matrix's user weighting and the ridge's popularity shape first (each range's first value,
+        plain EASE by default, is the incumbent): every (pair window, user power, popularity ridge, ridge, decay)
+        is scored with the block ranking alone (the floor weight; the content map at its first setting); a shaped
+        Gram is kept only if it wins on validation users that did not pick it (`crossfit`; on cold validation,
+        items). The full search then runs on the kept shape, so it costs one more decomposition per shape, not a
+        grid times larger."""
+        first = grid.first()
+        plain = (first["user_power"], first["popularity_ridge"])
+        if len(grid.ranges["user_power"]) * len(grid.ranges["popularity_ridge"]) == 1:
+            return grid, {}
+        weights = grid.ranges["weight"]
+        stage = grid.pin(weight=FLOOR_WEIGHT if FLOOR_WEIGHT in weights else weights[0], content_norm=first["content_norm"],
+                         content_sharpness=first["content_sharpness"], content_l2=first["content_l2"])
+        trials = search(stage, block.value)
+        incumbent = best([t for t in trials if (t.point["user_power"], t.point["popularity_ridge"]) == plain])
+        verdict = crossfit([t for t in trials if (t.point["user_power"], t.point["popularity_ridge"]) != plain], incumbent)
+        shape = {"user_power": verdict.winner.point["user_power"], "popularity_ridge": verdict.winner.point["popularity_ridge"]}
+        logger.info("item-item block: Gram shape user power %g, popularity ridge %g (%d settings at the floor weight; "
+                    "%s, out-of-sample gain %+.4f over user power %g, popularity ridge %g: %.4f vs %.4f)",
+                    shape["user_power"], shape["popularity_ridge"], len(trials), "kept" if verdict.kept else "not kept",
+                    verdict.gain, *plain, verdict.winner.value, incumbent.value)
+        return grid.pin(**shape), {**shape, "gram_gain": verdict.gain}
 
     @staticmethod
     def weighed(trials: list[Trial]) -> tuple[Trial, float]:
@@ -211,8 +247,8 @@ class ItemItemFit:
     def _install(self, model: ItemItemBlend, block: BlockSearch, chosen: Trial, towers_valid: float, keep: bool, gain: float) -> dict:
         """Set the chosen block in the model (weight 0 when it is not kept); the picks."""
         point = chosen.point
-        q, s, maps = block.factors(point["pair_window"], point["l2"])
-        spread = block.user_side(point["pair_window"], point["l2"], point["decay"])[2]
+        q, s, maps = block.factors(gram_of(point), point["l2"])
+        spread = block.user_side(gram_of(point), point["l2"], point["decay"])[2]
         weight = point["weight"] * spread if keep else 0.0
         rows = block.seen_rows
         content_map = maps[(point["content_norm"], point["content_sharpness"], point["content_l2"])][0]
@@ -220,7 +256,8 @@ class ItemItemFit:
         anchors = block.designs[point["content_norm"]][rows][:, :-1] if sharpness else None
         model.set_block(q[rows], s[rows], weight, point["decay"], content_map, content_unit=point["content_norm"] == "unit",
                         content_sharpness=sharpness, content_anchors=anchors)
-        picked = {"pair_window": point["pair_window"], "l2": point["l2"], "decay": point["decay"],
+        picked = {"pair_window": point["pair_window"], "user_power": point["user_power"],
+                  "popularity_ridge": point["popularity_ridge"], "l2": point["l2"], "decay": point["decay"],
                   "weight_relative": point["weight"], "weight": weight, "kept": keep, "towers_valid": towers_valid,
                   "crossfit_gain": gain}
         if point["content_l2"] is None:
@@ -279,15 +316,17 @@ class ItemItemFit:
 
     def _log(self, n_tried: int, seconds: float, blended: float, picked: dict) -> None:
         if np.isnan(picked["towers_valid"]):  # no validation (a refit): the point picked before
-            logger.info("item-item block (rank %d) set in %.1fs at the picked point (pair window %g, l2 %g, decay %g, weight %g x "
-                        "spread%s; popularity prior %g x spread)", self.cfg.model.item_item_rank, seconds, picked["pair_window"],
-                        picked["l2"], picked["decay"], picked["weight_relative"] if picked["kept"] else 0.0,
+            logger.info("item-item block (rank %d) set in %.1fs at the picked point (pair window %g, user power %g, popularity "
+                        "ridge %g, l2 %g, decay %g, weight %g x spread%s; popularity prior %g x spread)", self.cfg.model.item_item_rank,
+                        seconds, picked["pair_window"], picked["user_power"], picked["popularity_ridge"], picked["l2"], picked["decay"], picked["weight_relative"] if picked["kept"] else 0.0,
                         "" if picked["kept"] else ", block not kept", picked["popularity_weight_relative"])
             return
         logger.info(
-            "item-item block (rank %d, %d combinations in %.1fs): %s=%.4f with the block (pair window %g, l2 %g, "
+            "item-item block (rank %d, %d combinations in %.1fs): %s=%.4f with the block (pair window %g, user power %g, "
+            "popularity ridge %g, l2 %g, "
             "decay %g, weight %g x spread%s) vs %.4f for the towers alone%s",
             self.cfg.model.item_item_rank, n_tried, seconds, self.cfg.train.valid_metric, blended, picked["pair_window"],
+            picked["user_power"], picked["popularity_ridge"],
             picked["l2"], picked["decay"], picked["weight_relative"],
             f", new items from {'unit-scaled ' if picked.get('content_unit') else ''}content with sharpness {picked['content_sharpness']:g}, "
             f"ridge {picked['content_l2']:g}" if "content_l2" in picked else "",

@@ -104,10 +104,11 @@ def with_values(cfg: PipelineConfig, values: dict[str, Any]) -> PipelineConfig:
 
 
 def rank_for(n_known_items: int) -> int:
-    """The item-item block's rank: about a third of the known items as a power of two, 32 to 1024."""
+    """The item-item block's rank: about half the known items as a power of two, 32 to 2048 (a shaped ridge
+    needs more of the spectrum than plain EASE: docs/results.md)."""
     if n_known_items <= 32:
         return n_known_items
-    return int(min(1024, max(32, 2 ** round(math.log2(n_known_items / 3)))))
+    return int(min(2048, max(32, 2 ** round(math.log2(n_known_items / 2)))))
 
 
 def shape_rules(shape: DataShape, cfg: PipelineConfig) -> list[tuple[dict[str, Any], str]]:
@@ -323,6 +324,12 @@ class RecipeFit:
                     reason = ("the floor weight: the block ranks and the towers order its near-ties, since no finite weight beats "
                               "the block alone on each half of validation")
                 self.choices.append(Choice("recipe.item_item_weight", picked["weight_relative"], reason))
+                if "gram_gain" in picked:
+                    shaped = picked["user_power"] or picked["popularity_ridge"]
+                    self.choices.append(Choice(
+                        "recipe.item_item_gram", {"user_power": picked["user_power"], "popularity_ridge": picked["popularity_ridge"]},
+                        ("a shaped Gram: " if shaped else "plain EASE: ") + "kept only if users weighted by history length or a "
+                        f"ridge growing with popularity win on held-out validation users (out-of-sample gain {picked['gram_gain']:+.4f})"))
         result, cfg = self._content_knn(cfg, features, data, result)
         return self._finish(result, cfg, data)
 

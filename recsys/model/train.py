@@ -142,6 +142,8 @@ def refit_on_everything(
     if cfg.model.item_item == "ease" and (block.get("kept") or prior):
         pinned = with_values(cfg, {
             "train.item_item_pair_windows": [block["pair_window"]], "train.item_item_l2": [block["l2"]],
+            "train.item_item_user_powers": [block.get("user_power", 0.0)],
+            "train.item_item_popularity_ridges": [block.get("popularity_ridge", 0.0)],
             "train.item_item_decays": [block["decay"]], "train.item_item_weights": [block["weight_relative"]],
             "train.item_item_popularity_weights": [prior], "train.item_item_popularity_days": [block.get("popularity_days", 0.0)],
             **({"train.item_item_content_l2": [block["content_l2"]],

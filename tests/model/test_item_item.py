@@ -111,6 +111,40 @@ def test_pair_window_counts_items_consumed_close_together_more_and_keeps_the_eas
         windowed_gram(sequences, n, window=0.0)
 
 
+def test_shaped_ridge_and_weighted_users_are_exactly_that_ease_model_at_full_rank():
+    """EASE with item i's ridge l2 * (1 + a count_i / mean count) on X^T W X, W = each user's (distinct items)^-g
+    scaled to keep the trace, solved by inversion, is what the factors score outside the history."""
+    rng = np.random.default_rng(3)
+    n = 12
+    sequences = [rng.choice(10, size=int(rng.integers(2, 9)), replace=False) for _ in range(40)]
+    lengths = np.array([len(s) for s in sequences], dtype=np.float64)
+    weights = lengths**-0.5 * lengths.sum() / (lengths**-0.5 * lengths).sum()
+    x = np.zeros((len(sequences), n))
+    for u, items in enumerate(sequences):
+        x[u, items] = 1.0
+    gram = x.T @ (x * weights[:, None])
+    assert np.isclose(np.trace(gram), lengths.sum())  # the ridge values keep their meaning
+    counts = np.diag(gram)
+    ridge = 4.0 * (1.0 + 0.5 * counts / counts[counts > 0].mean())
+    precision = np.linalg.inv(gram + np.diag(ridge))
+    ease = precision / -np.diag(precision)
+    spectrum = GramSpectrum.of_sequences(sequences, n, max_items=100, user_power=0.5, popularity_ridge=0.5)
+    vectors, scale = spectrum.factors(l2=4.0, rank=n)
+    history = np.array([0, 6, 7])
+    outside = np.setdiff1d(np.arange(10), history)
+    block = block_user_vectors([history], vectors * scale[:, None], decay=1.0) @ vectors.T
+    np.testing.assert_allclose(block[0, outside], ease[history].sum(axis=0)[outside], atol=1e-5)
+    full = spectrum.ease_weights(4.0, np.float64)
+    np.testing.assert_allclose(full[np.ix_(history, outside)], ease[np.ix_(history, outside)], atol=1e-8)
+    assert not np.abs(vectors[10:]).max() > 1e-6  # unseen items still have no collaborative vector
+    # The same shaping on a windowed Gram, and plain EASE when both are 0.
+    windowed = GramSpectrum.of_sequences(sequences, n, max_items=100, pair_window=3.0, user_power=0.5)
+    np.testing.assert_allclose(windowed.eigenvalues.sum(), np.trace(windowed_gram(sequences, n, 3.0, weights)), rtol=1e-9)
+    plain = GramSpectrum.of_sequences(sequences, n, max_items=100)
+    assert plain.ridge_shape is None
+    assert not np.allclose(plain.ease_weights(4.0), spectrum.ease_weights(4.0), atol=1e-3)
+
+
 def test_training_keeps_the_block_where_validation_rises_and_drops_it_on_cold_items(
     tiny_data, tiny_features, tmp_path, make_config
 ):
@@ -338,3 +372,43 @@ def test_the_towers_join_the_block_only_if_that_wins_on_both_halves():
     # a grid without the floor weight (pinned by a user) keeps the best point
     chosen, gain = ItemItemFit.weighed(overfit)
     assert chosen is overfit[0] and np.isnan(gain)
+
+
+def test_a_shaped_gram_is_kept_only_where_it_wins_on_validation_users_that_did_not_pick_it():
+    """`ItemItemFit.shaped_gram`: plain EASE (the ranges' first values) is the incumbent; a user weighting or
+    popularity ridge replaces it only if its gain holds on the held-out half, and the full search then runs
+    on the kept shape alone."""
+    from recsys.model.grid import Grid
+
+    grid = Grid({"pair_window": (0.0,), "user_power": (0.0, 0.25), "popularity_ridge": (0.0, 0.5), "l2": (10.0, 20.0),
+                 "decay": (1.0,), "content_norm": (None,), "content_sharpness": (None,), "content_l2": (None,),
+                 "weight": (1.0, FLOOR_WEIGHT)})
+
+    class Block:
+        def __init__(self, halves_of):
+            self.halves_of, self.seen = halves_of, []
+
+        def value(self, point):
+            self.seen.append(point)
+            first, second = self.halves_of(point)
+            return (first + second) / 2, (first, second)
+
+    def plain_or(shape, first, second):
+        return lambda p: (first, second) if (p["user_power"], p["popularity_ridge"]) == shape else (0.10, 0.10)
+
+    # The popularity ridge wins on both halves: kept, and the grid is pinned to it.
+    block = Block(plain_or((0.0, 0.5), 0.12, 0.12))
+    pinned, choice = ItemItemFit.shaped_gram(grid, block)
+    assert choice["user_power"] == 0.0 and choice["popularity_ridge"] == 0.5 and choice["gram_gain"] > 0
+    assert pinned.ranges["popularity_ridge"] == (0.5,) and pinned.ranges["user_power"] == (0.0,)
+    assert pinned.ranges["l2"] == (10.0, 20.0) and pinned.ranges["weight"] == (1.0, FLOOR_WEIGHT)
+    assert {p["weight"] for p in block.seen} == {FLOOR_WEIGHT} and len(block.seen) == 8  # 4 shapes x 2 ridges
+    # A shape that wins one half by as much as it loses the other: plain EASE stays.
+    block = Block(plain_or((0.25, 0.0), 0.14, 0.07))
+    pinned, choice = ItemItemFit.shaped_gram(grid, block)
+    assert (choice["user_power"], choice["popularity_ridge"]) == (0.0, 0.0) and choice["gram_gain"] <= 0
+    assert pinned.ranges["user_power"] == (0.0,) and pinned.ranges["popularity_ridge"] == (0.0,)
+    # One shape only (pinned by the user): nothing to choose, nothing scored.
+    block = Block(plain_or((0.0, 0.0), 0.1, 0.1))
+    single = grid.pin(user_power=0.25, popularity_ridge=0.0)
+    assert ItemItemFit.shaped_gram(single, block) == (single, {}) and not block.seen

@@ -115,7 +115,7 @@ def test_pinned_fields_are_what_the_config_sets(make_config, tmp_path):
 
 def test_rank_for_catalog_sizes():
     assert rank_for(10) == 10
-    assert rank_for(1682) == 512 and rank_for(3706) == 1024 and rank_for(200_000) == 1024
+    assert rank_for(1682) == 1024 and rank_for(3706) == 2048 and rank_for(200_000) == 2048
 
 
 def test_crossfit_keeps_only_what_wins_on_the_other_half():
