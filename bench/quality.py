@@ -292,7 +292,10 @@ def render_section(dataset: str, protocol: str, block: dict, recsys_config: str 
             if blocks:  # model.item_item: picked per seed on validation after the towers were trained
                 towers = sum(r["item_item_towers_valid"] for r in blocks) / len(blocks)
                 per_seed = "; ".join(
-                    (f"pair window {r.get('item_item_pair_window', 0):g}, l2 {r['item_item_l2']:g}, "
+                    (f"pair window {r.get('item_item_pair_window', 0):g}"
+                     + (f", users weighted by length^-{r['item_item_user_power']:g}" if r.get("item_item_user_power") else "")
+                     + (f", popularity ridge {r['item_item_popularity_ridge']:g}" if r.get("item_item_popularity_ridge") else "")
+                     + f", l2 {r['item_item_l2']:g}, "
                      f"decay {r['item_item_decay']:g}, weight {r['item_item_weight_relative']:g}"
                      + (f", content sharpness {r['item_item_content_sharpness']:g}" if "item_item_content_sharpness" in r else "")
                      + (f", content ridge {r['item_item_content_l2']:g}" if "item_item_content_l2" in r else "")
@@ -300,7 +303,7 @@ def render_section(dataset: str, protocol: str, block: dict, recsys_config: str 
                     if r["item_item_kept"] else "not kept" for r in blocks
                 )
                 picked += f"; item-item block per seed: {per_seed} (towers alone: valid {towers:.4f})"
-                grid += ("; the block's pair window, ridge, decay, weight (and the new items' content map: sharpness, ridge) on "
+                grid += ("; the block's Gram shape (kept only if it wins on held-out validation users), pair window, ridge, decay, weight (and the new items' content map: sharpness, ridge) on "
                          "validation, after the towers are trained")
             lines.append(f"| {name} | {picked} | {valid} | {grid} |")
             continue
