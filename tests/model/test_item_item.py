@@ -156,6 +156,8 @@ def test_training_keeps_the_block_where_validation_rises_and_drops_it_on_cold_it
     assert isinstance(result.model, ItemItemBlend) and result.model.dim == cfg.model.dim + 16 + 1
     picked = result.item_item
     assert picked["l2"] in (10.0, 50.0) and picked["decay"] in cfg.train.item_item_decays and picked["pair_window"] in (0.0, 5.0)
+    assert "gram_gain" in picked  # warm validation chooses the Gram's shape (ItemItemFit.shaped_gram)
+    assert picked["user_power"] in cfg.train.item_item_user_powers and picked["popularity_ridge"] in cfg.train.item_item_popularity_ridges
     # On these warm users the block lifts validation well above the towers alone (2 epochs of training).
     assert picked["kept"] and picked["weight"] > 0 and result.best_metric > picked["towers_valid"] + 0.02
     # The reported score is the blended model's, ranked exactly as early stopping ranks.
@@ -181,6 +183,8 @@ def test_training_keeps_the_block_where_validation_rises_and_drops_it_on_cold_it
     result = fit_two_tower(tiny_features, cold.train, cold.valid, cfg, show_progress=False, valid_candidates=valid_candidates)
     assert not result.item_item["kept"] and float(result.model.block_weight) == 0.0
     assert result.best_metric == pytest.approx(result.item_item["towers_valid"], abs=1e-6)
+    # Cold validation ranks new items only: plain EASE, no shape chosen there.
+    assert "gram_gain" not in result.item_item and result.item_item["user_power"] == 0.0 and result.item_item["popularity_ridge"] == 0.0
 
 
 def test_without_validation_the_block_takes_the_first_value_of_each_grid(tiny_data, tiny_features, tmp_path, make_config):
