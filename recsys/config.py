@@ -202,13 +202,13 @@ class TrainConfig(_Section):
         default_factory=lambda: [0.0, 0.25],
         description="model.item_item: each user's pairs count (distinct items)^-g in the Gram matrix, g tried on "
         "validation with `item_item_popularity_ridges` (0 = every user alike). Kept only if it wins on validation "
-        "users that did not pick it.",
+        "users that did not pick it; cold validation (new items only) keeps the first value.",
     )
     item_item_popularity_ridges: list[float] = Field(
         default_factory=lambda: [0.0, 0.5],
         description="model.item_item: item i's EASE ridge is l2 * (1 + a * count_i / mean count), a tried on validation "
         "with `item_item_user_powers` (0 = one ridge for every item). Kept only if it wins on validation users that "
-        "did not pick it.",
+        "did not pick it; cold validation (new items only) keeps the first value.",
     )
     item_item_decays: list[float] = Field(
         default_factory=lambda: [1.0, 0.9, 0.8, 0.7],
