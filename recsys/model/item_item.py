@@ -125,8 +125,10 @@ class GramSpectrum:
         """The full EASE solution B ([n, n] of `dtype`, zero diagonal): a user with item set H scores item j
         as sum_{i in H} B[i, j]. B = I - P / diag(P) column-wise, P = (G + l2 I)^-1 from the spectrum."""
         self._check_ridge(l2)
-        unshape = self._unshape()
-        precision = (self.eigenvectors / (self.eigenvalues + l2)) @ self.eigenvectors.T * unshape[:, None] * unshape[None, :]
+        precision = (self.eigenvectors / (self.eigenvalues + l2)) @ self.eigenvectors.T
+        if self.ridge_shape is not None:
+            unshape = self._unshape()
+            precision *= unshape[:, None] * unshape[None, :]
         weights = precision / -np.diag(precision)  # column j divided by -P[j, j]
         weights[np.diag_indices_from(weights)] = 0.0
         return weights.astype(dtype)

@@ -170,6 +170,10 @@ class ItemItemFit:
             # No history has two timestamps (ml-1m logs none): every item is age 0 and every decay the same.
             logger.info("item-item block: no validation history has a time order; decay %g stands for them all", grid.ranges["decay"][0])
             grid = grid.pin(decay=grid.ranges["decay"][0])
+        if data.valid is not None and data.valid.candidates is not None:
+            # Cold validation ranks only new items, which the Gram shapes reach only through the content map's targets:
+            # they were developed and checked on known items only (docs/results.md), so plain EASE stands there.
+            grid = grid.pin(user_power=grid.ranges["user_power"][0], popularity_ridge=grid.ranges["popularity_ridge"][0])
         return grid
 
     def fit(self, features: ItemFeatures, data: TrainingData) -> TrainResult:
@@ -188,12 +192,7 @@ class ItemItemFit:
         grid = self.grid(histories, model.predicts_new_items, data)
         gram_choice: dict = {}
         if data.valid is not None:
-            if data.valid.candidates is None:
-                grid, gram_choice = self.shaped_gram(grid, block)
-            else:
-                # Cold validation ranks only new items, which the shapes reach only through the content map's targets:
-                # they were developed and checked on known items only (docs/results.md), so plain EASE stands there.
-                grid = grid.pin(user_power=grid.ranges["user_power"][0], popularity_ridge=grid.ranges["popularity_ridge"][0])
+            grid, gram_choice = self.shaped_gram(grid, block)
             trials = search(grid, block.value)
             towers_valid, *halves = data.valid.value_halves(tower_scores, self.cfg.train.valid_metric, by="items")
             verdict = crossfit(trials, Trial({}, towers_valid, tuple(halves)))
@@ -217,8 +216,8 @@ class ItemItemFit:
         plain EASE by default, is the incumbent): every (pair window, user power, popularity ridge, ridge, decay)
         is scored with the block ranking alone (the floor weight; the content map at its first setting); a shaped
         Gram is kept only if it wins on validation users that did not pick it (`crossfit`). The full search then runs
-        on the kept shape, so it costs one more decomposition per shape, not a grid times larger. Not on cold
-        validation (`fit`)."""
+        on the kept shape, so it costs one more decomposition per shape, not a grid times larger. A grid with one
+        shape (pinned, or cold validation: `grid`) is returned as it is."""
         first = grid.first()
         plain = (first["user_power"], first["popularity_ridge"])
         if len(grid.ranges["user_power"]) * len(grid.ranges["popularity_ridge"]) == 1:
