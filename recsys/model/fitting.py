@@ -9,7 +9,6 @@ them from the config; `recsys.model.train.fit_two_tower` prepares the data once 
 from __future__ import annotations
 
 import copy
-import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -93,16 +92,6 @@ class TrainResult:
         benchmark tables ("item_item_l2", "content_knn_weight", ...)."""
         return {f"{prefix}_{key}": float(value) for prefix, picked in (("item_item", self.item_item), ("content_knn", self.content_knn))
                 for key, value in picked.items()}
-
-
-def towers_view(data: TrainingData) -> TrainingData:
-    """What the towers are early-stopped and chosen on, when something is mixed with them on validation afterwards
-    (the item-item block's weight). On cold validation (a candidate set of held-out items) that is the first half of
-    those items only (RankingJudge.item_halves): the mix must then also win on the second half, items the towers'
-    epochs and trials were never picked on, so the towers' selection on the same few items cannot make a weight win.
-    Elsewhere (warm or temporal validation, none) it is `data` itself."""
-    halves = data.valid.item_halves if data.valid is not None else None
-    return data if halves is None else dataclasses.replace(data, valid=halves[0][1])
 
 
 class Fit(Protocol):

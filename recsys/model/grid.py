@@ -105,20 +105,18 @@ def crossfit(candidates: list[Trial], incumbent: Trial) -> Verdict:
     return Verdict(kept, gain, top if kept else incumbent)
 
 
-def wins_on_both_halves(candidates: list[Trial], incumbent: Trial, rank_on: int | None = None) -> Verdict:
-    """Keep the best candidate (on all validation queries, or with `rank_on` on that half only) among those
-    that beat `incumbent` on each half of the queries; `gain`: the smaller of its two half gains (else the
-    incumbent and 0).
+def wins_on_both_halves(candidates: list[Trial], incumbent: Trial) -> Verdict:
+    """Keep the best candidate (on all validation queries) among those that beat `incumbent` on each
+    half of the queries; `gain`: the smaller of its two half gains (else the incumbent and 0).
 
     For a graded choice (a weight) on few validation items, where `crossfit`'s pick on a half swings to
-    the grid's ends: each candidate must hold on both halves by itself, so no single half picks it.
-    `rank_on`: the one half that nothing in the candidates was fit or chosen on (the others favour them)."""
+    the grid's ends: each candidate must hold on both halves by itself, so no single half picks it."""
     if incumbent.halves is None or any(t.halves is None for t in candidates):
         raise ValueError("wins_on_both_halves: every trial needs its values on both halves")
     holding = [t for t in candidates if all(t.halves[h] > incumbent.halves[h] for h in (0, 1))]
     if not holding:
         return Verdict(False, 0.0, incumbent)
-    top = best(holding) if rank_on is None else max(holding, key=lambda trial: trial.halves[rank_on])
+    top = best(holding)
     return Verdict(True, min(top.halves[h] - incumbent.halves[h] for h in (0, 1)), top)
 
 

@@ -7,9 +7,8 @@ queries, as one flat loop over a `Grid`; the towers are not changed. The block i
 search wins on validation users that did not pick its point (`crossfit`: on cold validation items it
 has no rows, so without a content map it never does), and the towers are mixed in at a finite weight only
 if that beats the block at the floor weight on each half of the validation users. On cold
-validation the halves split the held-out items instead of the users (RankingJudge.item_halves), and the
-towers are fit and chosen on the first half only (`towers_view`): the weight is ranked on the second,
-items the towers were never early-stopped or picked on.
+validation the halves split the held-out items instead of the users (RankingJudge.item_halves): the towers
+were early-stopped on those items, the block was not.
 Without validation each range's first value is used. The math is in recsys.model.item_item.
 """
 
@@ -26,7 +25,7 @@ import numpy as np
 from recsys.config import PipelineConfig
 from recsys.data.histories import time_ordered_share, times_of
 from recsys.encoders.features import ItemFeatures
-from recsys.model.fitting import Fit, TrainingData, TrainResult, towers_view, validation_score
+from recsys.model.fitting import Fit, TrainingData, TrainResult, validation_score
 from recsys.model.grid import FLOOR_WEIGHT, Grid, Trial, best, crossfit, search, wins_on_both_halves
 from recsys.model.item_item import (
     ContentKernel,
@@ -178,7 +177,7 @@ class ItemItemFit:
         return grid
 
     def fit(self, features: ItemFeatures, data: TrainingData) -> TrainResult:
-        towers = self.towers.fit(features, towers_view(data))  # (a `Fitted` result was fit on that view already)
+        towers = self.towers.fit(features, data)
         started = time.perf_counter()
         model = ItemItemBlend(towers.model, np.asarray(features.item_ids)[data.popularity > 0], self.cfg.model.item_item_rank)
         model.eval()
@@ -197,7 +196,7 @@ class ItemItemFit:
             trials = search(grid, block.value)
             towers_valid, *halves = data.valid.value_halves(tower_scores, self.cfg.train.valid_metric, by="items")
             verdict = crossfit(trials, Trial({}, towers_valid, tuple(halves)))
-            (chosen, weight_gain), keep, gain = self.weighed(trials, data.valid.item_halves is not None), verdict.kept, verdict.gain
+            (chosen, weight_gain), keep, gain = self.weighed(trials), verdict.kept, verdict.gain
         else:
             keep = True if self.keep_block is None else self.keep_block
             trials, towers_valid, gain = [Trial(grid.first(), float("nan"))], float("nan"), float("nan")
@@ -237,18 +236,16 @@ class ItemItemFit:
         return grid.pin(**shape), {**shape, "gram_gain": verdict.gain}
 
     @staticmethod
-    def weighed(trials: list[Trial], towers_saw_first_half: bool = False) -> tuple[Trial, float]:
+    def weighed(trials: list[Trial]) -> tuple[Trial, float]:
         """The block's point: the best point at the floor weight (the block ranks, the towers order its
         near-ties) unless a finite weight (the towers mixed in) beats it on each half of the validation
         users (on cold, items): the best weight on all validation favours towers that were early-stopped on
-        those same queries. `towers_saw_first_half` (cold: `towers_view`): the towers were early-stopped and
-        chosen on the first half of the held-out items only, so the mix's weight is ranked on the second.
-        Also the smaller half gain of the mix (0 when the floor stays)."""
+        those same queries. Also the smaller half gain of the mix (0 when the floor stays)."""
         floor = [t for t in trials if t.point["weight"] == FLOOR_WEIGHT]
         mixed = [t for t in trials if t.point["weight"] != FLOOR_WEIGHT]
         if not floor or not mixed:
             return best(trials), float("nan")
-        verdict = wins_on_both_halves(mixed, best(floor), rank_on=1 if towers_saw_first_half else None)
+        verdict = wins_on_both_halves(mixed, best(floor))
         return verdict.winner, verdict.gain
 
     def _install(self, model: ItemItemBlend, block: BlockSearch, chosen: Trial, towers_valid: float, keep: bool, gain: float) -> dict:

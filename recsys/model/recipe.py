@@ -28,7 +28,7 @@ from pytorch_lightning.loggers import Logger
 from recsys.config import PipelineConfig
 from recsys.data.histories import time_ordered_share
 from recsys.encoders.features import ItemFeatures
-from recsys.model.fitting import TowersFit, TrainingData, TrainResult, compose, towers_view, validation_trial
+from recsys.model.fitting import TowersFit, TrainingData, TrainResult, compose, validation_trial
 from recsys.model.grid import FLOOR_WEIGHT, Trial, crossfit
 from recsys.model.modalities import MODALITIES, feature_widths
 from recsys.model.two_tower import TwoTowerEnsemble
@@ -278,15 +278,6 @@ class RecipeFit:
                                        f"each validation fit stops at {FIT_SHARE:.1%} of train.budget_minutes (keeping its best "
                                        "epoch), so the first fit, one trial, two ensemble members and the refit of three "
                                        "members on every interaction fit in the budget"))
-        # With the item-item block to mix in: on cold validation the towers' half of the held-out items (`towers_view`);
-        # the block is searched and judged on all of them (`full`).
-        full, data = data, towers_view(data) if cfg.model.item_item == "ease" else data
-        if data is not full:
-            n_items = int(np.unique(full.valid.candidates).size)
-            self.choices.append(Choice("recipe.towers_validation_items", int(np.unique(data.valid.candidates).size),
-                                       f"of the {n_items} held-out validation items, the half the towers are early-stopped "
-                                       "and chosen on; the towers join the item-item block only if that also wins on the "
-                                       "other half, which they never saw"))
         result, trial = self._fit_towers(cfg, features, data, budget, "recipe-base")
         budget.hold_refit(result)
         for name, values in self._stages(cfg, shape):
@@ -318,7 +309,7 @@ class RecipeFit:
         if cfg.model.item_item == "ease":
             from recsys.model.item_item_fit import ItemItemFit
 
-            result = ItemItemFit(Fitted(result), cfg).fit(features, full)
+            result = ItemItemFit(Fitted(result), cfg).fit(features, data)
             self.choices.append(Choice("recipe.item_item_block", bool(result.item_item.get("kept")),
                                        f"kept only if its search wins on held-out validation users (out-of-sample gain {result.item_item.get('crossfit_gain', float('nan')):+.4f})"))
             if result.item_item.get("kept"):
@@ -339,8 +330,8 @@ class RecipeFit:
                         "recipe.item_item_gram", {"user_power": picked["user_power"], "popularity_ridge": picked["popularity_ridge"]},
                         ("a shaped Gram: " if shaped else "plain EASE: ") + "kept only if users weighted by history length or a "
                         f"ridge growing with popularity win on held-out validation users (out-of-sample gain {picked['gram_gain']:+.4f})"))
-        result, cfg = self._content_knn(cfg, features, full, result)
-        return self._finish(result, cfg, full)
+        result, cfg = self._content_knn(cfg, features, data, result)
+        return self._finish(result, cfg, data)
 
     def _content_knn(self, cfg: PipelineConfig, features: ItemFeatures, data: TrainingData, result: TrainResult) -> tuple[TrainResult, PipelineConfig]:
         """Content-kNN's scores added to the model's where they win on held-out validation users, or as the

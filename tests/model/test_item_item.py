@@ -376,46 +376,6 @@ def test_the_towers_join_the_block_only_if_that_wins_on_both_halves():
     # a grid without the floor weight (pinned by a user) keeps the best point
     chosen, gain = ItemItemFit.weighed(overfit)
     assert chosen is overfit[0] and np.isnan(gain)
-    # Towers fit on the first half only (cold: `towers_view`): of the weights that hold on both halves, the one best
-    # on the second half is kept, not the one that the first half (which favours the towers) makes best on all.
-    biased = [Trial({"weight": 8.0, "l2": 500}, 0.470, (0.500, 0.440)), Trial({"weight": 2.0, "l2": 500}, 0.465, (0.480, 0.450))]
-    assert ItemItemFit.weighed([*biased, floor])[0].point["weight"] == 8.0
-    chosen, gain = ItemItemFit.weighed([*biased, floor], towers_saw_first_half=True)
-    assert chosen.point["weight"] == 2.0 and gain == pytest.approx(0.022)
-
-
-def test_on_cold_validation_the_towers_see_half_the_held_out_items_and_the_block_all(tiny_data, tiny_features, tmp_path,
-                                                                                      make_config):
-    """`towers_view`: on cold validation the wrapped towers are early-stopped on the first half of the held-out items
-    only, so the block's weight (which mixes them in) is also judged on items they were never stopped on; the block's
-    search and the reported validation value use every held-out item. Warm validation is left whole."""
-    from recsys.model.fitting import TowersFit, towers_view
-
-    _, interactions = tiny_data
-    cfg = make_config(tmp_path, **{"model.item_item": "ease", "model.item_item_rank": 16, "model.item_item_new_items": "content",
-                                   "train.item_item_l2": [10.0], "train.item_item_content_l2": [1.0], "train.epochs": 1})
-    cold = cold_item_split(interactions, tiny_features.item_ids, fraction=0.2, seed=0, valid_fraction=0.2)
-    index = {item: row for row, item in enumerate(np.asarray(tiny_features.item_ids).tolist())}
-    valid_candidates = np.asarray([index[i] for i in cold.meta["valid_candidate_items"]])
-    data = prepare_training_data(tiny_features, cold.train, cold.valid, cfg, valid_candidates)
-    (_, first), (_, second) = data.valid.item_halves
-    assert towers_view(data).valid is first
-    assert not set(first.candidates.tolist()) & set(second.candidates.tolist())
-    assert set(first.candidates.tolist()) | set(second.candidates.tolist()) == set(valid_candidates.tolist())
-    assert 0 < len(first.queries) < len(data.valid.queries)
-    warm = prepare_training_data(tiny_features, *(lambda s: (s.train, s.valid))(loo_split(interactions, seed=0)), cfg)
-    assert towers_view(warm) is warm
-
-    seen = []
-
-    class RecordingTowers:
-        def fit(self, features, data):
-            seen.append(data.valid)
-            return TowersFit(cfg, None, False).fit(features, data)
-
-    result = ItemItemFit(RecordingTowers(), cfg).fit(tiny_features, data)
-    assert seen == [first]
-    assert result.best_metric == pytest.approx(validation_score(result.model, tiny_features, data.valid, "ndcg@10"), abs=1e-6)
 
 
 def test_a_shaped_gram_is_kept_only_where_it_wins_on_validation_users_that_did_not_pick_it():

@@ -79,8 +79,6 @@ def test_image_branch_kept_only_when_images_carry_the_signal(make_config, tmp_pa
     assert all(c["reason"] for c in result.choices)
     assert result.config.model.dim == 16 and result.config.model.ensemble_size == 1
     assert not result.config.train.tune  # the resolved config is used as it is when reloaded
-    # no item-item block to mix the towers into (pinned off): they are chosen on every held-out item
-    assert _choice(result, "recipe.towers_validation_items") is None
 
 
 def test_a_log_without_timestamps_gets_mean_pooling(make_config, tmp_path):
@@ -419,14 +417,3 @@ def test_content_knn_is_judged_on_halves_of_the_held_out_items_on_cold(tiny_data
     assert len(asked) == grid_points and "half_gain" in picked
     # Kept only with a positive gain on the closer half; otherwise the model ships unwrapped.
     assert picked["kept"] == (picked["half_gain"] > 0 or bool(picked.get("floor"))), picked
-
-
-def test_on_cold_validation_the_recipe_chooses_the_towers_on_half_the_held_out_items(make_config, tmp_path):
-    """With the item-item block to mix them into, the towers' fits and trials see only the first half of the held-out
-    items (recsys.model.fitting.towers_view), and the recipe records how many; the block sees them all."""
-    features, interactions = _synthetic(image_signal=False)
-    result = _recipe_fit(make_config, tmp_path, features, interactions, protocol="cold",
-                         **{"model.item_item": "ease", "model.modalities": ["text"]})
-    (reason,) = [c["reason"] for c in result.choices if c["key"] == "recipe.towers_validation_items"]
-    held_out = int(reason.split("of the ")[1].split(" held-out")[0])
-    assert held_out >= 2 and _choice(result, "recipe.towers_validation_items") == held_out - held_out // 2
